@@ -1,0 +1,51 @@
+//! A submitted call, its status and the results of its analysis.
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "calls")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub external_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub status: String,
+    pub direction: Option<String>,
+    pub from_number: Option<String>,
+    pub to_number: Option<String>,
+    pub agent: Option<String>,
+    pub started_at: Option<DateTimeUtc>,
+    pub duration_ms: Option<i64>,
+    pub channels: Option<Json>,
+    pub recording_key: Option<String>,
+    pub recording_type: Option<String>,
+    pub recording_bytes: Option<i64>,
+    pub recording_sha256: Option<String>,
+    pub result_key: Option<String>,
+    pub language: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub transcript_text: Option<String>,
+    pub transcript_input: Option<Json>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub summary: Option<String>,
+    #[sea_orm(column_type = "Double", nullable)]
+    pub sentiment_score: Option<f64>,
+    pub sentiment_label: Option<String>,
+    pub topics: Json,
+    pub action_items: Json,
+    pub metrics: Option<Json>,
+    pub tags: Json,
+    pub metadata: Option<Json>,
+    pub analyzer: Option<String>,
+    pub attempts: i32,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub error: Option<String>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub completed_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

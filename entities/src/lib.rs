@@ -1,0 +1,10 @@
+//! SeaORM entities for voicegraph's tables. Plain data: no GraphQL derives, no business rules.
+
+pub mod api_keys;
+pub mod call_events;
+pub mod call_segments;
+pub mod calls;
+pub mod jobs;
+pub mod outbox;
+pub mod sequencer;
+pub mod tenants;

@@ -1,0 +1,14 @@
+//! Schema migrations for voicegraph, written with sea-query so they run on SQLite and Postgres alike.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_init;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_init::Migration)]
+    }
+}

@@ -1,0 +1,524 @@
+//! The local acoustic analyser: decodes a recording, finds who speaks when, and derives metrics
+//! and text insights, all in-process and deterministic.
+
+pub mod decode;
+pub mod text;
+pub mod vad;
+
+use crate::domain::{Analysis, AnalysisRequest, AudioInfo, Segment};
+
+/// Longest recording `analyze_audio` accepts.
+pub const MAX_DURATION_SECS: u64 = 4 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    #[error("the recording is empty")]
+    Empty,
+    #[error("the recording is not decodable audio: {0}")]
+    Undecodable(String),
+    #[error("the recording has {0} channels; at most 2 are supported")]
+    TooManyChannels(usize),
+    #[error("the recording is longer than {max_secs} seconds")]
+    TooLong { max_secs: u64 },
+    #[error("the recording contains no audio samples")]
+    NoSamples,
+}
+
+/// Reads container + stream headers AND decodes at least the first packet, so that a file with
+/// a valid header but garbage data is refused. Cheap: does not decode the whole file.
+pub fn probe(bytes: &[u8]) -> Result<AudioInfo, AudioError> {
+    decode::probe(bytes, MAX_DURATION_SECS)
+}
+
+/// Full analysis. Deterministic. CPU-bound (the caller runs it in spawn_blocking).
+pub fn analyze_audio(bytes: &[u8], req: &AnalysisRequest) -> Result<Analysis, AudioError> {
+    let cfg = vad::VadConfig::default();
+    let mut energies = vad::FrameEnergies::new(cfg.frame_ms);
+    let decoded = decode::decode(bytes, &mut energies, MAX_DURATION_SECS)?;
+    let energies = energies.finish();
+    let channels = energies.frames.len();
+    let sample_rate = decoded.info.sample_rate;
+    let duration_ms = decode::frames_to_ms(decoded.frames, sample_rate);
+    let speakers = speaker_names(channels, req.channels.as_deref());
+
+    let mut segments: Vec<Segment> = Vec::new();
+    for (c, (frames, &samples)) in energies.frames.iter().zip(&energies.samples).enumerate() {
+        for (start_ms, end_ms) in
+            vad::detect(frames, energies.frame_len, sample_rate, samples, &cfg)
+        {
+            segments.push(Segment {
+                speaker: speakers[c].clone(),
+                channel: i32::try_from(c).unwrap_or(i32::MAX),
+                start_ms,
+                end_ms,
+                text: None,
+                sentiment: None,
+            });
+        }
+    }
+    segments.sort_by_key(|s| (s.start_ms, s.channel));
+    let metrics = vad::metrics(&speakers, &segments, duration_ms);
+
+    let (utterances, transcript_text) = match &req.transcript {
+        Some(t) => text::attach_transcript(&mut segments, &speakers, t),
+        None => (Vec::new(), None),
+    };
+    let mut summary = text::acoustic_description(duration_ms, &metrics);
+    for sentence in text::key_sentences(&utterances, &speakers) {
+        summary.push(' ');
+        summary.push_str(&sentence);
+    }
+    let language = [
+        req.language.as_deref(),
+        req.transcript.as_ref().and_then(|t| t.language.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::trim)
+    .find(|l| !l.is_empty())
+    .map(str::to_string);
+
+    Ok(Analysis {
+        analyzer: "local".into(),
+        duration_ms,
+        channels: u16::try_from(channels).unwrap_or(u16::MAX),
+        sample_rate,
+        language,
+        speakers: speakers.clone(),
+        sentiment: text::call_sentiment(&utterances),
+        topics: text::topics(&utterances, &speakers),
+        action_items: text::action_items(&utterances),
+        segments,
+        transcript_text,
+        summary: Some(summary),
+        metrics,
+    })
+}
+
+/// Names per channel: the submitted ones where given (and not blank), else the defaults —
+/// `agent` (left) and `customer` (right) for stereo, `speaker` for mono.
+pub fn speaker_names(channels: usize, given: Option<&[String]>) -> Vec<String> {
+    (0..channels)
+        .map(|c| {
+            given
+                .and_then(|names| names.get(c))
+                .map(|n| n.trim())
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .unwrap_or_else(|| match (channels, c) {
+                    (1, _) => "speaker".to_string(),
+                    (_, 0) => "agent".to_string(),
+                    (_, 1) => "customer".to_string(),
+                    (_, c) => format!("speaker {}", c + 1),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SentimentLabel, TranscriptInput};
+    use std::io::Cursor;
+
+    const RATE: u32 = 16_000;
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    /// Uniform noise at -60 dBFS, with speech-like bursts (noise at about -20 dBFS whose
+    /// loudness moves at a syllable rate) during `bursts` (seconds).
+    fn track(secs: f64, bursts: &[(f64, f64)], seed: u64) -> Vec<i16> {
+        let mut rng = Lcg(seed);
+        let amp = |db: f64| (3.0 * 10f64.powf(db / 10.0)).sqrt();
+        let n = (secs * f64::from(RATE)).round() as usize;
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / f64::from(RATE);
+                let a = if bursts.iter().any(|&(s, e)| t >= s && t < e) {
+                    amp(-20.0) * (0.7 + 0.3 * (t * 2.0 * std::f64::consts::PI * 4.0).sin())
+                } else {
+                    amp(-60.0)
+                };
+                (f64::from(rng.next()) * a * 32767.0).round() as i16
+            })
+            .collect()
+    }
+
+    fn wav(channels: &[Vec<i16>]) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels: channels.len() as u16,
+            sample_rate: RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut cur = Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut cur, spec).expect("writer");
+        let n = channels.iter().map(Vec::len).min().unwrap_or(0);
+        for i in 0..n {
+            for ch in channels {
+                w.write_sample(ch[i]).expect("sample");
+            }
+        }
+        w.finalize().expect("finalize");
+        cur.into_inner()
+    }
+
+    /// agent 0.5–2.5 s and 6–8 s, customer 2.3–5 s, in a 9 s call.
+    fn exchange() -> Vec<u8> {
+        wav(&[
+            track(9.0, &[(0.5, 2.5), (6.0, 8.0)], 1),
+            track(9.0, &[(2.3, 5.0)], 2),
+        ])
+    }
+
+    fn near(actual: i64, expected: i64, tolerance: i64) {
+        assert!(
+            (actual - expected).abs() <= tolerance,
+            "{actual} is not {expected} ± {tolerance}"
+        );
+    }
+
+    #[test]
+    fn stereo_ground_truth() {
+        let a = analyze_audio(&exchange(), &AnalysisRequest::default()).expect("analyses");
+        assert_eq!(a.analyzer, "local");
+        assert_eq!((a.duration_ms, a.channels, a.sample_rate), (9000, 2, RATE));
+        assert_eq!(a.speakers, vec!["agent", "customer"]);
+        let spans: Vec<(&str, i64, i64)> = a
+            .segments
+            .iter()
+            .map(|s| (s.speaker.as_str(), s.start_ms, s.end_ms))
+            .collect();
+        assert_eq!(spans.len(), 3, "{spans:?}");
+        for (got, want) in spans.iter().zip([
+            ("agent", 500, 2500),
+            ("customer", 2300, 5000),
+            ("agent", 6000, 8000),
+        ]) {
+            assert_eq!(got.0, want.0);
+            near(got.1, want.1, 20);
+            near(got.2, want.2, 20);
+        }
+        assert_eq!(a.segments[1].channel, 1);
+        let m = &a.metrics;
+        near(m.talk_time[0].ms, 4000, 80);
+        near(m.talk_time[1].ms, 2700, 54);
+        near(m.overlap_ms, 200, 40);
+        near(m.silence_ms, 2500, 60);
+        assert_eq!(m.interruptions, 1);
+        near(m.longest_monologue_ms, 2500, 40);
+        assert!(a
+            .segments
+            .iter()
+            .all(|s| s.text.is_none() && s.sentiment.is_none()));
+        assert_eq!(
+            (a.transcript_text, a.sentiment, a.language),
+            (None, None, None)
+        );
+        assert!(a.topics.is_empty() && a.action_items.is_empty());
+        assert_eq!(
+            a.summary.as_deref(),
+            Some("9-second call; agent spoke 44% of the time, customer 30%; 1 interruption.")
+        );
+    }
+
+    #[test]
+    fn analysis_is_deterministic() {
+        let bytes = exchange();
+        let req = AnalysisRequest::default();
+        assert_eq!(
+            analyze_audio(&bytes, &req).unwrap(),
+            analyze_audio(&bytes, &req).unwrap()
+        );
+    }
+
+    #[test]
+    fn mono_recording() {
+        let bytes = wav(&[track(6.0, &[(1.0, 2.0), (3.0, 4.5)], 3)]);
+        let a = analyze_audio(&bytes, &AnalysisRequest::default()).unwrap();
+        assert_eq!(a.speakers, vec!["speaker"]);
+        assert_eq!(a.segments.len(), 2);
+        near(a.metrics.talk_time[0].ms, 2500, 50);
+        near(a.metrics.silence_ms, 3500, 60);
+        assert_eq!((a.metrics.overlap_ms, a.metrics.interruptions), (0, 0));
+        // The one-second pause is merged into the monologue.
+        near(a.metrics.longest_monologue_ms, 3500, 40);
+    }
+
+    #[test]
+    fn channel_names() {
+        assert_eq!(speaker_names(2, None), vec!["agent", "customer"]);
+        assert_eq!(speaker_names(1, None), vec!["speaker"]);
+        let one = vec!["Alice".to_string()];
+        assert_eq!(speaker_names(2, Some(&one)), vec!["Alice", "customer"]);
+        let three = vec!["Bob".to_string(), " ".to_string(), "Eve".to_string()];
+        assert_eq!(speaker_names(1, Some(&three)), vec!["Bob"]);
+        assert_eq!(speaker_names(2, Some(&three)), vec!["Bob", "customer"]);
+
+        let req = AnalysisRequest {
+            channels: Some(vec!["Dana".into(), "Sam".into()]),
+            ..Default::default()
+        };
+        let a = analyze_audio(&exchange(), &req).unwrap();
+        assert_eq!(a.speakers, vec!["Dana", "Sam"]);
+        assert_eq!(a.segments[0].speaker, "Dana");
+        assert_eq!(a.segments[1].speaker, "Sam");
+        assert_eq!(a.metrics.talk_time[1].speaker, "Sam");
+    }
+
+    #[test]
+    fn transcript_insights() {
+        let transcript = "Agent: Thank you for calling, how can I help?\n\
+            Customer: My internet connection keeps dropping and I am really frustrated.\n\
+            Agent: I'm sorry about the connection. I will send a technician tomorrow and I'll call you back after the visit.\n\
+            Customer: The internet router is new, so the connection should not drop.";
+        let req = AnalysisRequest {
+            transcript: Some(TranscriptInput {
+                text: Some(transcript.into()),
+                language: Some("en".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = analyze_audio(&exchange(), &req).unwrap();
+        assert_eq!(a.language.as_deref(), Some("en"));
+        assert_eq!(a.transcript_text.as_deref(), Some(transcript));
+        assert_eq!(
+            a.segments[0].text.as_deref(),
+            Some("Thank you for calling, how can I help?")
+        );
+        assert!(a.segments[0].sentiment.unwrap() > 0.05);
+        assert!(a.segments[1]
+            .text
+            .as_deref()
+            .unwrap()
+            .starts_with("My internet connection keeps dropping"));
+        assert!(a.segments[1].sentiment.unwrap() < -0.05);
+        assert!(a.segments[2]
+            .text
+            .as_deref()
+            .unwrap()
+            .starts_with("I'm sorry"));
+        // The customer has one segment, so their second line joins it.
+        assert!(a.segments[1]
+            .text
+            .as_deref()
+            .unwrap()
+            .ends_with("should not drop."));
+        assert_eq!(a.topics, vec!["connection", "internet"]);
+        assert_eq!(
+            a.action_items,
+            vec!["I will send a technician tomorrow and I'll call you back after the visit."]
+        );
+        let sentiment = a.sentiment.unwrap();
+        assert_eq!(sentiment.label, SentimentLabel::Negative);
+        let summary = a.summary.unwrap();
+        assert!(
+            summary.starts_with("9-second call; agent spoke"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("My internet connection keeps dropping"),
+            "{summary}"
+        );
+
+        // An explicit language wins over the transcript's.
+        let req = AnalysisRequest {
+            language: Some("fr-FR".into()),
+            ..req
+        };
+        assert_eq!(
+            analyze_audio(&exchange(), &req)
+                .unwrap()
+                .language
+                .as_deref(),
+            Some("fr-FR")
+        );
+    }
+
+    fn refused(bytes: &[u8]) -> AudioError {
+        let probed = probe(bytes).expect_err("probe refuses");
+        let analysed =
+            analyze_audio(bytes, &AnalysisRequest::default()).expect_err("analysis refuses");
+        assert_eq!(probed.to_string(), analysed.to_string());
+        analysed
+    }
+
+    #[test]
+    fn probe_reads_headers() {
+        let info = probe(&exchange()).unwrap();
+        assert_eq!(
+            info,
+            AudioInfo {
+                format: "wav".into(),
+                channels: 2,
+                sample_rate: RATE,
+                duration_ms: Some(9000)
+            }
+        );
+    }
+
+    #[test]
+    fn non_audio_is_refused() {
+        assert!(matches!(refused(&[]), AudioError::Empty));
+        let mut rng = Lcg(42);
+        let garbage: Vec<u8> = (0..4096)
+            .map(|_| (rng.next() * 127.0 + 128.0) as u8)
+            .collect();
+        assert!(matches!(refused(&garbage), AudioError::Undecodable(_)));
+        let text = "Agent: hello\nCustomer: hi, this is not audio at all\n".repeat(50);
+        assert!(matches!(
+            refused(text.as_bytes()),
+            AudioError::Undecodable(_)
+        ));
+        let bytes = exchange();
+        assert!(matches!(refused(&bytes[..20]), AudioError::Undecodable(_)));
+        assert!(matches!(refused(b"RIFF"), AudioError::Undecodable(_)));
+    }
+
+    #[test]
+    fn header_without_samples_is_refused() {
+        assert!(matches!(
+            refused(&wav(&[Vec::new(), Vec::new()])),
+            AudioError::NoSamples
+        ));
+        // A header that promises data the file does not have.
+        let bytes = exchange();
+        assert!(matches!(refused(&bytes[..44]), AudioError::NoSamples));
+    }
+
+    #[test]
+    fn too_many_channels_is_refused() {
+        let six: Vec<Vec<i16>> = (0..6).map(|_| vec![0i16; 1600]).collect();
+        assert!(matches!(
+            refused(&wav(&six)),
+            AudioError::TooManyChannels(6)
+        ));
+    }
+
+    /// A canonical 44-byte PCM WAV header.
+    fn header(channels: u16, rate: u32, bits: u16, data_len: u32) -> Vec<u8> {
+        let block = channels.wrapping_mul(bits / 8);
+        let mut h = Vec::new();
+        h.extend(b"RIFF");
+        h.extend(36u32.wrapping_add(data_len).to_le_bytes());
+        h.extend(b"WAVEfmt ");
+        h.extend(16u32.to_le_bytes());
+        h.extend(1u16.to_le_bytes());
+        h.extend(channels.to_le_bytes());
+        h.extend(rate.to_le_bytes());
+        h.extend(rate.wrapping_mul(u32::from(block)).to_le_bytes());
+        h.extend(block.to_le_bytes());
+        h.extend(bits.to_le_bytes());
+        h.extend(b"data");
+        h.extend(data_len.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_without_panicking() {
+        let data = vec![0x11u8; 3200];
+        for (channels, rate, bits) in [
+            (0, 16000, 16),
+            (2, 0, 16),
+            (2, 8000, 0),
+            (2, u32::MAX, 16),
+            (1, 8000, 7),
+        ] {
+            let mut bytes = header(channels, rate, bits, data.len() as u32);
+            bytes.extend(&data);
+            assert!(
+                matches!(refused(&bytes), AudioError::Undecodable(_)),
+                "{channels} {rate} {bits}"
+            );
+        }
+        for channels in [3, 40, 65535] {
+            let mut bytes = header(channels, 8000, 16, data.len() as u32);
+            bytes.extend(&data);
+            assert!(
+                matches!(refused(&bytes), AudioError::TooManyChannels(n) if n == usize::from(channels))
+            );
+        }
+        // A data chunk claiming 4 GiB is read up to where the file ends.
+        let mut bytes = header(1, 8000, 16, u32::MAX);
+        bytes.extend(&data);
+        let a = analyze_audio(&bytes, &AnalysisRequest::default()).unwrap();
+        assert_eq!(a.duration_ms, 200);
+    }
+
+    #[test]
+    fn too_long_is_refused_from_the_header() {
+        // 8-bit mono at 1 kHz: a little over four hours in 15 MB.
+        let mut bytes = header(1, 1000, 8, 15_000_000);
+        bytes.resize(44 + 15_000_000, 0x80);
+        assert!(matches!(
+            refused(&bytes),
+            AudioError::TooLong {
+                max_secs: MAX_DURATION_SECS
+            }
+        ));
+    }
+
+    #[test]
+    fn truncated_and_corrupted_files_never_panic() {
+        let bytes = exchange();
+        // Truncated mid-stream: what is there is analysed.
+        let cut = &bytes[..44 + 4 * RATE as usize * 3];
+        let a = analyze_audio(cut, &AnalysisRequest::default()).unwrap();
+        near(a.duration_ms, 3000, 1);
+        let mut rng = Lcg(7);
+        for i in 0..300 {
+            let mut b = bytes[..8000].to_vec();
+            let pos = (i % 60) as usize;
+            b[pos] = (rng.next() * 127.0 + 128.0) as u8;
+            let _ = probe(&b);
+            let _ = analyze_audio(&b, &AnalysisRequest::default());
+            let _ = analyze_audio(&b[..(i * 7) % 200], &AnalysisRequest::default());
+        }
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The fixtures hold agent bursts at 0.5–2.5 s and 6–8 s and customer bursts at 2.3–5 s,
+    /// 9 s in all (see tests/fixtures/README.md).
+    fn check_fixture(name: &str, format: &str) {
+        let bytes = fixture(name);
+        let info = probe(&bytes).unwrap();
+        assert_eq!((info.format.as_str(), info.channels), (format, 2), "{name}");
+        let a = analyze_audio(&bytes, &AnalysisRequest::default()).unwrap();
+        assert_eq!(a.channels, 2);
+        // Lossy codecs pad the start and end by a few milliseconds.
+        near(a.duration_ms, 9000, 80);
+        near(a.metrics.talk_time[0].ms, 4000, 160);
+        near(a.metrics.talk_time[1].ms, 2700, 120);
+        assert_eq!(a.metrics.interruptions, 1, "{name}");
+        assert_eq!(a.segments.len(), 3, "{name}: {:?}", a.segments);
+    }
+
+    #[test]
+    fn flac_fixture() {
+        check_fixture("call.flac", "flac");
+    }
+
+    #[test]
+    fn mp3_fixture() {
+        check_fixture("call.mp3", "mp3");
+    }
+
+    #[test]
+    fn ogg_fixture() {
+        check_fixture("call.ogg", "ogg");
+    }
+}

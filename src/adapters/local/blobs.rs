@@ -1,0 +1,353 @@
+//! The directory blob store: objects are files under a root, written atomically, and shared by
+//! URL with HMAC-SHA256 signatures that expire — the embedded twin of S3 presigned URLs. The app
+//! serves those URLs itself (`http/blobs.rs`), checking the signature, expiry, type and length.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::ports::{BlobStore, PresignedPut};
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub struct FsBlobStore {
+    root: PathBuf,
+    key: Vec<u8>,
+    base_url: String,
+}
+
+/// Why a signed URL was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("the URL is not signed")]
+    Missing,
+    #[error("the signature does not match")]
+    Invalid,
+    #[error("the URL has expired")]
+    Expired,
+    #[error("invalid object key")]
+    BadKey,
+}
+
+/// Object keys are relative paths of safe characters; anything that could escape the root is refused.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 512
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+}
+
+impl FsBlobStore {
+    pub fn new(
+        root: impl Into<PathBuf>,
+        key: Vec<u8>,
+        base_url: impl Into<String>,
+    ) -> anyhow::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("creating blob directory {}", root.display()))?;
+        Ok(Self {
+            root,
+            key,
+            base_url: base_url.into().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// Reads the signing key from `path`, creating a random one the first time, so that URLs
+    /// outlive restarts and every process on the same data dir agrees.
+    pub fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+        if let Ok(existing) = std::fs::read(path) {
+            if existing.len() >= 32 {
+                return Ok(existing);
+            }
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let key: [u8; 32] = rand::random();
+        std::fs::write(path, key).with_context(|| format!("writing {}", path.display()))?;
+        Ok(key.to_vec())
+    }
+
+    fn path(&self, key: &str) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(valid_key(key), "invalid object key {key:?}");
+        Ok(self.root.join(key))
+    }
+
+    fn sign(&self, parts: &[&str]) -> String {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        for p in parts {
+            mac.update(p.as_bytes());
+            mac.update(b"\n");
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn check(
+        &self,
+        parts: &[&str],
+        expires: Option<&str>,
+        signature: Option<&str>,
+    ) -> Result<(), SignatureError> {
+        let (Some(expires), Some(signature)) = (expires, signature) else {
+            return Err(SignatureError::Missing);
+        };
+        let sig = hex::decode(signature).map_err(|_| SignatureError::Invalid)?;
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        for p in parts {
+            mac.update(p.as_bytes());
+            mac.update(b"\n");
+        }
+        // Constant-time comparison.
+        mac.verify_slice(&sig)
+            .map_err(|_| SignatureError::Invalid)?;
+        let exp: i64 = expires.parse().map_err(|_| SignatureError::Invalid)?;
+        if Utc::now().timestamp() > exp {
+            return Err(SignatureError::Expired);
+        }
+        Ok(())
+    }
+
+    pub fn verify_get(
+        &self,
+        key: &str,
+        expires: Option<&str>,
+        signature: Option<&str>,
+    ) -> Result<(), SignatureError> {
+        if !valid_key(key) {
+            return Err(SignatureError::BadKey);
+        }
+        self.check(&["GET", key, expires.unwrap_or("")], expires, signature)
+    }
+
+    pub fn verify_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        length: &str,
+        expires: Option<&str>,
+        signature: Option<&str>,
+    ) -> Result<(), SignatureError> {
+        if !valid_key(key) {
+            return Err(SignatureError::BadKey);
+        }
+        self.check(
+            &["PUT", key, expires.unwrap_or(""), content_type, length],
+            expires,
+            signature,
+        )
+    }
+
+    /// Where a streamed upload is written before it is moved into place.
+    pub fn temp_path(&self) -> PathBuf {
+        self.root
+            .join(".tmp")
+            .join(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Moves a completed upload into place atomically.
+    pub async fn commit_temp(&self, temp: &Path, key: &str) -> anyhow::Result<()> {
+        let dest = self.path(key)?;
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::rename(temp, &dest).await?;
+        Ok(())
+    }
+
+    fn expiry(expires_in: Duration) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(expires_in).unwrap_or(chrono::Duration::hours(1))
+    }
+
+    fn url(&self, key: &str, query: &str) -> String {
+        format!("{}/blobs/{key}?{query}", self.base_url)
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn put(&self, key: &str, bytes: Bytes, _content_type: &str) -> anyhow::Result<()> {
+        let temp = self.temp_path();
+        if let Some(dir) = temp.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::write(&temp, &bytes)
+            .await
+            .context("writing blob")?;
+        self.commit_temp(&temp, key).await
+    }
+
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>> {
+        match tokio::fs::read(self.path(key)?).await {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading blob"),
+        }
+    }
+
+    async fn size(&self, key: &str) -> anyhow::Result<Option<u64>> {
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading blob metadata"),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("deleting blob"),
+        }
+    }
+
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String> {
+        anyhow::ensure!(valid_key(key), "invalid object key {key:?}");
+        let exp = Self::expiry(expires_in).timestamp().to_string();
+        let sig = self.sign(&["GET", key, &exp]);
+        Ok(self.url(key, &format!("expires={exp}&signature={sig}")))
+    }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        byte_size: u64,
+        expires_in: Duration,
+    ) -> anyhow::Result<PresignedPut> {
+        anyhow::ensure!(valid_key(key), "invalid object key {key:?}");
+        let expires_at = Self::expiry(expires_in);
+        let exp = expires_at.timestamp().to_string();
+        let len = byte_size.to_string();
+        let sig = self.sign(&["PUT", key, &exp, content_type, &len]);
+        Ok(PresignedPut {
+            url: self.url(key, &format!("expires={exp}&signature={sig}")),
+            method: "PUT".into(),
+            headers: vec![
+                ("Content-Type".into(), content_type.into()),
+                ("Content-Length".into(), len),
+            ],
+            expires_at,
+        })
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        tokio::fs::metadata(&self.root)
+            .await
+            .with_context(|| format!("blob directory {}", self.root.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, FsBlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsBlobStore::new(dir.path(), vec![7; 32], "http://h").unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../../b",
+            "a//b",
+            "a/./b",
+            "a b",
+            "a\\b",
+            "..",
+            "x/..",
+        ] {
+            assert!(!valid_key(bad), "{bad}");
+        }
+        assert!(valid_key("recordings/t-1/abc.wav"));
+    }
+
+    #[tokio::test]
+    async fn signed_urls_verify_and_tampering_fails() {
+        let (_d, s) = store();
+        let url = s
+            .presign_get("a/b.wav", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let q = url.split_once('?').unwrap().1;
+        let exp = q.split('&').next().unwrap().trim_start_matches("expires=");
+        let sig = q.split("signature=").nth(1).unwrap();
+        assert_eq!(s.verify_get("a/b.wav", Some(exp), Some(sig)), Ok(()));
+        assert_eq!(
+            s.verify_get("a/c.wav", Some(exp), Some(sig)),
+            Err(SignatureError::Invalid)
+        );
+        let later = (exp.parse::<i64>().unwrap() + 1).to_string();
+        assert_eq!(
+            s.verify_get("a/b.wav", Some(&later), Some(sig)),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            s.verify_get("a/b.wav", None, Some(sig)),
+            Err(SignatureError::Missing)
+        );
+
+        let put = s
+            .presign_put("u/x", "audio/wav", 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let q = put.url.split_once('?').unwrap().1;
+        let exp = q.split('&').next().unwrap().trim_start_matches("expires=");
+        let sig = q.split("signature=").nth(1).unwrap();
+        assert_eq!(
+            s.verify_put("u/x", "audio/wav", "10", Some(exp), Some(sig)),
+            Ok(())
+        );
+        assert_eq!(
+            s.verify_put("u/x", "audio/wav", "11", Some(exp), Some(sig)),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            s.verify_put("u/x", "audio/mpeg", "10", Some(exp), Some(sig)),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_urls_are_refused() {
+        let (_d, s) = store();
+        let exp = (Utc::now().timestamp() - 5).to_string();
+        let sig = s.sign(&["GET", "k", &exp]);
+        assert_eq!(
+            s.verify_get("k", Some(&exp), Some(&sig)),
+            Err(SignatureError::Expired)
+        );
+    }
+
+    #[tokio::test]
+    async fn put_get_size_delete() {
+        let (_d, s) = store();
+        s.put("r/1", Bytes::from_static(b"abc"), "audio/wav")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get("r/1").await.unwrap().unwrap(),
+            Bytes::from_static(b"abc")
+        );
+        assert_eq!(s.size("r/1").await.unwrap(), Some(3));
+        s.delete("r/1").await.unwrap();
+        s.delete("r/1").await.unwrap();
+        assert_eq!(s.get("r/1").await.unwrap(), None);
+    }
+}

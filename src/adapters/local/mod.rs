@@ -1,0 +1,8 @@
+//! The embedded backends: a job queue in the database, an in-process event bus, a directory blob
+//! store with signed URLs, and the local acoustic analyser. Real implementations, not mocks.
+
+pub mod acoustic;
+pub mod analyzer;
+pub mod blobs;
+pub mod bus;
+pub mod queue;

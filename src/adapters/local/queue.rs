@@ -1,0 +1,248 @@
+//! The embedded job queue: a table in the application database with SQS semantics — visibility
+//! leases, receive counts, heartbeats, delayed nacks and dead-lettering after N receives.
+//! Leases are taken with compare-and-set updates, so any number of workers may share it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use entities::jobs;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
+};
+use tokio::sync::Notify;
+
+use crate::domain::JobMessage;
+use crate::ports::{JobQueue, Lease};
+
+pub struct EmbeddedQueue {
+    db: DatabaseConnection,
+    name: String,
+    max_receives: u32,
+    /// Wakes long-polling receivers in this process when a job is sent.
+    notify: Arc<Notify>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl EmbeddedQueue {
+    pub fn new(db: DatabaseConnection, name: impl Into<String>, max_receives: u32) -> Self {
+        Self {
+            db,
+            name: name.into(),
+            max_receives: std::cmp::max(max_receives, 1),
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Jobs moved to the dead-letter queue, oldest first: (job id, message, reason).
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<(i64, JobMessage, String)>> {
+        let rows = jobs::Entity::find()
+            .filter(jobs::Column::Queue.eq(&self.name))
+            .filter(jobs::Column::DeadAt.is_not_null())
+            .order_by_asc(jobs::Column::Id)
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.id,
+                    serde_json::from_value(r.payload)?,
+                    r.dead_reason.unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
+    async fn try_receive(&self, max: usize, visibility: Duration) -> anyhow::Result<Vec<Lease>> {
+        let now = now_ms();
+        let candidates = jobs::Entity::find()
+            .filter(jobs::Column::Queue.eq(&self.name))
+            .filter(jobs::Column::DeadAt.is_null())
+            .filter(jobs::Column::VisibleAt.lte(now))
+            .order_by_asc(jobs::Column::VisibleAt)
+            .order_by_asc(jobs::Column::Id)
+            .limit(max as u64 * 2)
+            .all(&self.db)
+            .await
+            .context("reading ready jobs")?;
+        let mut leases = Vec::new();
+        for job in candidates {
+            if leases.len() >= max {
+                break;
+            }
+            // Each update only applies if nobody else took the job since we read it.
+            let unchanged = jobs::Column::Id
+                .eq(job.id)
+                .and(jobs::Column::ReceiveCount.eq(job.receive_count))
+                .and(jobs::Column::DeadAt.is_null())
+                .and(jobs::Column::VisibleAt.lte(now));
+            if job.receive_count as u32 >= self.max_receives {
+                jobs::Entity::update_many()
+                    .col_expr(jobs::Column::DeadAt, Expr::value(now))
+                    .col_expr(
+                        jobs::Column::DeadReason,
+                        Expr::value(format!("received {} times", job.receive_count)),
+                    )
+                    .filter(unchanged)
+                    .exec(&self.db)
+                    .await?;
+                continue;
+            }
+            let receipt = uuid::Uuid::new_v4().to_string();
+            let updated = jobs::Entity::update_many()
+                .col_expr(
+                    jobs::Column::ReceiveCount,
+                    Expr::value(job.receive_count + 1),
+                )
+                .col_expr(jobs::Column::VisibleAt, Expr::value(now + ms(visibility)))
+                .col_expr(jobs::Column::Receipt, Expr::value(receipt.clone()))
+                .filter(unchanged)
+                .exec(&self.db)
+                .await?;
+            if updated.rows_affected == 1 {
+                let message: JobMessage = match serde_json::from_value(job.payload.clone()) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // A message nobody can read goes straight to the dead-letter queue.
+                        jobs::Entity::update_many()
+                            .col_expr(jobs::Column::DeadAt, Expr::value(now))
+                            .col_expr(
+                                jobs::Column::DeadReason,
+                                Expr::value(format!("unreadable: {e}")),
+                            )
+                            .filter(jobs::Column::Id.eq(job.id))
+                            .exec(&self.db)
+                            .await?;
+                        continue;
+                    }
+                };
+                leases.push(Lease {
+                    receipt: format!("{}:{receipt}", job.id),
+                    message,
+                    receive_count: job.receive_count as u32 + 1,
+                });
+            }
+        }
+        Ok(leases)
+    }
+
+    /// Updates the job the lease names, only while the lease is still the current one.
+    async fn with_lease(
+        &self,
+        lease: &Lease,
+        visible_at: Option<i64>,
+        delete: bool,
+    ) -> anyhow::Result<()> {
+        let (id, receipt) = lease.receipt.split_once(':').context("malformed receipt")?;
+        let id: i64 = id.parse().context("malformed receipt")?;
+        let current = jobs::Column::Id
+            .eq(id)
+            .and(jobs::Column::Receipt.eq(receipt))
+            .and(jobs::Column::DeadAt.is_null());
+        let affected = if delete {
+            jobs::Entity::delete_many()
+                .filter(current)
+                .exec(&self.db)
+                .await?
+                .rows_affected
+        } else {
+            jobs::Entity::update_many()
+                .col_expr(
+                    jobs::Column::VisibleAt,
+                    Expr::value(visible_at.unwrap_or_else(now_ms)),
+                )
+                .filter(current)
+                .exec(&self.db)
+                .await?
+                .rows_affected
+        };
+        anyhow::ensure!(affected == 1, "the lease on job {id} was lost");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobQueue for EmbeddedQueue {
+    async fn send(&self, message: &JobMessage) -> anyhow::Result<()> {
+        let now = now_ms();
+        jobs::ActiveModel {
+            queue: Set(self.name.clone()),
+            payload: Set(serde_json::to_value(message)?),
+            visible_at: Set(now),
+            receive_count: Set(0),
+            receipt: Set(None),
+            created_at: Set(now),
+            dead_at: Set(None),
+            dead_reason: Set(None),
+            ..Default::default()
+        }
+        .insert(&self.db)
+        .await
+        .context("enqueueing job")?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<Vec<Lease>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            let leases = self.try_receive(max.max(1), visibility).await?;
+            let now = tokio::time::Instant::now();
+            if !leases.is_empty() || now >= deadline {
+                return Ok(leases);
+            }
+            // Other processes may enqueue too, so poll as well as listen.
+            let nap = (deadline - now).min(Duration::from_millis(200));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, visibility: Duration) -> anyhow::Result<()> {
+        self.with_lease(lease, Some(now_ms() + ms(visibility)), false)
+            .await
+    }
+
+    async fn ack(&self, lease: &Lease) -> anyhow::Result<()> {
+        self.with_lease(lease, None, true).await
+    }
+
+    async fn nack(&self, lease: &Lease, delay: Duration) -> anyhow::Result<()> {
+        self.with_lease(lease, Some(now_ms() + ms(delay)), false)
+            .await?;
+        if delay.is_zero() {
+            self.notify.notify_waiters();
+        }
+        Ok(())
+    }
+
+    fn max_receives(&self) -> u32 {
+        self.max_receives
+    }
+
+    async fn depth(&self) -> anyhow::Result<u64> {
+        Ok(jobs::Entity::find()
+            .filter(jobs::Column::Queue.eq(&self.name))
+            .filter(jobs::Column::DeadAt.is_null())
+            .count(&self.db)
+            .await?)
+    }
+}

@@ -1,0 +1,295 @@
+//! Typed, layered settings: built-in defaults < config file < `VOICEGRAPH_*` environment <
+//! secret (merged later by the wiring). Every setting is documented here and in `.env.example`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// Where settings come from, as plain strings keyed by the setting name in lower case
+/// (`database_url`), before they are typed.
+#[derive(Debug, Clone, Default)]
+pub struct Layers(BTreeMap<String, String>);
+
+impl Layers {
+    /// Reads the optional file named by `VOICEGRAPH_CONFIG` (or `./voicegraph.toml` when present)
+    /// and then the `VOICEGRAPH_*` environment over it.
+    pub fn from_process() -> anyhow::Result<Self> {
+        let mut layers = Self::default();
+        let explicit = std::env::var("VOICEGRAPH_CONFIG").ok();
+        let path = explicit.clone().unwrap_or_else(|| "voicegraph.toml".into());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => layers.merge_toml(&text)?,
+            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("cannot read config file {path}: {e}"),
+        }
+        layers.merge_env(std::env::vars());
+        Ok(layers)
+    }
+
+    pub fn merge_toml(&mut self, text: &str) -> anyhow::Result<()> {
+        let table: toml::Table = toml::from_str(text)?;
+        for (k, v) in table {
+            let value = match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            self.0.insert(k.to_ascii_lowercase(), value);
+        }
+        Ok(())
+    }
+
+    pub fn merge_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        for (k, v) in vars {
+            if let Some(name) = k.strip_prefix("VOICEGRAPH_") {
+                if name != "CONFIG" {
+                    self.0.insert(name.to_ascii_lowercase(), v);
+                }
+            }
+        }
+    }
+
+    /// Merges a JSON object (the Secrets Manager secret) over everything else.
+    pub fn merge_json(&mut self, object: &serde_json::Map<String, serde_json::Value>) {
+        for (k, v) in object {
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            self.0.insert(k.to_ascii_lowercase(), value);
+        }
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.0.insert(key.to_string(), value.into());
+        self
+    }
+
+    fn str(&self, key: &str) -> Option<String> {
+        self.0
+            .get(key)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn parse<T: FromStr>(&self, key: &str, default: T) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.str(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| {
+                anyhow::anyhow!("VOICEGRAPH_{}={v:?} is not valid: {e}", key.to_uppercase())
+            }),
+        }
+    }
+
+    /// Types every setting, with defaults for what is unset.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let data_dir = PathBuf::from(self.str("data_dir").unwrap_or_else(|| "./data".into()));
+        let env = match self.str("env").as_deref() {
+            None | Some("development") | Some("dev") => Environment::Development,
+            Some("production") | Some("prod") => Environment::Production,
+            Some(other) => anyhow::bail!(
+                "VOICEGRAPH_ENV={other:?} is not valid: use development or production"
+            ),
+        };
+        let analyzer = match self.str("analyzer").as_deref() {
+            None | Some("local") => AnalyzerKind::Local,
+            Some("gemini") => AnalyzerKind::Gemini,
+            Some(other) => {
+                anyhow::bail!("VOICEGRAPH_ANALYZER={other:?} is not valid: use local or gemini")
+            }
+        };
+        let secret = |k: &str| self.str(k).map(SecretString::from);
+        Ok(Settings {
+            env,
+            listen: self
+                .str("listen")
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            public_url: self.str("public_url"),
+            database_url: self.str("database_url"),
+            job_queue_url: self.str("job_queue_url"),
+            events_topic_arn: self.str("events_topic_arn"),
+            realtime_queue_url: self.str("realtime_queue_url"),
+            redis_url: self.str("redis_url"),
+            blob_url: self.str("blob_url"),
+            secret_id: self.str("secret_id"),
+            analyzer,
+            gemini_api_key: secret("gemini_api_key"),
+            gemini_model: self
+                .str("gemini_model")
+                .unwrap_or_else(|| "gemini-2.5-flash".into()),
+            gemini_base_url: self
+                .str("gemini_base_url")
+                .unwrap_or_else(|| "https://generativelanguage.googleapis.com".into()),
+            bootstrap_admin_key: secret("bootstrap_admin_key"),
+            jwt_hs256_secret: secret("jwt_hs256_secret"),
+            blob_signing_key: secret("blob_signing_key"),
+            log_format: match self.str("log_format").as_deref() {
+                Some("json") => LogFormat::Json,
+                Some("text") => LogFormat::Text,
+                None if env == Environment::Production => LogFormat::Json,
+                None => LogFormat::Text,
+                Some(other) => anyhow::bail!("VOICEGRAPH_LOG_FORMAT={other:?}: use text or json"),
+            },
+            max_recording_bytes: self.parse("max_recording_bytes", 200 * 1024 * 1024)?,
+            max_request_bytes: self.parse("max_request_bytes", 2 * 1024 * 1024)?,
+            max_page_size: self.parse("max_page_size", 100)?,
+            max_query_depth: self.parse("max_query_depth", 12)?,
+            max_query_complexity: self.parse("max_query_complexity", 20_000)?,
+            max_aliases: self.parse("max_aliases", 30)?,
+            url_expiry: Duration::from_secs(self.parse("url_expiry_secs", 900)?),
+            job_visibility: Duration::from_secs(self.parse("job_visibility_secs", 60)?),
+            job_max_receives: self.parse("job_max_receives", 5)?,
+            worker_concurrency: self.parse("worker_concurrency", 2)?,
+            ws_init_timeout: Duration::from_secs(self.parse("ws_init_timeout_secs", 10)?),
+            job_retry_base: Duration::from_millis(self.parse("job_retry_base_ms", 2000)?),
+            relay_poll: Duration::from_millis(self.parse("relay_poll_ms", 500)?),
+            data_dir,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnalyzerKind {
+    Local,
+    Gemini,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// All settings, typed. Backends are chosen from these in `wiring.rs`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `development` or `production`; production refuses embedded backends and hides introspection.
+    pub env: Environment,
+    /// HTTP listen address (`host:port`; port 0 picks a free one).
+    pub listen: String,
+    /// Base URL clients use to reach this service (for signed blob URLs); defaults to the listen address.
+    pub public_url: Option<String>,
+    /// Where embedded backends keep their files.
+    pub data_dir: PathBuf,
+    /// `postgres://…` or `sqlite://…`; default: SQLite file in the data dir.
+    pub database_url: Option<String>,
+    /// SQS queue URL for jobs; default: the embedded queue.
+    pub job_queue_url: Option<String>,
+    /// SNS topic for call events; default: in-process.
+    pub events_topic_arn: Option<String>,
+    /// SQS queue subscribed to the events topic, read by `relay`.
+    pub realtime_queue_url: Option<String>,
+    /// Redis for fan-out to instances; default: in-process.
+    pub redis_url: Option<String>,
+    /// `s3://bucket/prefix` or `file://dir`; default: `file://<data dir>/blobs`.
+    pub blob_url: Option<String>,
+    /// Secrets Manager secret whose JSON keys override these settings.
+    pub secret_id: Option<String>,
+    /// `local` (acoustic analyser) or `gemini`.
+    pub analyzer: AnalyzerKind,
+    /// Gemini API key.
+    pub gemini_api_key: Option<SecretString>,
+    /// Gemini model name.
+    pub gemini_model: String,
+    /// Gemini endpoint (a proxy or test server may stand in).
+    pub gemini_base_url: String,
+    /// Platform-admin API key created at first start with no tenants.
+    pub bootstrap_admin_key: Option<SecretString>,
+    /// HS256 secret for frontend JWTs.
+    pub jwt_hs256_secret: Option<SecretString>,
+    /// HMAC key for the directory blob store's signed URLs; default: generated once into the data dir.
+    pub blob_signing_key: Option<SecretString>,
+    /// `text` or `json` logs (json by default in production).
+    pub log_format: LogFormat,
+    /// Largest recording accepted, in bytes.
+    pub max_recording_bytes: u64,
+    /// Largest non-upload request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest `first`/`last` of a connection.
+    pub max_page_size: usize,
+    /// Deepest GraphQL selection accepted.
+    pub max_query_depth: usize,
+    /// Highest GraphQL complexity accepted.
+    pub max_query_complexity: usize,
+    /// Most aliases in one document.
+    pub max_aliases: usize,
+    /// Lifetime of signed recording/result/upload URLs.
+    pub url_expiry: Duration,
+    /// Job lease (visibility timeout).
+    pub job_visibility: Duration,
+    /// Receives after which a job goes to the dead-letter queue.
+    pub job_max_receives: u32,
+    /// Jobs one worker processes at once.
+    pub worker_concurrency: usize,
+    /// Time a WebSocket has to send `connection_init`.
+    pub ws_init_timeout: Duration,
+    /// First retry delay of a failed job; it doubles with each receive.
+    pub job_retry_base: Duration,
+    /// How often the relay looks for outbox rows written by other processes.
+    pub relay_poll: Duration,
+}
+
+impl Settings {
+    pub fn is_production(&self) -> bool {
+        self.env == Environment::Production
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("voicegraph.db").display()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order_and_keep_numeric_secrets_as_strings() {
+        let mut l = Layers::default();
+        l.merge_toml("listen = \"0.0.0.0:9000\"\nmax_page_size = 50\nbootstrap_admin_key = 1234")
+            .unwrap();
+        l.merge_env([
+            ("VOICEGRAPH_MAX_PAGE_SIZE".to_string(), "70".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ]);
+        let s = l.settings().unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000");
+        assert_eq!(s.max_page_size, 70);
+        use secrecy::ExposeSecret;
+        assert_eq!(s.bootstrap_admin_key.unwrap().expose_secret(), "1234");
+        assert!(s
+            .database_url()
+            .starts_with("sqlite://./data/voicegraph.db"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let mut l = Layers::default();
+        l.set("max_page_size", "lots");
+        let e = l.settings().unwrap_err().to_string();
+        assert!(e.contains("VOICEGRAPH_MAX_PAGE_SIZE"), "{e}");
+        let mut l = Layers::default();
+        l.set("env", "staging");
+        assert!(l
+            .settings()
+            .unwrap_err()
+            .to_string()
+            .contains("VOICEGRAPH_ENV"));
+    }
+}

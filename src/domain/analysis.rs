@@ -1,0 +1,131 @@
+//! What an analyser is asked for and what it returns: segments, metrics, sentiment and text insights.
+
+use serde::{Deserialize, Serialize};
+
+/// What the worker hands an analyser for one call.
+#[derive(Debug, Clone, Default)]
+pub struct AnalysisRequest {
+    /// Speaker names per channel as submitted (`channels`); `None` uses the defaults:
+    /// stereo `agent` (left) and `customer` (right), mono `speaker`.
+    pub channels: Option<Vec<String>>,
+    /// A transcript submitted with the call, if any.
+    pub transcript: Option<TranscriptInput>,
+    /// Language hint (BCP-47), if known.
+    pub language: Option<String>,
+}
+
+/// A transcript supplied by the integrator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TranscriptInput {
+    /// Free text; lines of the form `Speaker: words` are attributed to that speaker.
+    pub text: Option<String>,
+    /// Timed segments, when the integrator has them.
+    pub segments: Vec<TranscriptSegmentInput>,
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TranscriptSegmentInput {
+    pub speaker: String,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub text: String,
+}
+
+/// Facts read from the audio container and stream headers (and a decode of the first packets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioInfo {
+    /// e.g. "wav", "flac", "mp3", "ogg"
+    pub format: String,
+    pub channels: u16,
+    pub sample_rate: u32,
+    /// Duration from the headers when known.
+    pub duration_ms: Option<i64>,
+}
+
+/// One stretch of speech by one speaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub speaker: String,
+    /// Audio channel index (0 = left/mono, 1 = right).
+    pub channel: i32,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub text: Option<String>,
+    /// Lexicon sentiment score in [-1, 1] when the segment has text.
+    pub sentiment: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SentimentLabel {
+    Negative,
+    Neutral,
+    Positive,
+}
+
+impl SentimentLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Negative => "NEGATIVE",
+            Self::Neutral => "NEUTRAL",
+            Self::Positive => "POSITIVE",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "NEGATIVE" => Some(Self::Negative),
+            "NEUTRAL" => Some(Self::Neutral),
+            "POSITIVE" => Some(Self::Positive),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sentiment {
+    /// In [-1, 1].
+    pub score: f64,
+    pub label: SentimentLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeakerTime {
+    pub speaker: String,
+    pub ms: i64,
+}
+
+/// Talk-time metrics of a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallMetrics {
+    /// Speech time per speaker, in channel order.
+    pub talk_time: Vec<SpeakerTime>,
+    /// Time during which no one speaks.
+    pub silence_ms: i64,
+    /// Time during which two or more speakers speak at once.
+    pub overlap_ms: i64,
+    /// Times a speaker started while another was mid-turn.
+    pub interruptions: i64,
+    /// Longest stretch one speaker held the floor alone (merging their own short pauses).
+    pub longest_monologue_ms: i64,
+}
+
+/// Everything an analyser produces for one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    /// Which analyser produced it ("local", "gemini:<model>").
+    pub analyzer: String,
+    pub duration_ms: i64,
+    pub channels: u16,
+    pub sample_rate: u32,
+    pub language: Option<String>,
+    /// Speakers in channel order.
+    pub speakers: Vec<String>,
+    pub segments: Vec<Segment>,
+    /// The transcript as plain text, when there is one.
+    pub transcript_text: Option<String>,
+    pub summary: Option<String>,
+    pub sentiment: Option<Sentiment>,
+    pub topics: Vec<String>,
+    pub action_items: Vec<String>,
+    pub metrics: CallMetrics,
+}

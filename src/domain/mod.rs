@@ -1,0 +1,7 @@
+//! Plain types and rules of the call-tracking domain: statuses, events, analysis results. No I/O.
+
+pub mod analysis;
+pub mod call;
+
+pub use analysis::*;
+pub use call::*;

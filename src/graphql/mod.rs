@@ -1,0 +1,154 @@
+//! The GraphQL schema: queries, mutations and subscriptions merged from one file per area, with
+//! depth, complexity and alias limits, and introspection off in production.
+
+pub mod loaders;
+pub mod mutation;
+pub mod query;
+pub mod subscription;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::{Context, ErrorExtensions, Schema, ServerError, ServerResult, Variables, ID};
+
+use crate::error::AppError;
+use crate::services::auth::Caller;
+use crate::state::AppState;
+use loaders::{CallLoader, EventsLoader, SegmentsLoader};
+
+pub type AppSchema =
+    Schema<query::QueryRoot, mutation::MutationRoot, subscription::SubscriptionRoot>;
+
+pub fn build_schema(state: Option<AppState>) -> AppSchema {
+    let mut builder = Schema::build(
+        query::QueryRoot::default(),
+        mutation::MutationRoot::default(),
+        subscription::SubscriptionRoot::default(),
+    );
+    if let Some(state) = state {
+        let s = &state.settings;
+        builder = builder
+            .limit_depth(s.max_query_depth)
+            .limit_complexity(s.max_query_complexity)
+            .extension(AliasLimit(s.max_aliases))
+            .data(DataLoader::new(
+                SegmentsLoader(state.db.clone()),
+                tokio::spawn,
+            ))
+            .data(DataLoader::new(
+                EventsLoader(state.db.clone()),
+                tokio::spawn,
+            ))
+            .data(DataLoader::new(CallLoader(state.db.clone()), tokio::spawn));
+        if s.is_production() {
+            builder = builder.disable_introspection().disable_suggestions();
+        }
+        builder = builder.data(state);
+    }
+    builder.finish()
+}
+
+/// The SDL clients rely on (`voicegraph print-schema`).
+pub fn sdl() -> String {
+    build_schema(None).sdl()
+}
+
+pub(crate) fn state<'a>(ctx: &Context<'a>) -> &'a AppState {
+    ctx.data_unchecked::<AppState>()
+}
+
+/// The authenticated caller, or `UNAUTHENTICATED`.
+pub(crate) fn caller<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Caller> {
+    ctx.data_opt::<Caller>().ok_or_else(|| {
+        AppError::Unauthenticated(
+            "authentication required: send Authorization: Bearer <API key>".into(),
+        )
+        .extend()
+    })
+}
+
+pub(crate) fn parse_id(id: &ID) -> async_graphql::Result<uuid::Uuid> {
+    id.parse::<uuid::Uuid>()
+        .map_err(|_| AppError::bad_input(format!("{:?} is not a valid ID", id.as_str())).extend())
+}
+
+/// `expiresIn` in seconds, between 1 and 86400; default from the settings.
+pub(crate) fn url_expiry(
+    ctx: &Context<'_>,
+    expires_in: Option<i32>,
+) -> async_graphql::Result<Duration> {
+    match expires_in {
+        None => Ok(state(ctx).settings.url_expiry),
+        Some(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s as u64)),
+        Some(_) => {
+            Err(AppError::bad_input("expiresIn must be between 1 and 86400 seconds").extend())
+        }
+    }
+}
+
+/// Refuses documents with more than N aliases (alias amplification).
+struct AliasLimit(usize);
+
+impl ExtensionFactory for AliasLimit {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(AliasLimitExt(self.0))
+    }
+}
+
+struct AliasLimitExt(usize);
+
+fn count_aliases(set: &SelectionSet) -> usize {
+    set.items
+        .iter()
+        .map(|s| match &s.node {
+            Selection::Field(f) => {
+                usize::from(f.node.alias.is_some()) + count_aliases(&f.node.selection_set.node)
+            }
+            Selection::InlineFragment(f) => count_aliases(&f.node.selection_set.node),
+            Selection::FragmentSpread(_) => 0,
+        })
+        .sum()
+}
+
+#[async_trait::async_trait]
+impl Extension for AliasLimitExt {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        let aliases: usize = doc
+            .operations
+            .iter()
+            .map(|(_, op)| count_aliases(&op.node.selection_set.node))
+            .chain(
+                doc.fragments
+                    .values()
+                    .map(|f| count_aliases(&f.node.selection_set.node)),
+            )
+            .sum();
+        if aliases > self.0 {
+            let mut e = ServerError::new(
+                format!(
+                    "the document has {aliases} aliases; at most {} are allowed",
+                    self.0
+                ),
+                None,
+            );
+            e.extensions = Some({
+                let mut x = async_graphql::ErrorExtensionValues::default();
+                x.set("code", "BAD_USER_INPUT");
+                x
+            });
+            return Err(e);
+        }
+        Ok(doc)
+    }
+}

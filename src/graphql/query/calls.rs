@@ -1,0 +1,100 @@
+//! Reading calls: one by id, pages with filters and ordering, and the Relay `node` field.
+
+use async_graphql::{Context, Interface, Object, Result, ID};
+
+use crate::error::{AppError, AppResult};
+use crate::graphql::types::{
+    Call, CallConnection, CallEdge, CallFilter, CallOrder, CallOrderField, OrderDirection, PageInfo,
+};
+use crate::graphql::{caller, parse_id, state};
+use crate::services::calls::{self, Order, OrderField, PageArgs};
+use async_graphql::ErrorExtensions;
+
+/// Anything with a global id.
+#[derive(Interface)]
+#[graphql(field(name = "id", ty = "ID"))]
+pub enum Node {
+    Call(Call),
+}
+
+#[derive(Default)]
+pub struct CallsQuery;
+
+#[Object]
+impl CallsQuery {
+    /// A call of the caller's tenant, or null.
+    async fn call(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Call>> {
+        let id = parse_id(&id)?;
+        Ok(calls::get_call(&state(ctx).db, caller(ctx)?, id)
+            .await
+            .map_err(|e| e.extend())?
+            .map(Call))
+    }
+
+    /// Calls, newest first unless `orderBy` says otherwise. `first`/`last` at most the page-size limit (100).
+    #[graphql(
+        complexity = "(first.or(last).unwrap_or(20).clamp(0, 1000) as usize) * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn calls(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<CallFilter>,
+        order_by: Option<CallOrder>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<CallConnection> {
+        let filter: calls::CallFilter = filter.unwrap_or_default().into();
+        let order = order_by.unwrap_or_default();
+        let order = Order {
+            field: match order.field {
+                CallOrderField::CreatedAt => OrderField::CreatedAt,
+                CallOrderField::UpdatedAt => OrderField::UpdatedAt,
+            },
+            descending: order.direction == OrderDirection::Desc,
+        };
+        let page = calls::list_calls(
+            state(ctx),
+            caller(ctx)?,
+            &filter,
+            order,
+            PageArgs {
+                first,
+                after,
+                last,
+                before,
+            },
+        )
+        .await
+        .map_err(|e| e.extend())?;
+        let edges: Vec<CallEdge> = page
+            .calls
+            .into_iter()
+            .map(|(cursor, node)| CallEdge { cursor, node })
+            .collect();
+        Ok(CallConnection {
+            page_info: PageInfo {
+                has_next_page: page.has_next_page,
+                has_previous_page: page.has_previous_page,
+                start_cursor: edges.first().map(|e| e.cursor.clone()),
+                end_cursor: edges.last().map(|e| e.cursor.clone()),
+            },
+            edges,
+            filter,
+        })
+    }
+
+    /// Fetches any object by its global id.
+    async fn node(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Node>> {
+        let parsed: AppResult<uuid::Uuid> = id
+            .parse()
+            .map_err(|_| AppError::bad_input("id is not a valid ID"));
+        let id = parsed.map_err(|e| e.extend())?;
+        Ok(calls::get_call(&state(ctx).db, caller(ctx)?, id)
+            .await
+            .map_err(|e| e.extend())?
+            .map(|c| Node::Call(Call(c))))
+    }
+}

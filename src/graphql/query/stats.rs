@@ -1,0 +1,23 @@
+//! Aggregates for analysts.
+
+use async_graphql::{Context, Object, Result};
+
+use crate::graphql::types::{CallFilter, CallStats};
+use crate::graphql::{caller, state};
+use crate::services::stats;
+use async_graphql::ErrorExtensions;
+
+#[derive(Default)]
+pub struct StatsQuery;
+
+#[Object]
+impl StatsQuery {
+    /// Counts, durations, talk time, sentiment and a per-day series over the filtered calls.
+    async fn call_stats(&self, ctx: &Context<'_>, filter: Option<CallFilter>) -> Result<CallStats> {
+        let filter = filter.unwrap_or_default().into();
+        Ok(stats::call_stats(state(ctx), caller(ctx)?, &filter)
+            .await
+            .map_err(|e| e.extend())?
+            .into())
+    }
+}

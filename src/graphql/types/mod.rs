@@ -1,0 +1,8 @@
+//! GraphQL types, written for clients rather than derived from tables; each wraps an entity or a
+//! service result and resolves nested lists through the DataLoaders.
+
+mod call;
+mod misc;
+
+pub use call::*;
+pub use misc::*;

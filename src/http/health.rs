@@ -1,0 +1,44 @@
+//! `/healthz` says the process is alive (cheap); `/readyz` checks every backend for the load balancer.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::HttpState;
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz(State(state): State<HttpState>) -> Response {
+    let app = &state.app;
+    let timeout = std::time::Duration::from_secs(3);
+    let check = |r: Result<anyhow::Result<()>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => serde_json::json!({ "ok": true }),
+        Ok(Err(e)) => serde_json::json!({ "ok": false, "error": e.to_string() }),
+        Err(_) => serde_json::json!({ "ok": false, "error": "timed out" }),
+    };
+    let (db, queue, store) = tokio::join!(
+        tokio::time::timeout(timeout, async {
+            app.db.ping().await.map_err(anyhow::Error::from)
+        }),
+        tokio::time::timeout(timeout, async { app.queue.depth().await.map(|_| ()) }),
+        tokio::time::timeout(timeout, app.blobs.ping()),
+    );
+    let checks =
+        serde_json::json!({ "database": check(db), "queue": check(queue), "blobs": check(store) });
+    let ready = checks
+        .as_object()
+        .is_some_and(|m| m.values().all(|v| v["ok"] == true));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "checks": checks })),
+    )
+        .into_response()
+}

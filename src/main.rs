@@ -1,0 +1,95 @@
+//! Thin entry point: parse the command line, load settings, start logging, run a subcommand.
+
+use clap::Parser;
+use voicegraph::cli::{Cli, Command};
+use voicegraph::config::Layers;
+use voicegraph::startup::{Application, Roles};
+use voicegraph::{graphql, telemetry, wiring};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::PrintSchema { output }) = &cli.command {
+        let sdl = graphql::sdl();
+        match output {
+            Some(path) => std::fs::write(path, sdl)?,
+            None => print!("{sdl}"),
+        }
+        return Ok(());
+    }
+    let settings = Layers::from_process()?.settings()?;
+    telemetry::init(settings.log_format);
+    let roles = match cli.command.unwrap_or(Command::Dev) {
+        Command::Dev => Roles::ALL,
+        Command::Serve => Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        Command::Worker => Roles {
+            serve: false,
+            worker: true,
+            relay: false,
+        },
+        Command::Relay => Roles {
+            serve: false,
+            worker: false,
+            relay: true,
+        },
+        Command::Migrate => {
+            let metrics = voicegraph::http::metrics::Metrics::new();
+            let db = wiring::connect(&settings, &metrics).await?;
+            wiring::migrate(&db).await?;
+            println!("migrations applied");
+            return Ok(());
+        }
+        Command::PrintSchema { .. } => unreachable!("handled above"),
+    };
+    let listen = settings.listen.clone();
+    let app = Application::build(settings, roles).await?;
+    if let Some(key) = &app.generated_admin_key {
+        println!();
+        println!(
+            "  voicegraph created tenant `default` and a platform-admin API key (shown once):"
+        );
+        println!();
+        println!("      {key}");
+        println!();
+        println!("  Set VOICEGRAPH_BOOTSTRAP_ADMIN_KEY to choose it yourself on a fresh data dir.");
+        println!();
+    }
+    if roles.serve {
+        println!(
+            "  voicegraph is listening: playground http://{}/  GraphQL http://{}/graphql",
+            display(&listen, app.port()),
+            display(&listen, app.port())
+        );
+    }
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    app.run_until_stopped().await
+}
+
+fn display(listen: &str, port: u16) -> String {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    format!("{host}:{port}")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,110 @@
+//! One trait per outside capability. Services and resolvers see only these; `wiring.rs` picks
+//! the adapter behind each once at start-up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use crate::domain::{Analysis, AnalysisRequest, EventEnvelope, JobMessage};
+
+/// A received job and the lease on it. The lease is valid until its visibility timeout.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Opaque handle for ack/extend/nack (SQS receipt handle, embedded receipt).
+    pub receipt: String,
+    pub message: JobMessage,
+    /// How many times this job has been received, this time included (1 on first delivery).
+    pub receive_count: u32,
+}
+
+/// A job queue with SQS semantics: at-least-once delivery, visibility leases, dead-lettering
+/// after `max_receives()` receives.
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    async fn send(&self, message: &JobMessage) -> anyhow::Result<()>;
+    /// Waits up to `wait` for at most `max` jobs and leases them for `visibility`.
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<Vec<Lease>>;
+    /// Extends a lease (heartbeat). Fails when the lease was lost.
+    async fn extend(&self, lease: &Lease, visibility: Duration) -> anyhow::Result<()>;
+    /// The job is done: remove it.
+    async fn ack(&self, lease: &Lease) -> anyhow::Result<()>;
+    /// Gives the job back, visible again after `delay`.
+    async fn nack(&self, lease: &Lease, delay: Duration) -> anyhow::Result<()>;
+    /// Receives after which the queue moves a job to its dead-letter queue.
+    fn max_receives(&self) -> u32;
+    /// Jobs waiting (visible or leased), for metrics and readiness.
+    async fn depth(&self) -> anyhow::Result<u64>;
+}
+
+/// Where the outbox relay publishes call events (SNS topic or in-process).
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    async fn publish(&self, event: &EventEnvelope) -> anyhow::Result<()>;
+}
+
+/// What every API instance listens to: all events of all tenants, best effort (a subscriber
+/// that lags or misses one catches up from the database).
+pub trait EventFeed: Send + Sync {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<EventEnvelope>>;
+}
+
+/// A presigned upload: what the client must send.
+#[derive(Debug, Clone)]
+pub struct PresignedPut {
+    pub url: String,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Object storage for recordings and results.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> anyhow::Result<()>;
+    /// `Ok(None)` when there is no such object.
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>>;
+    /// Size of the object, `None` when absent.
+    async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
+    /// Deleting an absent object succeeds.
+    async fn delete(&self, key: &str) -> anyhow::Result<()>;
+    /// A URL anyone can GET for `expires_in`.
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String>;
+    /// A URL to PUT exactly `byte_size` bytes of `content_type` at `key` within `expires_in`.
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        byte_size: u64,
+        expires_in: Duration,
+    ) -> anyhow::Result<PresignedPut>;
+    async fn ping(&self) -> anyhow::Result<()>;
+}
+
+/// Why an analysis failed: the recording itself (permanent) or the service (worth a retry).
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error("{0}")]
+    Permanent(String),
+    #[error(transparent)]
+    Transient(#[from] anyhow::Error),
+}
+
+/// Turns a recording into transcript, speakers, metrics and insights.
+#[async_trait]
+pub trait Analyzer: Send + Sync {
+    fn name(&self) -> String;
+    async fn analyze(
+        &self,
+        audio: Bytes,
+        request: AnalysisRequest,
+    ) -> Result<Analysis, AnalyzeError>;
+}

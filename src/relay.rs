@@ -1,0 +1,195 @@
+//! The outbox relay: sequences new events in commit order, then delivers outbox rows — jobs to
+//! the queue, events to the publisher, blob deletions to the store — marking each sent only after
+//! its destination accepted it. Failed deliveries back off and are tried again.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use entities::{call_events, outbox};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{EventEnvelope, JobMessage};
+use crate::services::events::{
+    envelope, sequence_pending, DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS,
+};
+use crate::state::AppState;
+
+const BATCH: u64 = 200;
+
+enum Delivery {
+    Sent,
+    /// Not deliverable yet (an event not sequenced yet): leave it for the next round.
+    NotYet,
+}
+
+async fn deliver(
+    state: &AppState,
+    row: &outbox::Model,
+    event: Option<&EventEnvelope>,
+) -> anyhow::Result<Delivery> {
+    match row.destination.as_str() {
+        DEST_JOBS => {
+            let msg: JobMessage =
+                serde_json::from_value(row.payload.clone()).context("job payload")?;
+            state.queue.send(&msg).await?;
+        }
+        DEST_EVENTS => match event {
+            Some(e) => state.publisher.publish(e).await?,
+            None => return Ok(Delivery::NotYet),
+        },
+        DEST_BLOB_DELETE => {
+            let keys: Vec<String> =
+                serde_json::from_value(row.payload["keys"].clone()).context("blob keys")?;
+            for key in keys {
+                state.blobs.delete(&key).await?;
+            }
+        }
+        other => anyhow::bail!("unknown outbox destination {other:?}"),
+    }
+    Ok(Delivery::Sent)
+}
+
+/// One round: returns how many rows were delivered.
+pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
+    sequence_pending(&state.db).await?;
+    let now = Utc::now();
+    let rows = outbox::Entity::find()
+        .filter(outbox::Column::SentAt.is_null())
+        .filter(outbox::Column::AvailableAt.lte(now))
+        .order_by_asc(outbox::Column::Id)
+        .limit(BATCH)
+        .all(&state.db)
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let event_ids: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.destination == DEST_EVENTS)
+        .filter_map(|r| r.payload["event_id"].as_i64())
+        .collect();
+    let events: std::collections::HashMap<i64, EventEnvelope> = if event_ids.is_empty() {
+        Default::default()
+    } else {
+        call_events::Entity::find()
+            .filter(call_events::Column::Id.is_in(event_ids))
+            .all(&state.db)
+            .await?
+            .iter()
+            .filter_map(envelope)
+            .map(|e| (e.id, e))
+            .collect()
+    };
+    // Events go out in sequence order so that subscribers rarely see a gap.
+    let mut ordered: Vec<(&outbox::Model, Option<&EventEnvelope>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r,
+                r.payload["event_id"]
+                    .as_i64()
+                    .and_then(|id| events.get(&id)),
+            )
+        })
+        .collect();
+    ordered.sort_by_key(|(r, e)| (e.map_or(i64::MAX, |e| e.seq), r.id));
+    let mut sent = 0;
+    for (row, event) in ordered {
+        let result = if row.destination == DEST_EVENTS
+            && event.is_none()
+            && row.payload["event_id"].as_i64().is_some()
+        {
+            // The event was deleted with its call before it was published; nothing to send.
+            let id = row.payload["event_id"].as_i64().unwrap_or_default();
+            let exists = call_events::Entity::find_by_id(id)
+                .one(&state.db)
+                .await?
+                .is_some();
+            if exists {
+                Ok(Delivery::NotYet)
+            } else {
+                Ok(Delivery::Sent)
+            }
+        } else {
+            deliver(state, row, event).await
+        };
+        match result {
+            Ok(Delivery::Sent) => {
+                outbox::Entity::update_many()
+                    .col_expr(outbox::Column::SentAt, Expr::value(Utc::now()))
+                    .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
+                    .filter(outbox::Column::Id.eq(row.id))
+                    .exec(&state.db)
+                    .await?;
+                sent += 1;
+            }
+            Ok(Delivery::NotYet) => {}
+            Err(e) => {
+                let delay = Duration::from_millis(500)
+                    * 2u32.saturating_pow(row.attempts.clamp(0, 10) as u32);
+                let delay = delay.min(Duration::from_secs(300));
+                tracing::warn!(outbox = row.id, destination = %row.destination, attempts = row.attempts + 1, error = %e, "outbox delivery failed; will retry");
+                outbox::Entity::update_many()
+                    .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
+                    .col_expr(outbox::Column::LastError, Expr::value(format!("{e:#}")))
+                    .col_expr(
+                        outbox::Column::AvailableAt,
+                        Expr::value(
+                            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        ),
+                    )
+                    .filter(outbox::Column::Id.eq(row.id))
+                    .exec(&state.db)
+                    .await?;
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Removes delivered outbox rows older than a day so the table stays small.
+async fn purge(state: &AppState) -> anyhow::Result<()> {
+    outbox::Entity::delete_many()
+        .filter(outbox::Column::SentAt.lt(Utc::now() - chrono::Duration::days(1)))
+        .exec(&state.db)
+        .await?;
+    Ok(())
+}
+
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    tracing::info!("relay started");
+    let mut last_purge = std::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let delivered = match relay_once(&state).await {
+            Ok(n) => {
+                failures = 0;
+                n
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "relay round failed");
+                0
+            }
+        };
+        if last_purge.elapsed() > Duration::from_secs(600) {
+            last_purge = std::time::Instant::now();
+            if let Err(e) = purge(&state).await {
+                tracing::warn!(error = %e, "purging the outbox failed");
+            }
+        }
+        if delivered as u64 >= BATCH {
+            continue;
+        }
+        let wait = state.settings.relay_poll * (failures + 1).min(20);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = state.relay_wakeup.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!("relay stopped");
+}

@@ -1,0 +1,315 @@
+//! Who is calling: API keys (random, shown once, stored as SHA-256), tenants, roles, and the
+//! platform admin created from the bootstrap key at first start.
+
+use chrono::Utc;
+use entities::{api_keys, tenants};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+#[graphql(name = "Role")]
+pub enum Role {
+    /// Manages the tenant's keys and does everything below.
+    Admin,
+    /// Submits, retries, tags and deletes calls, and reads them.
+    Integrator,
+    /// Reads calls and statistics, and tags calls.
+    Analyst,
+    /// Reads calls.
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Integrator => "integrator",
+            Self::Analyst => "analyst",
+            Self::Viewer => "viewer",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "integrator" => Some(Self::Integrator),
+            "analyst" => Some(Self::Analyst),
+            "viewer" => Some(Self::Viewer),
+            _ => None,
+        }
+    }
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    ReadCalls,
+    ReadStats,
+    SubmitCalls,
+    TagCalls,
+    ManageCalls,
+    ManageKeys,
+}
+
+/// An authenticated caller. Every service call is made on behalf of one.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant_id: Uuid,
+    pub role: Role,
+    /// The API key used, if any (JWT callers have none).
+    pub key_id: Option<Uuid>,
+    /// May create tenants and keys in any tenant.
+    pub platform_admin: bool,
+}
+
+impl Caller {
+    pub fn can(&self, p: Permission) -> bool {
+        use Permission::*;
+        match self.role {
+            Role::Admin => true,
+            Role::Integrator => matches!(p, ReadCalls | SubmitCalls | TagCalls | ManageCalls),
+            Role::Analyst => matches!(p, ReadCalls | ReadStats | TagCalls),
+            Role::Viewer => matches!(p, ReadCalls),
+        }
+    }
+
+    pub fn require(&self, p: Permission) -> AppResult<()> {
+        if self.can(p) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(format!(
+                "the {} role may not do this",
+                self.role.as_str()
+            )))
+        }
+    }
+}
+
+pub fn hash_key(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A new random key: `vg_` and 40 characters of base62, about 238 bits.
+pub fn generate_key() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let body: String = (0..40)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("vg_{body}")
+}
+
+fn prefix_of(secret: &str) -> String {
+    secret.chars().take(10).collect()
+}
+
+/// Resolves a bearer token to a caller. Unknown, revoked or malformed tokens are `UNAUTHENTICATED`.
+pub async fn authenticate(db: &DatabaseConnection, token: &str) -> AppResult<Caller> {
+    let token = token.trim();
+    if token.is_empty() || token.len() > 4096 {
+        return Err(AppError::Unauthenticated("invalid credentials".into()));
+    }
+    let key = api_keys::Entity::find()
+        .filter(api_keys::Column::KeyHash.eq(hash_key(token)))
+        .one(db)
+        .await?;
+    let Some(key) = key.filter(|k| k.revoked_at.is_none()) else {
+        return Err(AppError::Unauthenticated(
+            "invalid or revoked API key".into(),
+        ));
+    };
+    let role = Role::parse(&key.role)
+        .ok_or_else(|| anyhow::anyhow!("api key {} has unknown role {}", key.id, key.role))?;
+    // Recording every use would turn each read into a write; once a minute is enough.
+    let stale = key
+        .last_used_at
+        .is_none_or(|t| Utc::now() - t > chrono::Duration::seconds(60));
+    if stale {
+        api_keys::Entity::update_many()
+            .col_expr(api_keys::Column::LastUsedAt, Expr::value(Utc::now()))
+            .filter(api_keys::Column::Id.eq(key.id))
+            .exec(db)
+            .await?;
+    }
+    Ok(Caller {
+        tenant_id: key.tenant_id,
+        role,
+        key_id: Some(key.id),
+        platform_admin: key.platform_admin,
+    })
+}
+
+/// At first start (no tenants), creates tenant `default` and the platform-admin key. Returns the
+/// key when one was generated, so that development can print it.
+pub async fn bootstrap(
+    db: &DatabaseConnection,
+    admin_key: Option<&str>,
+) -> AppResult<Option<String>> {
+    if tenants::Entity::find().count(db).await? > 0 {
+        return Ok(None);
+    }
+    let generated = admin_key.is_none().then(generate_key);
+    let secret = admin_key
+        .map(str::to_string)
+        .or(generated.clone())
+        .unwrap_or_default();
+    let txn = db.begin().await?;
+    let tenant = tenants::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        name: Set("default".into()),
+        created_at: Set(Utc::now()),
+    }
+    .insert(&txn)
+    .await?;
+    insert_key(
+        &txn,
+        tenant.id,
+        "bootstrap admin",
+        Role::Admin,
+        true,
+        &secret,
+    )
+    .await?;
+    txn.commit().await?;
+    tracing::info!(tenant = %tenant.id, "created tenant `default` and the platform-admin key");
+    Ok(generated)
+}
+
+async fn insert_key<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    tenant_id: Uuid,
+    name: &str,
+    role: Role,
+    platform_admin: bool,
+    secret: &str,
+) -> AppResult<api_keys::Model> {
+    Ok(api_keys::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        tenant_id: Set(tenant_id),
+        name: Set(name.into()),
+        prefix: Set(prefix_of(secret)),
+        key_hash: Set(hash_key(secret)),
+        role: Set(role.as_str().into()),
+        platform_admin: Set(platform_admin),
+        created_at: Set(Utc::now()),
+        revoked_at: Set(None),
+        last_used_at: Set(None),
+    }
+    .insert(db)
+    .await?)
+}
+
+fn validate_name(name: &str, what: &str) -> AppResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(AppError::bad_input(format!(
+            "{what} must be 1 to 100 characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(AppError::bad_input(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+pub async fn create_tenant(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    name: &str,
+) -> AppResult<tenants::Model> {
+    if !caller.platform_admin {
+        return Err(AppError::Forbidden(
+            "only the platform admin creates tenants".into(),
+        ));
+    }
+    let name = validate_name(name, "name")?;
+    Ok(tenants::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        name: Set(name),
+        created_at: Set(Utc::now()),
+    }
+    .insert(db)
+    .await?)
+}
+
+pub async fn get_tenant(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    id: Uuid,
+) -> AppResult<tenants::Model> {
+    if id != caller.tenant_id && !caller.platform_admin {
+        return Err(AppError::not_found("tenant"));
+    }
+    tenants::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))
+}
+
+/// Creates a key; returns it with its secret, which is never shown again.
+pub async fn create_api_key(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    tenant_id: Option<Uuid>,
+    role: Role,
+    name: &str,
+) -> AppResult<(api_keys::Model, String)> {
+    caller.require(Permission::ManageKeys)?;
+    let tenant_id = tenant_id.unwrap_or(caller.tenant_id);
+    if tenant_id != caller.tenant_id && !caller.platform_admin {
+        return Err(AppError::Forbidden(
+            "admins create keys in their own tenant only".into(),
+        ));
+    }
+    let name = validate_name(name, "name")?;
+    if tenants::Entity::find_by_id(tenant_id)
+        .one(db)
+        .await?
+        .is_none()
+    {
+        return Err(AppError::not_found("tenant"));
+    }
+    let secret = generate_key();
+    let key = insert_key(db, tenant_id, &name, role, false, &secret).await?;
+    Ok((key, secret))
+}
+
+pub async fn revoke_api_key(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    id: Uuid,
+) -> AppResult<api_keys::Model> {
+    caller.require(Permission::ManageKeys)?;
+    let key = api_keys::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .filter(|k| k.tenant_id == caller.tenant_id || caller.platform_admin)
+        .ok_or_else(|| AppError::not_found("API key"))?;
+    if key.revoked_at.is_some() {
+        return Ok(key);
+    }
+    let mut active: api_keys::ActiveModel = key.into();
+    active.revoked_at = Set(Some(Utc::now()));
+    Ok(active.update(db).await?)
+}
+
+pub async fn list_api_keys(
+    db: &DatabaseConnection,
+    caller: &Caller,
+) -> AppResult<Vec<api_keys::Model>> {
+    caller.require(Permission::ManageKeys)?;
+    Ok(api_keys::Entity::find()
+        .filter(api_keys::Column::TenantId.eq(caller.tenant_id))
+        .order_by_asc(api_keys::Column::CreatedAt)
+        .all(db)
+        .await?)
+}

@@ -1,0 +1,318 @@
+//! Call events: written with an outbox row in the caller's transaction, sequenced by the relay in
+//! commit order, and streamed to subscribers — replay from the database, then live, with gaps
+//! (lag, lost messages) filled from the database so that no subscriber misses or repeats one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_stream::try_stream;
+use chrono::Utc;
+use entities::{call_events, outbox, sequencer};
+use futures::Stream;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::{CallStatus, EventEnvelope, JobMessage};
+use crate::error::AppResult;
+use crate::services::auth::Caller;
+use crate::state::AppState;
+
+/// Outbox destinations.
+pub const DEST_JOBS: &str = "jobs";
+pub const DEST_EVENTS: &str = "events";
+pub const DEST_BLOB_DELETE: &str = "blob_delete";
+
+fn outbox_row(destination: &str, payload: serde_json::Value) -> outbox::ActiveModel {
+    let now = Utc::now();
+    outbox::ActiveModel {
+        destination: Set(destination.into()),
+        payload: Set(payload),
+        created_at: Set(now),
+        available_at: Set(now),
+        attempts: Set(0),
+        last_error: Set(None),
+        sent_at: Set(None),
+        ..Default::default()
+    }
+}
+
+/// Records an event and its outbox row; call inside the transaction that made the change.
+pub async fn record_event<C: ConnectionTrait>(
+    txn: &C,
+    tenant_id: Uuid,
+    call_id: Uuid,
+    kind: &str,
+    status: CallStatus,
+    payload: Option<serde_json::Value>,
+) -> AppResult<i64> {
+    let event = call_events::ActiveModel {
+        seq: Set(None),
+        tenant_id: Set(tenant_id),
+        call_id: Set(call_id),
+        kind: Set(kind.into()),
+        status: Set(status.as_str().into()),
+        payload: Set(payload),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await?;
+    outbox_row(DEST_EVENTS, serde_json::json!({ "event_id": event.id }))
+        .insert(txn)
+        .await?;
+    Ok(event.id)
+}
+
+/// Queues an analysis job through the outbox; call inside the transaction that made the change.
+pub async fn enqueue_job<C: ConnectionTrait>(txn: &C, message: &JobMessage) -> AppResult<()> {
+    outbox_row(
+        DEST_JOBS,
+        serde_json::to_value(message).map_err(anyhow::Error::from)?,
+    )
+    .insert(txn)
+    .await?;
+    Ok(())
+}
+
+/// Queues blob deletions through the outbox, so they happen even if this process dies.
+pub async fn enqueue_blob_delete<C: ConnectionTrait>(txn: &C, keys: Vec<String>) -> AppResult<()> {
+    if !keys.is_empty() {
+        outbox_row(DEST_BLOB_DELETE, serde_json::json!({ "keys": keys }))
+            .insert(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Gives every committed, unsequenced event the next positions of the global sequence. The
+/// sequencer row is locked first, so concurrent relays commit in the order of the numbers they
+/// hand out and a reader never sees position n+1 before n.
+pub async fn sequence_pending(db: &DatabaseConnection) -> anyhow::Result<usize> {
+    let txn = db.begin().await?;
+    sequencer::Entity::update_many()
+        .col_expr(
+            sequencer::Column::Value,
+            Expr::col(sequencer::Column::Value),
+        )
+        .filter(sequencer::Column::Id.eq(1))
+        .exec(&txn)
+        .await?;
+    let pending = call_events::Entity::find()
+        .filter(call_events::Column::Seq.is_null())
+        .order_by_asc(call_events::Column::Id)
+        .limit(1000)
+        .all(&txn)
+        .await?;
+    if pending.is_empty() {
+        txn.commit().await?;
+        return Ok(0);
+    }
+    let current = sequencer::Entity::find_by_id(1)
+        .one(&txn)
+        .await?
+        .map(|s| s.value)
+        .unwrap_or(0);
+    for (i, event) in pending.iter().enumerate() {
+        call_events::Entity::update_many()
+            .col_expr(
+                call_events::Column::Seq,
+                Expr::value(current + 1 + i as i64),
+            )
+            .filter(call_events::Column::Id.eq(event.id))
+            .exec(&txn)
+            .await?;
+    }
+    sequencer::Entity::update_many()
+        .col_expr(
+            sequencer::Column::Value,
+            Expr::value(current + pending.len() as i64),
+        )
+        .filter(sequencer::Column::Id.eq(1))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(pending.len())
+}
+
+/// The last position handed out; every position up to it is committed and visible.
+pub async fn max_seq<C: ConnectionTrait>(db: &C) -> anyhow::Result<i64> {
+    Ok(sequencer::Entity::find_by_id(1)
+        .one(db)
+        .await?
+        .map(|s| s.value)
+        .unwrap_or(0))
+}
+
+pub fn envelope(m: &call_events::Model) -> Option<EventEnvelope> {
+    Some(EventEnvelope {
+        seq: m.seq?,
+        id: m.id,
+        tenant_id: m.tenant_id,
+        call_id: m.call_id,
+        kind: m.kind.clone(),
+        status: CallStatus::parse(&m.status)?,
+        at: m.created_at,
+    })
+}
+
+/// Which events a subscriber wants, within its tenant.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub call_id: Option<Uuid>,
+    pub kinds: Vec<String>,
+    pub statuses: Vec<CallStatus>,
+}
+
+impl EventFilter {
+    fn matches(&self, tenant_id: Uuid, e: &EventEnvelope) -> bool {
+        e.tenant_id == tenant_id
+            && self.call_id.is_none_or(|c| c == e.call_id)
+            && (self.kinds.is_empty() || self.kinds.iter().any(|k| *k == e.kind))
+            && (self.statuses.is_empty() || self.statuses.contains(&e.status))
+    }
+}
+
+/// Sequenced events of a tenant in (after, upto], in order, matching the filter.
+pub async fn events_between(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    filter: &EventFilter,
+    after: i64,
+    upto: i64,
+) -> anyhow::Result<Vec<EventEnvelope>> {
+    let mut out = Vec::new();
+    let mut from = after;
+    loop {
+        let mut q = call_events::Entity::find()
+            .filter(call_events::Column::TenantId.eq(tenant_id))
+            .filter(call_events::Column::Seq.gt(from))
+            .filter(call_events::Column::Seq.lte(upto));
+        if let Some(call) = filter.call_id {
+            q = q.filter(call_events::Column::CallId.eq(call));
+        }
+        if !filter.kinds.is_empty() {
+            q = q.filter(call_events::Column::Kind.is_in(filter.kinds.clone()));
+        }
+        if !filter.statuses.is_empty() {
+            q = q.filter(
+                call_events::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())),
+            );
+        }
+        let page = q
+            .order_by_asc(call_events::Column::Seq)
+            .limit(500)
+            .all(db)
+            .await?;
+        let full = page.len() == 500;
+        from = page.last().and_then(|m| m.seq).unwrap_or(upto);
+        out.extend(page.iter().filter_map(envelope));
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// A subscriber's stream: replays events after `after` (or starts from now), then goes live.
+/// Positions are dense and committed in order, so a jump in the live feed is a gap that the
+/// database fills; lag and a silent feed are caught by the instance's watermark.
+pub fn stream(
+    state: AppState,
+    caller: Caller,
+    filter: EventFilter,
+    after: Option<i64>,
+) -> impl Stream<Item = anyhow::Result<EventEnvelope>> + Send + 'static {
+    try_stream! {
+        let mut live = state.feed.subscribe();
+        let mut watermark = state.watermark.subscribe();
+        let db = state.db.clone();
+        let tenant = caller.tenant_id;
+        let mut last = match after {
+            Some(a) => a,
+            None => max_seq(&db).await?,
+        };
+        let top = max_seq(&db).await?;
+        if top > last {
+            for e in events_between(&db, tenant, &filter, last, top).await? {
+                yield e;
+            }
+            last = top;
+        }
+        loop {
+            let step = tokio::select! {
+                received = live.recv() => Step::Live(received),
+                changed = watermark.changed() => match changed {
+                    Ok(()) => Step::Watermark(*watermark.borrow_and_update()),
+                    Err(_) => Step::Closed,
+                },
+            };
+            let upto = match step {
+                Step::Live(Ok(e)) if e.seq <= last => continue,
+                Step::Live(Ok(e)) if e.seq == last + 1 => {
+                    last = e.seq;
+                    if filter.matches(tenant, &e) {
+                        yield Arc::unwrap_or_clone(e);
+                    }
+                    continue;
+                }
+                Step::Live(Ok(e)) => e.seq,
+                Step::Live(Err(RecvError::Lagged(_))) => max_seq(&db).await?,
+                Step::Live(Err(RecvError::Closed)) | Step::Closed => break,
+                Step::Watermark(top) if top <= last => continue,
+                Step::Watermark(top) => top,
+            };
+            for e in events_between(&db, tenant, &filter, last, upto).await? {
+                yield e;
+            }
+            last = last.max(upto);
+        }
+    }
+}
+
+enum Step {
+    Live(Result<Arc<EventEnvelope>, RecvError>),
+    Watermark(i64),
+    Closed,
+}
+
+/// Publishes this instance's view of the last committed position, so subscribers notice events
+/// that never reached them live (another process's relay, a message lost by the bus).
+pub async fn run_watermark(state: AppState, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match max_seq(&state.db).await {
+            Ok(top) => {
+                state.watermark.send_if_modified(|v| {
+                    let changed = top > *v;
+                    *v = (*v).max(top);
+                    changed
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the event watermark failed"),
+        }
+    }
+}
+
+/// The events of some calls (for the `events` field through a DataLoader), oldest first.
+pub async fn events_of_calls(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    call_ids: &[Uuid],
+) -> anyhow::Result<Vec<call_events::Model>> {
+    Ok(call_events::Entity::find()
+        .filter(call_events::Column::TenantId.eq(tenant_id))
+        .filter(call_events::Column::CallId.is_in(call_ids.iter().copied()))
+        .filter(call_events::Column::Seq.is_not_null())
+        .order_by_asc(call_events::Column::Seq)
+        .all(db)
+        .await?)
+}

@@ -1,0 +1,7 @@
+//! Use cases: submit, process, retry, tag, delete, query, stream events, manage keys. They take
+//! the caller and the state, never axum or async-graphql types.
+
+pub mod auth;
+pub mod calls;
+pub mod events;
+pub mod stats;

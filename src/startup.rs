@@ -1,0 +1,138 @@
+//! `Application::build` starts voicegraph the same way for `main` and for tests: it binds its own
+//! listener (port 0 works), wires the backends and runs the chosen roles until told to stop.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::graphql::build_schema;
+use crate::services::{auth, events};
+use crate::state::AppState;
+use crate::{http, relay, wiring, worker};
+
+/// Which roles this process plays.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub serve: bool,
+    pub worker: bool,
+    pub relay: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        serve: true,
+        worker: true,
+        relay: true,
+    };
+}
+
+pub struct Application {
+    listener: Option<TcpListener>,
+    port: u16,
+    state: AppState,
+    roles: Roles,
+    shutdown: CancellationToken,
+    /// A platform-admin key generated at first start (development only).
+    pub generated_admin_key: Option<String>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, roles: Roles) -> anyhow::Result<Self> {
+        let listener = if roles.serve {
+            let l = TcpListener::bind(&settings.listen).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (VOICEGRAPH_LISTEN): {e}",
+                    settings.listen
+                )
+            })?;
+            Some(l)
+        } else {
+            None
+        };
+        let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let port = addr.map_or(0, |a| a.port());
+        let public_url = settings.public_url.clone().unwrap_or_else(|| {
+            addr.map_or_else(
+                || format!("http://{}", settings.listen),
+                |a| format!("http://{a}"),
+            )
+        });
+        let production = settings.is_production();
+        let admin_key = settings
+            .bootstrap_admin_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_string());
+        let state = wiring::build_state(settings, &public_url).await?;
+        let generated_admin_key = if admin_key.is_some() || !production {
+            auth::bootstrap(&state.db, admin_key.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        } else {
+            None
+        };
+        Ok(Self {
+            listener,
+            port,
+            state,
+            roles,
+            shutdown: CancellationToken::new(),
+            generated_admin_key,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancelling it stops every role gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            roles,
+            shutdown,
+            ..
+        } = self;
+        let mut tasks = JoinSet::new();
+        if roles.worker {
+            tasks.spawn(worker::run(
+                state.clone(),
+                shutdown.clone(),
+                Duration::from_secs(30),
+            ));
+        }
+        if roles.relay {
+            tasks.spawn(relay::run(state.clone(), shutdown.clone()));
+        }
+        if let Some(listener) = listener {
+            tasks.spawn(events::run_watermark(
+                state.clone(),
+                Duration::from_millis(500),
+                shutdown.clone(),
+            ));
+            let schema = build_schema(Some(state.clone()));
+            let app = http::router(state.clone(), schema);
+            tracing::info!(addr = %listener.local_addr()?, "serving GraphQL on /graphql and the playground on /");
+            let stop = shutdown.clone();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await?;
+        } else {
+            shutdown.cancelled().await;
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}

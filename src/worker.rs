@@ -1,0 +1,410 @@
+//! The job loop. `process_one` is the whole of one job, public and deterministic; the loop around
+//! it only leases, bounds concurrency, backs off and drains on shutdown.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use entities::{call_segments, calls};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::domain::{event_kind, Analysis, AnalysisRequest, CallStatus, TranscriptInput};
+use crate::ports::{AnalyzeError, Lease};
+use crate::services::events::record_event;
+use crate::state::AppState;
+
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    /// A duplicate or stale job: the call is finished or gone.
+    Skipped,
+    /// Failed this time; the job will be delivered again after a delay.
+    WillRetry(String),
+    /// Failed for good; the call is `FAILED`.
+    Failed(String),
+    /// A newer attempt owns the call; this one wrote nothing.
+    Fenced,
+}
+
+/// Marks the call `PROCESSING` and claims a new attempt number. `None` when there is nothing to
+/// do (the call is finished or deleted).
+pub async fn start_attempt(
+    state: &AppState,
+    lease: &Lease,
+) -> anyhow::Result<Option<(calls::Model, i32)>> {
+    let msg = &lease.message;
+    let txn = state.db.begin().await?;
+    let updated = calls::Entity::update_many()
+        .col_expr(
+            calls::Column::Status,
+            Expr::value(CallStatus::Processing.as_str()),
+        )
+        .col_expr(
+            calls::Column::Attempts,
+            Expr::col(calls::Column::Attempts).add(1),
+        )
+        .col_expr(calls::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(calls::Column::Id.eq(msg.call_id))
+        .filter(calls::Column::TenantId.eq(msg.tenant_id))
+        .filter(
+            calls::Column::Status
+                .is_in([CallStatus::Queued.as_str(), CallStatus::Processing.as_str()]),
+        )
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Ok(None);
+    }
+    let call = calls::Entity::find_by_id(msg.call_id)
+        .one(&txn)
+        .await?
+        .context("call vanished inside its transaction")?;
+    record_event(
+        &txn,
+        msg.tenant_id,
+        msg.call_id,
+        event_kind::PROCESSING,
+        CallStatus::Processing,
+        Some(serde_json::json!({ "attempt": call.attempts })),
+    )
+    .await?;
+    txn.commit().await?;
+    state.relay_wakeup.notify_one();
+    let attempt = call.attempts;
+    Ok(Some((call, attempt)))
+}
+
+fn analysis_request(call: &calls::Model) -> AnalysisRequest {
+    AnalysisRequest {
+        channels: call
+            .channels
+            .clone()
+            .and_then(|c| serde_json::from_value(c).ok()),
+        transcript: call
+            .transcript_input
+            .clone()
+            .and_then(|t| serde_json::from_value::<TranscriptInput>(t).ok()),
+        language: call.language.clone(),
+    }
+}
+
+/// Analyses the call and stores the results. Errors are classified by the caller.
+async fn analyse(
+    state: &AppState,
+    call: &calls::Model,
+) -> Result<(Analysis, String), AnalyzeError> {
+    let key = call
+        .recording_key
+        .as_deref()
+        .ok_or_else(|| AnalyzeError::Permanent("the call has no recording".into()))?;
+    let audio = state.blobs.get(key).await?.ok_or_else(|| {
+        AnalyzeError::Permanent("the recording is missing from the blob store".into())
+    })?;
+    let analysis = state
+        .analyzer
+        .analyze(audio, analysis_request(call))
+        .await?;
+    let result_key = format!("results/{}/{}.json", call.tenant_id, call.id);
+    let json = serde_json::to_vec_pretty(&analysis).map_err(anyhow::Error::from)?;
+    state
+        .blobs
+        .put(&result_key, json.into(), "application/json")
+        .await?;
+    Ok((analysis, result_key))
+}
+
+/// Stores the results, the segments and the `COMPLETED` event in one transaction, only if this
+/// attempt still owns the call.
+async fn complete(
+    state: &AppState,
+    call: &calls::Model,
+    attempt: i32,
+    analysis: &Analysis,
+    result_key: String,
+) -> anyhow::Result<bool> {
+    let now = Utc::now();
+    let txn = state.db.begin().await?;
+    let updated = calls::Entity::update_many()
+        .col_expr(
+            calls::Column::Status,
+            Expr::value(CallStatus::Completed.as_str()),
+        )
+        .col_expr(calls::Column::DurationMs, Expr::value(analysis.duration_ms))
+        .col_expr(calls::Column::ResultKey, Expr::value(result_key))
+        .col_expr(
+            calls::Column::Language,
+            Expr::value(analysis.language.clone().or(call.language.clone())),
+        )
+        .col_expr(
+            calls::Column::TranscriptText,
+            Expr::value(analysis.transcript_text.clone()),
+        )
+        .col_expr(
+            calls::Column::Summary,
+            Expr::value(analysis.summary.clone()),
+        )
+        .col_expr(
+            calls::Column::SentimentScore,
+            Expr::value(analysis.sentiment.map(|s| s.score)),
+        )
+        .col_expr(
+            calls::Column::SentimentLabel,
+            Expr::value(analysis.sentiment.map(|s| s.label.as_str().to_string())),
+        )
+        .col_expr(
+            calls::Column::Topics,
+            Expr::value(serde_json::json!(analysis.topics)),
+        )
+        .col_expr(
+            calls::Column::ActionItems,
+            Expr::value(serde_json::json!(analysis.action_items)),
+        )
+        .col_expr(
+            calls::Column::Metrics,
+            Expr::value(serde_json::to_value(&analysis.metrics)?),
+        )
+        .col_expr(
+            calls::Column::Analyzer,
+            Expr::value(analysis.analyzer.clone()),
+        )
+        .col_expr(calls::Column::Error, Expr::value(Option::<String>::None))
+        .col_expr(calls::Column::UpdatedAt, Expr::value(now))
+        .col_expr(calls::Column::CompletedAt, Expr::value(now))
+        .filter(calls::Column::Id.eq(call.id))
+        .filter(calls::Column::Attempts.eq(attempt))
+        .filter(calls::Column::Status.eq(CallStatus::Processing.as_str()))
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Ok(false);
+    }
+    call_segments::Entity::delete_many()
+        .filter(call_segments::Column::CallId.eq(call.id))
+        .exec(&txn)
+        .await?;
+    let rows: Vec<call_segments::ActiveModel> = analysis
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| call_segments::ActiveModel {
+            call_id: Set(call.id),
+            tenant_id: Set(call.tenant_id),
+            idx: Set(i as i32),
+            speaker: Set(s.speaker.clone()),
+            channel: Set(s.channel),
+            start_ms: Set(s.start_ms),
+            end_ms: Set(s.end_ms),
+            text: Set(s.text.clone()),
+            sentiment: Set(s.sentiment),
+            ..Default::default()
+        })
+        .collect();
+    // Bounded batches keep every statement under SQLite's bind-parameter limit.
+    for chunk in rows.chunks(500) {
+        call_segments::Entity::insert_many(chunk.to_vec())
+            .exec(&txn)
+            .await?;
+    }
+    record_event(
+        &txn,
+        call.tenant_id,
+        call.id,
+        event_kind::COMPLETED,
+        CallStatus::Completed,
+        None,
+    )
+    .await?;
+    txn.commit().await?;
+    state.relay_wakeup.notify_one();
+    Ok(true)
+}
+
+/// Records a failed attempt: `FAILED` for good, or back to `QUEUED` to be retried.
+async fn fail(
+    state: &AppState,
+    call: &calls::Model,
+    attempt: i32,
+    reason: &str,
+    permanent: bool,
+) -> anyhow::Result<bool> {
+    let status = if permanent {
+        CallStatus::Failed
+    } else {
+        CallStatus::Queued
+    };
+    let txn = state.db.begin().await?;
+    let updated = calls::Entity::update_many()
+        .col_expr(calls::Column::Status, Expr::value(status.as_str()))
+        .col_expr(calls::Column::Error, Expr::value(reason.to_string()))
+        .col_expr(calls::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(calls::Column::Id.eq(call.id))
+        .filter(calls::Column::Attempts.eq(attempt))
+        .filter(calls::Column::Status.eq(CallStatus::Processing.as_str()))
+        .exec(&txn)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Ok(false);
+    }
+    let kind = if permanent {
+        event_kind::FAILED
+    } else {
+        event_kind::RETRYING
+    };
+    record_event(
+        &txn,
+        call.tenant_id,
+        call.id,
+        kind,
+        status,
+        Some(serde_json::json!({ "error": reason, "attempt": attempt })),
+    )
+    .await?;
+    txn.commit().await?;
+    state.relay_wakeup.notify_one();
+    Ok(true)
+}
+
+fn backoff(receive_count: u32, base: Duration) -> Duration {
+    let factor = 1u32 << std::cmp::min(receive_count.saturating_sub(1), 8);
+    (base * factor).min(Duration::from_secs(300))
+}
+
+/// Runs one leased job to its end, keeping the lease alive while it works.
+pub async fn process_one(state: &AppState, lease: &Lease) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let Some((call, attempt)) = start_attempt(state, lease).await? else {
+        state.queue.ack(lease).await?;
+        return Ok(Outcome::Skipped);
+    };
+    let visibility = state.settings.job_visibility;
+    let heartbeat = async {
+        let mut tick = tokio::time::interval((visibility / 3).max(Duration::from_millis(100)));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = state.queue.extend(lease, visibility).await {
+                tracing::warn!(error = %e, "lease heartbeat failed");
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = analyse(state, &call) => r,
+        _ = heartbeat => unreachable!("the heartbeat never ends"),
+    };
+    let outcome = match result {
+        Ok((analysis, result_key)) => {
+            if complete(state, &call, attempt, &analysis, result_key).await? {
+                state.queue.ack(lease).await?;
+                Outcome::Completed
+            } else {
+                Outcome::Fenced
+            }
+        }
+        Err(e) => {
+            let (reason, permanent) = match &e {
+                AnalyzeError::Permanent(r) => (r.clone(), true),
+                AnalyzeError::Transient(err) => (format!("{err:#}"), false),
+            };
+            let last = lease.receive_count >= state.queue.max_receives();
+            if fail(state, &call, attempt, &reason, permanent || last).await? {
+                if permanent {
+                    state.queue.ack(lease).await?;
+                    Outcome::Failed(reason)
+                } else if last {
+                    // Left unacknowledged, the queue moves it to its dead-letter queue.
+                    state.queue.nack(lease, Duration::ZERO).await?;
+                    Outcome::Failed(reason)
+                } else {
+                    let delay = backoff(lease.receive_count, state.settings.job_retry_base);
+                    state.queue.nack(lease, delay).await?;
+                    Outcome::WillRetry(reason)
+                }
+            } else {
+                Outcome::Fenced
+            }
+        }
+    };
+    state.metrics.job_finished(&outcome, started.elapsed());
+    Ok(outcome)
+}
+
+/// Leases and processes jobs until `shutdown`; then stops leasing and lets in-flight jobs finish
+/// (up to `grace`), releasing the ones that do not.
+pub async fn run(state: AppState, shutdown: CancellationToken, grace: Duration) {
+    let concurrency = state.settings.worker_concurrency.max(1);
+    let mut running: JoinSet<()> = JoinSet::new();
+    let leases_in_flight = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Lease>::new()));
+    tracing::info!(concurrency, "worker started");
+    let mut failures = 0u32;
+    loop {
+        while running.try_join_next().is_some() {}
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let free = concurrency - running.len();
+        if free == 0 {
+            tokio::select! {
+                _ = running.join_next() => {}
+                _ = shutdown.cancelled() => {}
+            }
+            continue;
+        }
+        let received = tokio::select! {
+            r = state.queue.receive(free, state.settings.job_visibility, Duration::from_secs(1)) => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let leases = match received {
+            Ok(l) => {
+                failures = 0;
+                l
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "receiving jobs failed");
+                tokio::time::sleep(Duration::from_millis(200) * std::cmp::min(failures, 25)).await;
+                continue;
+            }
+        };
+        for lease in leases {
+            let state = state.clone();
+            let in_flight = leases_in_flight.clone();
+            in_flight.lock().expect("lease list").push(lease.clone());
+            let span = tracing::info_span!("job", call = %lease.message.call_id, tenant = %lease.message.tenant_id, receive = lease.receive_count);
+            running.spawn(
+                async move {
+                    match process_one(&state, &lease).await {
+                        Ok(outcome) => tracing::info!(?outcome, "job done"),
+                        Err(e) => {
+                            tracing::error!(error = ?e, "job errored; it will be delivered again")
+                        }
+                    }
+                    in_flight
+                        .lock()
+                        .expect("lease list")
+                        .retain(|l| l.receipt != lease.receipt);
+                }
+                .instrument(span),
+            );
+        }
+    }
+    tracing::info!(in_flight = running.len(), "worker draining");
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        running.abort_all();
+        let left = std::mem::take(&mut *leases_in_flight.lock().expect("lease list"));
+        for lease in left {
+            if let Err(e) = state.queue.nack(&lease, Duration::ZERO).await {
+                tracing::warn!(error = %e, "releasing a lease failed");
+            }
+        }
+    }
+    tracing::info!("worker stopped");
+}
