@@ -148,6 +148,9 @@ impl Layers {
             ws_init_timeout: Duration::from_secs(self.parse("ws_init_timeout_secs", 10)?),
             job_retry_base: Duration::from_millis(self.parse("job_retry_base_ms", 2000)?),
             relay_poll: Duration::from_millis(self.parse("relay_poll_ms", 500)?),
+            watermark_poll: Duration::from_millis(self.parse("watermark_poll_ms", 500)?),
+            event_buffer: self.parse("event_buffer", 4096)?,
+            loader_delay: Duration::from_millis(self.parse("loader_delay_ms", 5)?),
             data_dir,
         })
     }
@@ -238,6 +241,12 @@ pub struct Settings {
     pub job_retry_base: Duration,
     /// How often the relay looks for outbox rows written by other processes.
     pub relay_poll: Duration,
+    /// How often an API instance checks for events its live feed did not bring.
+    pub watermark_poll: Duration,
+    /// Events buffered per instance for slow subscribers before they catch up from the database.
+    pub event_buffer: usize,
+    /// How long a DataLoader collects keys before it queries: longer batches more, shorter answers sooner.
+    pub loader_delay: Duration,
 }
 
 impl Settings {
@@ -272,7 +281,7 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:9000");
         assert_eq!(s.max_page_size, 70);
         use secrecy::ExposeSecret;
-        assert_eq!(s.bootstrap_admin_key.unwrap().expose_secret(), "1234");
+        assert_eq!(s.bootstrap_admin_key.as_ref().unwrap().expose_secret(), "1234");
         assert!(s
             .database_url()
             .starts_with("sqlite://./data/voicegraph.db"));

@@ -110,7 +110,10 @@ pub async fn connect(settings: &Settings, metrics: &Metrics) -> anyhow::Result<D
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
     }
     let counter = metrics.db_statements.clone();
-    db.set_metric_callback(move |_| counter.inc());
+    db.set_metric_callback(move |info| {
+        if std::env::var_os("VG_TRACE_SQL").is_some() { eprintln!("SQL {:?} {} params={}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 100000, info.statement.sql.chars().take(40).collect::<String>(), info.statement.sql.matches('?').count()); }
+        counter.inc()
+    });
     Ok(db)
 }
 
@@ -144,7 +147,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
     }
     refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
     refuse_embedded(&settings, "event feed", "VOICEGRAPH_REDIS_URL")?;
-    let bus = InProcessBus::new(4096);
+    let bus = InProcessBus::new(settings.event_buffer);
     let publisher: Arc<dyn EventPublisher> = Arc::new(bus.clone());
     let feed: Arc<dyn EventFeed> = Arc::new(bus);
 

@@ -278,7 +278,10 @@ fn backoff(receive_count: u32, base: Duration) -> Duration {
 pub async fn process_one(state: &AppState, lease: &Lease) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let Some((call, attempt)) = start_attempt(state, lease).await? else {
-        state.queue.ack(lease).await?;
+        // A duplicate of a finished job; if our lease already lapsed, the newer delivery is acked later.
+        if let Err(e) = state.queue.ack(lease).await {
+            tracing::debug!(error = %e, "acknowledging a skipped job failed");
+        }
         return Ok(Outcome::Skipped);
     };
     let visibility = state.settings.job_visibility;

@@ -1,10 +1,13 @@
 //! DataLoaders for nested lists, keyed by (tenant, call): a page of calls costs one query per
-//! kind of nested list, not one per call. No cache, so live streams never see stale rows.
+//! kind of nested list, not one per call. Each HTTP request gets its own caching set, which the
+//! `calls` resolver primes for the whole page; subscriptions use a shared set without a cache, so
+//! long-lived streams never see stale rows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_graphql::dataloader::Loader;
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
@@ -21,6 +24,27 @@ fn by_tenant(keys: &[Key]) -> HashMap<Uuid, Vec<Uuid>> {
         m.entry(*tenant).or_default().push(*id);
     }
     m
+}
+
+pub struct Loaders {
+    pub segments: DataLoader<SegmentsLoader, HashMapCache>,
+    pub events: DataLoader<EventsLoader, HashMapCache>,
+    pub calls: DataLoader<CallLoader, HashMapCache>,
+}
+
+impl Loaders {
+    pub fn new(db: &DatabaseConnection, delay: Duration, cache: bool) -> Arc<Self> {
+        fn make<L: Loader<Key>>(l: L, delay: Duration, cache: bool) -> DataLoader<L, HashMapCache> {
+            let d = DataLoader::with_cache(l, tokio::spawn, HashMapCache::default()).delay(delay);
+            d.enable_all_cache(cache);
+            d
+        }
+        Arc::new(Self {
+            segments: make(SegmentsLoader(db.clone()), delay, cache),
+            events: make(EventsLoader(db.clone()), delay, cache),
+            calls: make(CallLoader(db.clone()), delay, cache),
+        })
+    }
 }
 
 pub struct SegmentsLoader(pub DatabaseConnection);

@@ -10,7 +10,6 @@ pub mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::dataloader::DataLoader;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{Context, ErrorExtensions, Schema, ServerError, ServerResult, Variables, ID};
@@ -18,7 +17,7 @@ use async_graphql::{Context, ErrorExtensions, Schema, ServerError, ServerResult,
 use crate::error::AppError;
 use crate::services::auth::Caller;
 use crate::state::AppState;
-use loaders::{CallLoader, EventsLoader, SegmentsLoader};
+use loaders::Loaders;
 
 pub type AppSchema =
     Schema<query::QueryRoot, mutation::MutationRoot, subscription::SubscriptionRoot>;
@@ -35,15 +34,7 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
             .limit_depth(s.max_query_depth)
             .limit_complexity(s.max_query_complexity)
             .extension(AliasLimit(s.max_aliases))
-            .data(DataLoader::new(
-                SegmentsLoader(state.db.clone()),
-                tokio::spawn,
-            ))
-            .data(DataLoader::new(
-                EventsLoader(state.db.clone()),
-                tokio::spawn,
-            ))
-            .data(DataLoader::new(CallLoader(state.db.clone()), tokio::spawn));
+            .data(Loaders::new(&state.db, s.loader_delay, false));
         if s.is_production() {
             builder = builder.disable_introspection().disable_suggestions();
         }
@@ -55,6 +46,11 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
 /// The SDL clients rely on (`voicegraph print-schema`).
 pub fn sdl() -> String {
     build_schema(None).sdl()
+}
+
+/// The request's DataLoaders (per HTTP request, caching) or the schema's (subscriptions).
+pub(crate) fn loaders<'a>(ctx: &Context<'a>) -> &'a Loaders {
+    ctx.data_unchecked::<Arc<Loaders>>()
 }
 
 pub(crate) fn state<'a>(ctx: &Context<'a>) -> &'a AppState {

@@ -18,6 +18,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use super::HttpState;
 use crate::error::AppError;
+use crate::graphql::loaders::Loaders;
 use crate::services::auth::{self, Caller};
 use crate::state::AppState;
 
@@ -116,6 +117,8 @@ fn respond(headers: &HeaderMap, resp: BatchResponse) -> Response {
 }
 
 async fn execute(state: &HttpState, caller: Option<Caller>, batch: BatchRequest) -> BatchResponse {
+    let app = &state.app;
+    let batch = batch.data(Loaders::new(&app.db, app.settings.loader_delay, true));
     let batch = match caller {
         Some(c) => batch.data(c),
         None => batch,

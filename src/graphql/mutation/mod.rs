@@ -4,4 +4,5 @@ mod admin;
 mod calls;
 
 #[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Mutation")]
 pub struct MutationRoot(calls::CallsMutation, admin::AdminMutation);

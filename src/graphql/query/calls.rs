@@ -6,7 +6,7 @@ use crate::error::{AppError, AppResult};
 use crate::graphql::types::{
     Call, CallConnection, CallEdge, CallFilter, CallOrder, CallOrderField, OrderDirection, PageInfo,
 };
-use crate::graphql::{caller, parse_id, state};
+use crate::graphql::{caller, loaders, parse_id, state};
 use crate::services::calls::{self, Order, OrderField, PageArgs};
 use async_graphql::ErrorExtensions;
 
@@ -19,6 +19,24 @@ pub enum Node {
 
 #[derive(Default)]
 pub struct CallsQuery;
+
+/// Loads the nested lists the query asks for, for the whole page in one batch each, so that the
+/// statements a page costs do not depend on its size or on timing.
+async fn prefetch(ctx: &Context<'_>, page: &[(String, entities::calls::Model)]) -> Result<()> {
+    let look = ctx.look_ahead();
+    let nodes = [look.field("edges").field("node"), look.field("nodes")];
+    let keys: Vec<_> = page.iter().map(|(_, c)| (c.tenant_id, c.id)).collect();
+    let l = loaders(ctx);
+    let internal = |e: std::sync::Arc<anyhow::Error>| AppError::Internal(anyhow::anyhow!("{e}")).extend();
+    if nodes.iter().any(|n| n.field("transcript").field("segments").exists()) {
+        l.segments.load_many(keys.clone()).await.map_err(internal)?;
+    }
+    if nodes.iter().any(|n| n.field("events").exists()) {
+        l.events.load_many(keys).await.map_err(internal)?;
+    }
+    l.calls.feed_many(page.iter().map(|(_, c)| ((c.tenant_id, c.id), c.clone()))).await;
+    Ok(())
+}
 
 #[Object]
 impl CallsQuery {
@@ -69,6 +87,7 @@ impl CallsQuery {
         )
         .await
         .map_err(|e| e.extend())?;
+        prefetch(ctx, &page.calls).await?;
         let edges: Vec<CallEdge> = page
             .calls
             .into_iter()

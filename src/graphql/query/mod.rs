@@ -5,4 +5,5 @@ mod calls;
 mod stats;
 
 #[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Query")]
 pub struct QueryRoot(calls::CallsQuery, stats::StatsQuery, admin::AdminQuery);

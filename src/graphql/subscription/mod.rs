@@ -19,7 +19,7 @@ fn to_graphql(
     s.map(|r| r.map(CallEvent).map_err(|e| AppError::Internal(e).extend()))
 }
 
-#[Subscription]
+#[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
     /// Events of one call from now on.
     async fn call_updated(

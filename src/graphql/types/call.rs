@@ -1,14 +1,12 @@
 //! `Call`, its recording, transcript, metrics and events.
 
-use async_graphql::dataloader::DataLoader;
 use async_graphql::{ComplexObject, Context, Object, Result, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::calls;
 
 use crate::domain::{CallDirection, CallMetrics, CallStatus, EventEnvelope, SentimentLabel};
 use crate::error::AppError;
-use crate::graphql::loaders::{CallLoader, EventsLoader, SegmentsLoader};
-use crate::graphql::{caller, state, url_expiry};
+use crate::graphql::{caller, loaders, state, url_expiry};
 use async_graphql::ErrorExtensions;
 
 /// A submitted call and, once analysed, its results.
@@ -36,6 +34,7 @@ pub struct SpeakerTime {
 
 /// Talk-time metrics.
 #[derive(SimpleObject, Clone)]
+#[graphql(name = "CallMetrics")]
 pub struct CallMetricsGql {
     /// Speech time per speaker, in channel order.
     pub talk_time: Vec<SpeakerTime>,
@@ -97,8 +96,8 @@ impl Transcript {
     }
     /// Speech segments in time order.
     async fn segments(&self, ctx: &Context<'_>) -> Result<Vec<Segment>> {
-        let loader = ctx.data_unchecked::<DataLoader<SegmentsLoader>>();
-        Ok(loader
+        Ok(loaders(ctx)
+            .segments
             .load_one((self.call.tenant_id, self.call.id))
             .await
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?
@@ -228,8 +227,8 @@ impl Call {
     }
     /// Everything that happened to the call, oldest first.
     async fn events(&self, ctx: &Context<'_>) -> Result<Vec<CallEvent>> {
-        let loader = ctx.data_unchecked::<DataLoader<EventsLoader>>();
-        Ok(loader
+        Ok(loaders(ctx)
+            .events
             .load_one((self.0.tenant_id, self.0.id))
             .await
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?
@@ -286,8 +285,8 @@ impl CallEvent {
     /// The call as it is now; null once it has been deleted.
     async fn call(&self, ctx: &Context<'_>) -> Result<Option<Call>> {
         caller(ctx)?;
-        let loader = ctx.data_unchecked::<DataLoader<CallLoader>>();
-        Ok(loader
+        Ok(loaders(ctx)
+            .calls
             .load_one((self.0.tenant_id, self.0.call_id))
             .await
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?

@@ -36,6 +36,7 @@ pub struct RecordingUpload {
 }
 
 #[derive(InputObject)]
+#[graphql(name = "TranscriptSegmentInput")]
 pub struct TranscriptSegmentInputGql {
     pub speaker: String,
     pub start_ms: Option<i64>,

@@ -1,4 +1,4 @@
-//! Decoding of recordings with symphonia into per-channel f32 PCM, pushed packet by packet into a sink.
+//! Decoding recordings with symphonia into per-channel f32 PCM, pushed packet by packet to a sink.
 
 use std::io::{Cursor, ErrorKind};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -81,16 +81,16 @@ pub fn decode_pcm(bytes: &[u8], max_secs: u64) -> Result<(Decoded, PcmBuffers), 
 
 /// Reads the headers and decodes the first packets, without going through the whole file.
 pub fn probe(bytes: &[u8], max_secs: u64) -> Result<AudioInfo, AudioError> {
-    let mut open = open(bytes)?;
-    check_header_limits(&open.info, max_secs)?;
+    let mut stream = open(bytes)?;
+    check_header_limits(&stream.info, max_secs)?;
     let mut sink = NullSink;
     let mut state = DecodeState::default();
     for _ in 0..PROBE_MAX_PACKETS {
-        if !guarded(|| step(&mut open, &mut sink, &mut state))? {
+        if !guarded(|| step(&mut stream, &mut sink, &mut state))? {
             break;
         }
         if state.frames > 0 {
-            return Ok(open.info_with_decoded(state.channels, state.sample_rate));
+            return Ok(stream.info_with_decoded(state.channels, state.sample_rate));
         }
     }
     Err(state.failure())
@@ -98,21 +98,21 @@ pub fn probe(bytes: &[u8], max_secs: u64) -> Result<AudioInfo, AudioError> {
 
 /// Decodes the whole recording, pushing every packet's samples into `sink`.
 pub fn decode(bytes: &[u8], sink: &mut impl PcmSink, max_secs: u64) -> Result<Decoded, AudioError> {
-    let open = open(bytes)?;
-    check_header_limits(&open.info, max_secs)?;
-    decode_stream(open, sink, max_secs)
+    let stream = open(bytes)?;
+    check_header_limits(&stream.info, max_secs)?;
+    decode_stream(stream, sink, max_secs)
 }
 
 /// The decode loop; enforces `max_secs` on what is actually decoded, for streams whose header
 /// does not tell their length.
 fn decode_stream(
-    mut open: Open,
+    mut stream: Open,
     sink: &mut impl PcmSink,
     max_secs: u64,
 ) -> Result<Decoded, AudioError> {
     let mut state = DecodeState::default();
     loop {
-        if !guarded(|| step(&mut open, sink, &mut state))? {
+        if !guarded(|| step(&mut stream, sink, &mut state))? {
             break;
         }
         let limit = max_secs.saturating_mul(u64::from(state.sample_rate.max(1)));
@@ -123,7 +123,7 @@ fn decode_stream(
     if state.frames == 0 {
         return Err(state.failure());
     }
-    let mut info = open.info_with_decoded(state.channels, state.sample_rate);
+    let mut info = stream.info_with_decoded(state.channels, state.sample_rate);
     info.duration_ms = Some(frames_to_ms(state.frames, state.sample_rate));
     Ok(Decoded {
         info,
@@ -377,11 +377,11 @@ fn format_name(bytes: &[u8], codec: CodecType) -> &'static str {
 
 /// Reads and decodes one packet. Returns false at the end of the stream.
 fn step(
-    open: &mut Open,
+    stream: &mut Open,
     sink: &mut impl PcmSink,
     st: &mut DecodeState,
 ) -> Result<bool, AudioError> {
-    let packet = match open.format.next_packet() {
+    let packet = match stream.format.next_packet() {
         Ok(p) => p,
         Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
         // A chained stream (new logical stream) ends the recording we analyse.
@@ -391,14 +391,13 @@ fn step(
             if st.frames > 0 {
                 return Ok(false);
             }
-            st.last_error = Some(e.to_string());
             return Err(AudioError::Undecodable(e.to_string()));
         }
     };
-    if packet.track_id() != open.track_id {
+    if packet.track_id() != stream.track_id {
         return Ok(true);
     }
-    let buf = match open.decoder.decode(&packet) {
+    let buf = match stream.decoder.decode(&packet) {
         Ok(b) => b,
         Err(SymError::DecodeError(e)) => {
             st.consecutive_errors += 1;

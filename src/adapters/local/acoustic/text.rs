@@ -609,57 +609,70 @@ fn excluded_names(speakers: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Up to five keywords: the most frequent content words (ties: first mentioned), preferring
-/// words said at least twice.
-pub fn topics(utterances: &[Utterance], speakers: &[String]) -> Vec<String> {
-    let excluded = excluded_names(speakers);
-    // stem -> (count, first position, surface forms with counts)
-    let mut stats: HashMap<String, (usize, usize, Vec<(String, usize)>)> = HashMap::new();
-    let mut position = 0usize;
-    for u in utterances {
-        for w in content_words(&u.text, &excluded) {
-            let entry = stats
-                .entry(stem(&w))
-                .or_insert_with(|| (0, position, Vec::new()));
-            entry.0 += 1;
-            match entry.2.iter_mut().find(|(f, _)| *f == w) {
-                Some((_, n)) => *n += 1,
-                None => entry.2.push((w, 1)),
-            }
-            position += 1;
-        }
-    }
-    let mut ranked: Vec<_> = stats.into_values().collect();
-    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let surface = |forms: &[(String, usize)]| {
-        // Most frequent form; the first one said wins ties.
-        let mut best = &forms[0];
-        for f in forms {
+/// How often a keyword (all its surface forms) was said.
+struct Keyword {
+    count: usize,
+    first: usize,
+    /// Surface forms ("order", "orders") with their counts, in the order first said.
+    forms: Vec<(String, usize)>,
+}
+
+impl Keyword {
+    /// The most frequent form; the first one said wins ties.
+    fn surface(&self) -> String {
+        let mut best = &self.forms[0];
+        for f in &self.forms {
             if f.1 > best.1 {
                 best = f;
             }
         }
         best.0.clone()
-    };
+    }
+
+    fn len(&self) -> usize {
+        self.forms[0].0.chars().count()
+    }
+}
+
+/// Up to five keywords: the most frequent content words (ties: first mentioned), preferring
+/// words said at least twice.
+pub fn topics(utterances: &[Utterance], speakers: &[String]) -> Vec<String> {
+    let excluded = excluded_names(speakers);
+    let mut stats: HashMap<String, Keyword> = HashMap::new();
+    let mut position = 0usize;
+    for u in utterances {
+        for w in content_words(&u.text, &excluded) {
+            let k = stats.entry(stem(&w)).or_insert_with(|| Keyword {
+                count: 0,
+                first: position,
+                forms: Vec::new(),
+            });
+            k.count += 1;
+            match k.forms.iter_mut().find(|(f, _)| *f == w) {
+                Some((_, n)) => *n += 1,
+                None => k.forms.push((w, 1)),
+            }
+            position += 1;
+        }
+    }
+    let mut ranked: Vec<Keyword> = stats.into_values().collect();
+    ranked.sort_by(|a, b| b.count.cmp(&a.count).then(a.first.cmp(&b.first)));
     let repeated: Vec<String> = ranked
         .iter()
-        .filter(|r| r.0 >= 2)
+        .filter(|k| k.count >= 2)
         .take(MAX_TOPICS)
-        .map(|r| surface(&r.2))
+        .map(Keyword::surface)
         .collect();
     if !repeated.is_empty() {
         return repeated;
     }
     // Nothing repeats (a short transcript): the longest words say the most.
-    ranked.sort_by(|a, b| {
-        let (la, lb) = (a.2[0].0.chars().count(), b.2[0].0.chars().count());
-        lb.cmp(&la).then(a.1.cmp(&b.1))
-    });
+    ranked.sort_by(|a, b| b.len().cmp(&a.len()).then(a.first.cmp(&b.first)));
     ranked
         .iter()
-        .filter(|r| r.2[0].0.chars().count() >= 5)
+        .filter(|k| k.len() >= 5)
         .take(3)
-        .map(|r| surface(&r.2))
+        .map(Keyword::surface)
         .collect()
 }
 

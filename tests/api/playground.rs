@@ -1,0 +1,162 @@
+//! The playground and the schema file: every example operation under `playground/` executes
+//! against a running app, the page is served, and `schema/schema.graphql` is not stale.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn operations(doc: &str) -> Vec<(String, String)> {
+    doc.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let kind = words.next()?;
+            let name = words.next()?.split(['(', '{']).next()?.to_string();
+            ["query", "mutation", "subscription"].contains(&kind).then(|| (kind.to_string(), name))
+        })
+        .collect()
+}
+
+fn variables(doc: &str, subst: &[(&str, String)]) -> Value {
+    let line = doc.lines().find_map(|l| l.strip_prefix("# variables: ")).expect("a `# variables:` line");
+    let mut text = line.to_string();
+    for (placeholder, value) in subst {
+        text = text.replace(placeholder, value);
+    }
+    serde_json::from_str(&text).expect("variables are JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_operation_executes() {
+    let app = TestApp::spawn().await;
+    let call = app.submit_ok(short_call(), json!({ "tags": ["demo"] })).await;
+    app.wait_status(&call, "COMPLETED", 30).await;
+    let audio = short_call();
+    let up = app
+        .gql_ok("mutation($n: Int!) { createRecordingUpload(input: {contentType: \"audio/wav\", byteSize: $n}) { recordingKey uploadUrl } }", json!({ "n": audio.len() }))
+        .await["createRecordingUpload"]
+        .clone();
+    let put = app.client.put(up["uploadUrl"].as_str().unwrap()).header("content-type", "audio/wav").body(audio.clone()).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    let tenant = app.gql_ok("mutation { createTenant(input: {name: \"Example\"}) { tenant { id } } }", json!({})).await["createTenant"]["tenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = app.gql_ok("mutation { createApiKey(input: {role: VIEWER, name: \"to revoke\"}) { apiKey { id } } }", json!({})).await["createApiKey"]["apiKey"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let subst = [
+        ("<CALL_ID>", call.clone()),
+        ("<RECORDING_KEY>", up["recordingKey"].as_str().unwrap().to_string()),
+        ("<TENANT_ID>", tenant),
+        ("<API_KEY_ID>", key),
+    ];
+
+    let mut ran = 0;
+    for (file, doc) in voicegraph::http::playground::EXAMPLES {
+        let vars = variables(doc, &subst);
+        for (kind, name) in operations(doc) {
+            let body = match kind.as_str() {
+                "subscription" => {
+                    let mut sub = app.subscribe(ADMIN_KEY, doc, vars.clone()).await;
+                    // The operation is chosen by name in the payload for multi-operation files.
+                    let msg = sub.recv(Duration::from_secs(10)).await.expect("an event");
+                    assert_eq!(msg["type"], "next", "{file} {name}: {msg}");
+                    msg["payload"].clone()
+                }
+                _ if vars.get("recording").is_some() => {
+                    let ops = json!({ "query": doc, "operationName": name, "variables": vars });
+                    let form = reqwest::multipart::Form::new()
+                        .text("operations", ops.to_string())
+                        .text("map", json!({ "0": ["variables.recording"] }).to_string())
+                        .part("0", reqwest::multipart::Part::bytes(audio.clone()).file_name("call.wav").mime_str("audio/wav").unwrap());
+                    app.client.post(app.url("/graphql")).bearer_auth(ADMIN_KEY).multipart(form).send().await.unwrap().json().await.unwrap()
+                }
+                _ => {
+                    app.client
+                        .post(app.url("/graphql"))
+                        .bearer_auth(ADMIN_KEY)
+                        .json(&json!({ "query": doc, "operationName": name, "variables": vars }))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json::<Value>()
+                        .await
+                        .unwrap()
+                }
+            };
+            // Only a business-rule refusal is acceptable: retrying a call that did not fail.
+            if let Some(errors) = body.get("errors") {
+                assert_eq!(name, "RetryCall", "{file} {name}: {body:#}");
+                assert_eq!(errors[0]["extensions"]["code"], "CONFLICT", "{file} {name}: {body:#}");
+            } else {
+                assert!(body["data"].is_object(), "{file} {name}: {body:#}");
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 13, "only {ran} operations ran");
+}
+
+#[test]
+fn every_playground_file_is_embedded() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playground");
+    let on_disk: BTreeSet<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".graphql"))
+        .collect();
+    let embedded: BTreeSet<String> = voicegraph::http::playground::EXAMPLES.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(on_disk, embedded, "add new playground files to src/http/playground.rs");
+}
+
+#[test]
+fn schema_file_is_up_to_date() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/schema.graphql");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == voicegraph::graphql::sdl(),
+        "schema/schema.graphql is stale: run `cargo run -- print-schema --output schema/schema.graphql`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playground_page_health_and_metrics_are_served() {
+    let app = TestApp::spawn().await;
+    let page = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("graphiql") && html.contains("API key"));
+    let examples: Value = app.client.get(app.url("/playground/examples.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(examples.as_array().unwrap().len(), voicegraph::http::playground::EXAMPLES.len());
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    app.gql_ok("{ viewer { role } }", json!({})).await;
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("voicegraph_http_requests_total"));
+    assert!(metrics.contains("voicegraph_db_statements_total"));
+    assert!(metrics.contains("voicegraph_job_queue_depth"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_errors_hide_their_cause_behind_an_error_id() {
+    let app = TestApp::spawn().await;
+    let call = app.submit_ok(short_call(), json!({})).await;
+    app.wait_status(&call, "COMPLETED", 30).await;
+    // Break the result object behind the call's back: resolving its URL still works (signing
+    // needs no object), but deleting the blob directory makes readiness fail with a reason.
+    std::fs::remove_dir_all(app.dir.path().join("blobs")).unwrap();
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    // A database failure inside a resolver reaches the client as INTERNAL with an error id only.
+    sea_orm::ConnectionTrait::execute_unprepared(&app.state.db, "DROP TABLE call_segments").await.unwrap();
+    let body = app.gql("query($id: ID!) { call(id: $id) { transcript { segments { speaker } } } }", json!({ "id": call })).await;
+    let err = &body["errors"][0];
+    assert_eq!(err["extensions"]["code"], "INTERNAL", "{body}");
+    assert!(err["extensions"]["errorId"].is_string());
+    assert!(!err["message"].as_str().unwrap().contains("call_segments"), "{body}");
+}
