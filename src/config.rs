@@ -138,7 +138,7 @@ impl Layers {
             max_recording_bytes: self.parse("max_recording_bytes", 200 * 1024 * 1024)?,
             max_request_bytes: self.parse("max_request_bytes", 2 * 1024 * 1024)?,
             max_page_size: self.parse("max_page_size", 100)?,
-            max_query_depth: self.parse("max_query_depth", 12)?,
+            max_query_depth: self.parse("max_query_depth", 16)?,
             max_query_complexity: self.parse("max_query_complexity", 20_000)?,
             max_aliases: self.parse("max_aliases", 30)?,
             url_expiry: Duration::from_secs(self.parse("url_expiry_secs", 900)?),
@@ -281,7 +281,10 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:9000");
         assert_eq!(s.max_page_size, 70);
         use secrecy::ExposeSecret;
-        assert_eq!(s.bootstrap_admin_key.as_ref().unwrap().expose_secret(), "1234");
+        assert_eq!(
+            s.bootstrap_admin_key.as_ref().unwrap().expose_secret(),
+            "1234"
+        );
         assert!(s
             .database_url()
             .starts_with("sqlite://./data/voicegraph.db"));

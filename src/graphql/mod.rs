@@ -26,7 +26,7 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
     let mut builder = Schema::build(
         query::QueryRoot::default(),
         mutation::MutationRoot::default(),
-        subscription::SubscriptionRoot::default(),
+        subscription::SubscriptionRoot,
     );
     if let Some(state) = state {
         let s = &state.settings;

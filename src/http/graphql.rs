@@ -36,7 +36,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         .into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -47,11 +47,11 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, Response> {
         {
             Ok(Some(token.trim().to_string()))
         }
-        _ => Err(error_response(
+        _ => Err(Box::new(error_response(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             "the Authorization header must be `Bearer <API key>`",
-        )),
+        ))),
     }
 }
 
@@ -60,7 +60,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, Response> {
 async fn caller_from_headers(
     app: &AppState,
     headers: &HeaderMap,
-) -> Result<Option<Caller>, Response> {
+) -> Result<Option<Caller>, Box<Response>> {
     let Some(token) = bearer(headers)? else {
         return Ok(None);
     };
@@ -69,17 +69,17 @@ async fn caller_from_headers(
         Err(AppError::Internal(e)) => {
             let id = uuid::Uuid::new_v4();
             tracing::error!(error_id = %id, error = ?e, "authentication failed");
-            Err(error_response(
+            Err(Box::new(error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "INTERNAL",
                 &format!("internal error (error id {id})"),
-            ))
+            )))
         }
-        Err(e) => Err(error_response(
+        Err(e) => Err(Box::new(error_response(
             StatusCode::UNAUTHORIZED,
             e.code(),
             &e.to_string(),
-        )),
+        ))),
     }
 }
 
@@ -130,7 +130,7 @@ async fn execute(state: &HttpState, caller: Option<Caller>, batch: BatchRequest)
 pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let caller = match caller_from_headers(&state.app, &headers).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let settings = &state.app.settings;
     let content_type = headers
@@ -150,8 +150,10 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
         .into_data_stream()
         .map_err(|e| std::io::Error::other(e.to_string()));
     let reader = tokio_util::io::StreamReader::new(stream).compat();
+    // multer applies this to the whole body (operations, map, boundaries); the exact recording
+    // limit is enforced when the upload is read.
     let options = MultipartOptions::default()
-        .max_file_size(settings.max_recording_bytes as usize)
+        .max_file_size(limit)
         .max_num_files(1);
     let batch = match async_graphql::http::receive_batch_body(content_type, reader, options).await {
         Ok(b) => b,
@@ -161,11 +163,18 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
                 || msg.contains("too large")
                 || msg.contains("size limit")
             {
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "BAD_USER_INPUT",
-                    &format!("the request body is larger than {limit} bytes"),
-                );
+                let why = if multipart {
+                    format!(
+                        "the recording is larger than {} bytes",
+                        settings.max_recording_bytes
+                    )
+                } else {
+                    format!(
+                        "the request body is larger than {} bytes",
+                        settings.max_request_bytes
+                    )
+                };
+                return error_response(StatusCode::PAYLOAD_TOO_LARGE, "BAD_USER_INPUT", &why);
             }
             return error_response(
                 StatusCode::BAD_REQUEST,
@@ -190,7 +199,7 @@ pub async fn get_or_ws(
     }
     let caller = match caller_from_headers(&state.app, &headers).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let query = query.unwrap_or_default();
     if query.len() > state.app.settings.max_request_bytes {
@@ -200,15 +209,9 @@ pub async fn get_or_ws(
             "the query string is too long",
         );
     }
-    let request = match async_graphql::http::parse_query_string(&query) {
+    let request = match get_request(&query) {
         Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                &format!("invalid GraphQL request: {e}"),
-            )
-        }
+        Err(msg) => return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg),
     };
     // Only queries travel over GET (GraphQL-over-HTTP): they must have no side effects.
     if let Ok(doc) = async_graphql::parser::parse_query(&request.query) {
@@ -217,6 +220,8 @@ pub async fn get_or_ws(
                 .operations
                 .iter()
                 .find(|(n, _)| n.map(|n| n.as_str()) == Some(name.as_str())),
+            // Several unnamed choices: execution refuses it ("operation name required").
+            None if doc.operations.iter().count() > 1 => None,
             None => doc.operations.iter().next(),
         };
         if let Some((_, op)) = op {
@@ -236,6 +241,32 @@ pub async fn get_or_ws(
         &headers,
         execute(&state, caller, BatchRequest::Single(request)).await,
     )
+}
+
+/// The GraphQL-over-HTTP GET parameters: `query`, `operationName`, and JSON `variables` and
+/// `extensions`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetParams {
+    query: Option<String>,
+    operation_name: Option<String>,
+    variables: Option<String>,
+}
+
+fn get_request(query_string: &str) -> Result<async_graphql::Request, String> {
+    let p: GetParams = serde_urlencoded::from_str(query_string)
+        .map_err(|e| format!("invalid query string: {e}"))?;
+    let query = p.query.ok_or("the query parameter is required")?;
+    let mut request = async_graphql::Request::new(query);
+    if let Some(name) = p.operation_name.filter(|n| !n.is_empty()) {
+        request = request.operation_name(name);
+    }
+    if let Some(vars) = p.variables.filter(|v| !v.is_empty()) {
+        let json: serde_json::Value =
+            serde_json::from_str(&vars).map_err(|e| format!("variables is not valid JSON: {e}"))?;
+        request = request.variables(async_graphql::Variables::from_json(json));
+    }
+    Ok(request)
 }
 
 fn token_from_init(payload: &serde_json::Value) -> Option<String> {
@@ -264,7 +295,7 @@ async fn websocket(
     // A token on the upgrade request works too (browsers cannot set headers on WebSockets).
     let header_caller = match caller_from_headers(&state.app, &headers).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let init_timeout = state.app.settings.ws_init_timeout;
     let app = state.app.clone();

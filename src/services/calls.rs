@@ -262,7 +262,9 @@ pub async fn submit_call(
             (data, ct, key, true)
         }
         Recording::Key(key) => {
-            if !key.starts_with(&upload_prefix(caller.tenant_id)) || key.contains("..") {
+            if !key.starts_with(&upload_prefix(caller.tenant_id))
+                || !crate::adapters::local::blobs::valid_key(&key)
+            {
                 return Err(AppError::bad_input(
                     "recordingKey is not an upload of this tenant (use createRecordingUpload)",
                 ));

@@ -173,7 +173,7 @@ impl EventFilter {
     fn matches(&self, tenant_id: Uuid, e: &EventEnvelope) -> bool {
         e.tenant_id == tenant_id
             && self.call_id.is_none_or(|c| c == e.call_id)
-            && (self.kinds.is_empty() || self.kinds.iter().any(|k| *k == e.kind))
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
             && (self.statuses.is_empty() || self.statuses.contains(&e.status))
     }
 }

@@ -27,7 +27,10 @@ async fn multipart_submission_is_analysed_and_every_field_resolves() {
     let c = app.gql_ok(DETAILS, json!({ "id": id })).await["call"].clone();
     assert_eq!(c["externalId"], "crm-42");
     assert_eq!(c["direction"], "INBOUND");
-    assert_eq!((c["from"].as_str(), c["to"].as_str(), c["agent"].as_str()), (Some("+4411"), Some("+4422"), Some("Ada")));
+    assert_eq!(
+        (c["from"].as_str(), c["to"].as_str(), c["agent"].as_str()),
+        (Some("+4411"), Some("+4422"), Some("Ada"))
+    );
     assert_eq!(c["startedAt"], "2026-11-24T09:00:00+00:00");
     assert_eq!(c["durationMs"], 2000);
     assert_eq!(c["tags"], json!(["vip", "demo"]));
@@ -43,7 +46,14 @@ async fn multipart_submission_is_analysed_and_every_field_resolves() {
     // Ground truth: agent speaks 0.2–1.2 s, customer 1.0–1.8 s.
     let m = &c["metrics"];
     let talk = |who: &str| {
-        m["talkTime"].as_array().unwrap().iter().find(|t| t["speaker"] == who).unwrap()["ms"].as_i64().unwrap()
+        m["talkTime"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["speaker"] == who)
+            .unwrap()["ms"]
+            .as_i64()
+            .unwrap()
     };
     assert!((talk("agent") - 1000).abs() <= 80, "{m}");
     assert!((talk("customer") - 800).abs() <= 80, "{m}");
@@ -56,26 +66,52 @@ async fn multipart_submission_is_analysed_and_every_field_resolves() {
     assert_eq!(segments[0]["speaker"], "agent");
     assert_eq!(segments[0]["channel"], 0);
     assert_eq!(segments[1]["speaker"], "customer");
-    assert!(segments[0]["text"].as_str().unwrap().contains("happy to help"));
+    assert!(segments[0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("happy to help"));
     assert!(segments[0]["sentiment"].as_f64().unwrap() > 0.0);
     assert!(segments[1]["sentiment"].as_f64().unwrap() < 0.0);
     assert!(c["sentiment"]["label"].is_string());
     assert!(c["summary"].as_str().unwrap().contains("agent"));
     assert!(c["topics"].is_array() && c["actionItems"].is_array());
 
-    let kinds: Vec<_> = c["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<_> = c["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(kinds, ["SUBMITTED", "PROCESSING", "COMPLETED"]);
 
     // Signed URLs serve the recording and the results.
-    let bytes = app.client.get(c["recording"]["url"].as_str().unwrap()).send().await.unwrap();
+    let bytes = app
+        .client
+        .get(c["recording"]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bytes.status(), 200);
     assert_eq!(bytes.bytes().await.unwrap().as_ref(), audio.as_slice());
-    let result: serde_json::Value = app.client.get(c["resultUrl"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    let result: serde_json::Value = app
+        .client
+        .get(c["resultUrl"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(result["duration_ms"], 2000);
     assert_eq!(result["segments"].as_array().unwrap().len(), 2);
 
     // node() resolves the same call.
-    let n = app.gql_ok("query($id: ID!) { node(id: $id) { id ... on Call { status } } }", json!({ "id": id })).await;
+    let n = app
+        .gql_ok(
+            "query($id: ID!) { node(id: $id) { id ... on Call { status } } }",
+            json!({ "id": id }),
+        )
+        .await;
     assert_eq!(n["node"]["status"], "COMPLETED");
 }
 
@@ -91,7 +127,10 @@ async fn signed_upload_then_submit_by_key() {
         .await["createRecordingUpload"]
         .clone();
     assert_eq!(up["method"], "PUT");
-    let mut put = app.client.put(up["uploadUrl"].as_str().unwrap()).body(audio.clone());
+    let mut put = app
+        .client
+        .put(up["uploadUrl"].as_str().unwrap())
+        .body(audio.clone());
     for h in up["headers"].as_array().unwrap() {
         put = put.header(h["name"].as_str().unwrap(), h["value"].as_str().unwrap());
     }
@@ -103,7 +142,10 @@ async fn signed_upload_then_submit_by_key() {
         )
         .await;
     let id = d["submitCall"]["call"]["id"].as_str().unwrap().to_string();
-    assert_eq!(d["submitCall"]["call"]["recording"]["byteSize"], audio.len());
+    assert_eq!(
+        d["submitCall"]["call"]["recording"]["byteSize"],
+        audio.len()
+    );
     app.wait_status(&id, "COMPLETED", 30).await;
     let c = app.gql_ok("query($id: ID!) { call(id: $id) { durationMs metrics { talkTime { speaker ms } overlapMs interruptions } } }", json!({ "id": id })).await;
     assert_eq!(c["call"]["durationMs"], 1500);
@@ -115,26 +157,71 @@ async fn signed_upload_then_submit_by_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_deduplicates_and_conflicts() {
-    let app = TestApp::spawn_with(Roles { serve: true, worker: false, relay: true }, |_| {}).await;
+    let app = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: true,
+        },
+        |_| {},
+    )
+    .await;
     let a = short_call();
-    let (_, first) = app.submit(ADMIN_KEY, a.clone(), "audio/wav", json!({ "idempotencyKey": "k-1" })).await;
-    let (_, again) = app.submit(ADMIN_KEY, a.clone(), "audio/wav", json!({ "idempotencyKey": "k-1" })).await;
+    let (_, first) = app
+        .submit(
+            ADMIN_KEY,
+            a.clone(),
+            "audio/wav",
+            json!({ "idempotencyKey": "k-1" }),
+        )
+        .await;
+    let (_, again) = app
+        .submit(
+            ADMIN_KEY,
+            a.clone(),
+            "audio/wav",
+            json!({ "idempotencyKey": "k-1" }),
+        )
+        .await;
     assert_eq!(first["data"]["submitCall"]["deduplicated"], false);
     assert_eq!(again["data"]["submitCall"]["deduplicated"], true);
-    assert_eq!(first["data"]["submitCall"]["call"]["id"], again["data"]["submitCall"]["call"]["id"]);
+    assert_eq!(
+        first["data"]["submitCall"]["call"]["id"],
+        again["data"]["submitCall"]["call"]["id"]
+    );
     let other = wav(2.0, 2, 8000, &[(0, 0.1, 0.5)]);
-    let (_, conflict) = app.submit(ADMIN_KEY, other, "audio/wav", json!({ "idempotencyKey": "k-1" })).await;
-    assert_eq!(conflict["errors"][0]["extensions"]["code"], "CONFLICT", "{conflict}");
+    let (_, conflict) = app
+        .submit(
+            ADMIN_KEY,
+            other,
+            "audio/wav",
+            json!({ "idempotencyKey": "k-1" }),
+        )
+        .await;
+    assert_eq!(
+        conflict["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{conflict}"
+    );
 
     // Concurrent repeats create one call.
     let b = wav(1.0, 1, 8000, &[(0, 0.1, 0.6)]);
-    let results = futures::future::join_all(
-        (0..6).map(|_| app.submit(ADMIN_KEY, b.clone(), "audio/wav", json!({ "idempotencyKey": "k-2" }))),
-    )
+    let results = futures::future::join_all((0..6).map(|_| {
+        app.submit(
+            ADMIN_KEY,
+            b.clone(),
+            "audio/wav",
+            json!({ "idempotencyKey": "k-2" }),
+        )
+    }))
     .await;
     let ids: std::collections::HashSet<_> = results
         .iter()
-        .map(|(_, r)| r["data"]["submitCall"]["call"]["id"].as_str().unwrap_or_else(|| panic!("{r}")).to_string())
+        .map(|(_, r)| {
+            r["data"]["submitCall"]["call"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_string()
+        })
         .collect();
     assert_eq!(ids.len(), 1);
     let total = app.gql_ok("{ calls { totalCount } }", json!({})).await;
@@ -146,19 +233,49 @@ async fn idempotency_key_deduplicates_and_conflicts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_filters_and_ordering() {
-    let app = TestApp::spawn_with(Roles { serve: true, worker: false, relay: false }, |_| {}).await;
+    let app = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        |_| {},
+    )
+    .await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let tags = if i % 2 == 0 { json!(["even"]) } else { json!(["odd"]) };
+        let tags = if i % 2 == 0 {
+            json!(["even"])
+        } else {
+            json!(["odd"])
+        };
         let dir = if i < 2 { "INBOUND" } else { "OUTBOUND" };
         ids.push(app.submit_ok(short_call(), json!({ "externalId": format!("ext-{i}"), "tags": tags, "direction": dir, "agent": format!("agent-{}", i % 2) })).await);
     }
-    let page = |first: Option<i64>, after: Option<String>, last: Option<i64>, before: Option<String>, dir: &str| {
+    let page = |first: Option<i64>,
+                after: Option<String>,
+                last: Option<i64>,
+                before: Option<String>,
+                dir: &str| {
         let q = format!("query($first: Int, $after: String, $last: Int, $before: String) {{ calls(first: $first, after: $after, last: $last, before: $before, orderBy: {{field: CREATED_AT, direction: {dir}}}) {{ totalCount pageInfo {{ hasNextPage hasPreviousPage startCursor endCursor }} edges {{ cursor node {{ id }} }} nodes {{ id }} }} }}");
         let app = &app;
-        async move { app.gql_ok(&q, json!({ "first": first, "after": after, "last": last, "before": before })).await["calls"].clone() }
+        async move {
+            app.gql_ok(
+                &q,
+                json!({ "first": first, "after": after, "last": last, "before": before }),
+            )
+            .await["calls"]
+                .clone()
+        }
     };
-    let ids_of = |p: &serde_json::Value| -> Vec<String> { p["edges"].as_array().unwrap().iter().map(|e| e["node"]["id"].as_str().unwrap().to_string()).collect() };
+    let ids_of = |p: &serde_json::Value| -> Vec<String> {
+        p["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
 
     // Oldest first, forward in pages of 2.
     let p1 = page(Some(2), None, None, None, "ASC").await;
@@ -167,17 +284,38 @@ async fn pagination_filters_and_ordering() {
     assert_eq!(p1["pageInfo"]["hasNextPage"], true);
     assert_eq!(p1["pageInfo"]["hasPreviousPage"], false);
     assert_eq!(p1["nodes"].as_array().unwrap().len(), 2);
-    let p2 = page(Some(2), p1["pageInfo"]["endCursor"].as_str().map(String::from), None, None, "ASC").await;
+    let p2 = page(
+        Some(2),
+        p1["pageInfo"]["endCursor"].as_str().map(String::from),
+        None,
+        None,
+        "ASC",
+    )
+    .await;
     assert_eq!(ids_of(&p2), ids[2..4]);
     assert_eq!(p2["pageInfo"]["hasPreviousPage"], true);
-    let p3 = page(Some(2), p2["pageInfo"]["endCursor"].as_str().map(String::from), None, None, "ASC").await;
+    let p3 = page(
+        Some(2),
+        p2["pageInfo"]["endCursor"].as_str().map(String::from),
+        None,
+        None,
+        "ASC",
+    )
+    .await;
     assert_eq!(ids_of(&p3), ids[4..5]);
     assert_eq!(p3["pageInfo"]["hasNextPage"], false);
     // Backward from the end.
     let b1 = page(None, None, Some(2), None, "ASC").await;
     assert_eq!(ids_of(&b1), ids[3..5]);
     assert_eq!(b1["pageInfo"]["hasPreviousPage"], true);
-    let b2 = page(None, None, Some(2), b1["pageInfo"]["startCursor"].as_str().map(String::from), "ASC").await;
+    let b2 = page(
+        None,
+        None,
+        Some(2),
+        b1["pageInfo"]["startCursor"].as_str().map(String::from),
+        "ASC",
+    )
+    .await;
     assert_eq!(ids_of(&b2), ids[1..3]);
     assert_eq!(b2["pageInfo"]["hasNextPage"], true);
     // Newest first by default.
@@ -203,9 +341,20 @@ async fn pagination_filters_and_ordering() {
     assert_eq!(count(json!({ "agent": "agent-1" })).await, 2);
     assert_eq!(count(json!({ "status": ["QUEUED"] })).await, 5);
     assert_eq!(count(json!({ "status": ["COMPLETED"] })).await, 0);
-    assert_eq!(count(json!({ "createdAfter": "2000-01-01T00:00:00Z" })).await, 5);
-    assert_eq!(count(json!({ "createdBefore": "2000-01-01T00:00:00Z" })).await, 0);
-    let bad = app.gql("{ calls(after: \"not-a-cursor\") { totalCount } }", json!({})).await;
+    assert_eq!(
+        count(json!({ "createdAfter": "2000-01-01T00:00:00Z" })).await,
+        5
+    );
+    assert_eq!(
+        count(json!({ "createdBefore": "2000-01-01T00:00:00Z" })).await,
+        0
+    );
+    let bad = app
+        .gql(
+            "{ calls(after: \"not-a-cursor\") { totalCount } }",
+            json!({}),
+        )
+        .await;
     assert_eq!(bad["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
 }
 
@@ -217,38 +366,100 @@ async fn text_search_tags_stats_and_delete() {
     app.wait_status(&a, "COMPLETED", 30).await;
     app.wait_status(&b, "COMPLETED", 30).await;
 
-    let found = app.gql_ok("{ calls(filter: {text: \"refund\"}) { edges { node { id } } } }", json!({})).await;
+    let found = app
+        .gql_ok(
+            "{ calls(filter: {text: \"refund\"}) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
     assert_eq!(found["calls"]["edges"].as_array().unwrap().len(), 1);
     assert_eq!(found["calls"]["edges"][0]["node"]["id"], a.as_str());
 
-    let tagged = app.gql_ok("mutation($id: ID!) { tagCall(id: $id, tags: [\"reviewed\", \"reviewed\"]) { tags } }", json!({ "id": a })).await;
+    let tagged = app
+        .gql_ok(
+            "mutation($id: ID!) { tagCall(id: $id, tags: [\"reviewed\", \"reviewed\"]) { tags } }",
+            json!({ "id": a }),
+        )
+        .await;
     assert_eq!(tagged["tagCall"]["tags"], json!(["reviewed"]));
-    let retry = app.gql("mutation($id: ID!) { retryCall(id: $id) { id } }", json!({ "id": a })).await;
+    let retry = app
+        .gql(
+            "mutation($id: ID!) { retryCall(id: $id) { id } }",
+            json!({ "id": a }),
+        )
+        .await;
     assert_eq!(retry["errors"][0]["extensions"]["code"], "CONFLICT");
 
-    let s = app.gql_ok(include_str!("../../playground/07-call-stats.graphql"), json!({})).await["callStats"].clone();
+    let s = app
+        .gql_ok(
+            include_str!("../../playground/07-call-stats.graphql"),
+            json!({}),
+        )
+        .await["callStats"]
+        .clone();
     assert_eq!(s["total"], 2);
-    assert_eq!(s["byStatus"], json!([{ "status": "COMPLETED", "count": 2 }]));
+    assert_eq!(
+        s["byStatus"],
+        json!([{ "status": "COMPLETED", "count": 2 }])
+    );
     assert_eq!(s["totalDurationMs"], 4000.0);
     assert_eq!(s["averageDurationMs"], 2000.0);
     assert_eq!(s["interruptions"], 2);
-    let labels: Vec<_> = s["bySentiment"].as_array().unwrap().iter().map(|l| l["label"].as_str().unwrap()).collect();
-    assert!(labels.contains(&"POSITIVE") && labels.contains(&"NEGATIVE"), "{s}");
-    let share: f64 = s["talkTime"].as_array().unwrap().iter().map(|t| t["share"].as_f64().unwrap()).sum();
+    let labels: Vec<_> = s["bySentiment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels.contains(&"POSITIVE") && labels.contains(&"NEGATIVE"),
+        "{s}"
+    );
+    let share: f64 = s["talkTime"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["share"].as_f64().unwrap())
+        .sum();
     assert!((share - 1.0).abs() < 1e-9);
     assert_eq!(s["daily"].as_array().unwrap().len(), 1);
     assert_eq!(s["daily"][0]["completed"], 2);
 
     // Delete removes rows, recording and results.
-    let urls = app.gql_ok("query($id: ID!) { call(id: $id) { recording { url } resultUrl } }", json!({ "id": b })).await;
-    let d = app.gql_ok("mutation($id: ID!) { deleteCall(id: $id) { deletedId } }", json!({ "id": b })).await;
+    let urls = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { recording { url } resultUrl } }",
+            json!({ "id": b }),
+        )
+        .await;
+    let d = app
+        .gql_ok(
+            "mutation($id: ID!) { deleteCall(id: $id) { deletedId } }",
+            json!({ "id": b }),
+        )
+        .await;
     assert_eq!(d["deleteCall"]["deletedId"], b.as_str());
-    let gone = app.gql_ok("query($id: ID!) { call(id: $id) { id } }", json!({ "id": b })).await;
+    let gone = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { id } }",
+            json!({ "id": b }),
+        )
+        .await;
     assert!(gone["call"].is_null());
-    for url in [&urls["call"]["recording"]["url"], &urls["call"]["resultUrl"]] {
+    for url in [
+        &urls["call"]["recording"]["url"],
+        &urls["call"]["resultUrl"],
+    ] {
         let mut status = 0;
         for _ in 0..50 {
-            status = app.client.get(url.as_str().unwrap()).send().await.unwrap().status().as_u16();
+            status = app
+                .client
+                .get(url.as_str().unwrap())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
             if status == 404 {
                 break;
             }
@@ -256,7 +467,12 @@ async fn text_search_tags_stats_and_delete() {
         }
         assert_eq!(status, 404, "blob still there: {url}");
     }
-    let again = app.gql("mutation($id: ID!) { deleteCall(id: $id) { deletedId } }", json!({ "id": b })).await;
+    let again = app
+        .gql(
+            "mutation($id: ID!) { deleteCall(id: $id) { deletedId } }",
+            json!({ "id": b }),
+        )
+        .await;
     assert_eq!(again["errors"][0]["extensions"]["code"], "NOT_FOUND");
 }
 
@@ -270,16 +486,27 @@ async fn a_page_of_100_costs_the_same_statements_as_a_page_of_2() {
     let audio = wav(0.6, 2, 8000, &[(0, 0.05, 0.3), (1, 0.3, 0.55)]);
     let mut ids = Vec::new();
     for _ in 0..100 {
-        ids.push(app.submit_ok(audio.clone(), json!({ "tags": ["bulk"] })).await);
+        ids.push(
+            app.submit_ok(audio.clone(), json!({ "tags": ["bulk"] }))
+                .await,
+        );
     }
     for id in &ids {
         app.wait_status(id, "COMPLETED", 120).await;
     }
     let dir = app.stop().await;
     // Only the API role, and no background polling, so that every statement counted is ours.
-    let app = TestApp::spawn_in(dir, Roles { serve: true, worker: false, relay: false }, |l| {
-        l.set("watermark_poll_ms", "3600000");
-    })
+    let app = TestApp::spawn_in(
+        dir,
+        Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        |l| {
+            l.set("watermark_poll_ms", "3600000");
+        },
+    )
     .await;
     let q = "query($n: Int!) { calls(first: $n) { edges { node { id tags transcript { segments { speaker startMs } } events { kind call { id } } } } } }";
     app.gql_ok(q, json!({ "n": 1 })).await; // warm-up: the key's last-used time is written once a minute
@@ -291,8 +518,14 @@ async fn a_page_of_100_costs_the_same_statements_as_a_page_of_2() {
     assert_eq!(two["calls"]["edges"].as_array().unwrap().len(), 2);
     let edges = hundred["calls"]["edges"].as_array().unwrap();
     assert_eq!(edges.len(), 100);
-    assert!(edges.iter().all(|e| e["node"]["transcript"]["segments"].as_array().unwrap().len() == 2));
-    assert!(edges.iter().all(|e| e["node"]["events"].as_array().unwrap().len() == 3));
+    assert!(edges.iter().all(|e| e["node"]["transcript"]["segments"]
+        .as_array()
+        .unwrap()
+        .len()
+        == 2));
+    assert!(edges
+        .iter()
+        .all(|e| e["node"]["events"].as_array().unwrap().len() == 3));
     let (small, large) = (s1 - s0, s2 - s1);
     println!("SQL statements: page of 2 = {small}, page of 100 = {large}");
     assert_eq!(small, large, "statements grew with the page size");

@@ -36,49 +36,105 @@ async fn events_stream_to_completed_and_replay_from_a_cursor() {
     assert_eq!(done["status"], "COMPLETED");
     assert_eq!(done["call"]["status"], "COMPLETED");
     assert!(done["call"]["summary"].is_string());
-    assert_eq!(done["call"]["transcript"]["segments"].as_array().unwrap().len(), 2);
-    let cursors: Vec<i64> = first.iter().map(|e| e["cursor"].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(
+        done["call"]["transcript"]["segments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let cursors: Vec<i64> = first
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap().parse().unwrap())
+        .collect();
     assert!(cursors.windows(2).all(|w| w[1] == w[0] + 1), "{cursors:?}");
 
     // A client that saw only SUBMITTED reconnects with its cursor: the rest is replayed, then live.
-    let mut resumed = app.subscribe(ADMIN_KEY, EVENTS, json!({ "after": first[0]["cursor"] })).await;
+    let mut resumed = app
+        .subscribe(ADMIN_KEY, EVENTS, json!({ "after": first[0]["cursor"] }))
+        .await;
     let replayed = collect_until(&mut resumed, 2).await;
-    assert_eq!(replayed.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(), vec![first[1]["id"].clone(), first[2]["id"].clone()]);
+    assert_eq!(
+        replayed.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(),
+        vec![first[1]["id"].clone(), first[2]["id"].clone()]
+    );
     let second = app.submit_ok(short_call(), json!({})).await;
     let more = collect_until(&mut resumed, 3).await;
-    assert!(more.iter().all(|e| e["callId"] == second.as_str()), "{more:?}");
+    assert!(
+        more.iter().all(|e| e["callId"] == second.as_str()),
+        "{more:?}"
+    );
     let again = collect_until(&mut live, 3).await;
-    assert_eq!(again.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(), more.iter().map(|e| e["id"].clone()).collect::<Vec<_>>());
+    assert_eq!(
+        again.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(),
+        more.iter().map(|e| e["id"].clone()).collect::<Vec<_>>()
+    );
     // Nothing else (no duplicates) arrives.
     assert!(resumed.recv(Duration::from_millis(700)).await.is_none());
 
     // Replay from the very start gives all six, in order.
-    let mut all = app.subscribe(ADMIN_KEY, EVENTS, json!({ "after": "0" })).await;
+    let mut all = app
+        .subscribe(ADMIN_KEY, EVENTS, json!({ "after": "0" }))
+        .await;
     let six = collect_until(&mut all, 6).await;
-    let seqs: Vec<i64> = six.iter().map(|e| e["cursor"].as_str().unwrap().parse().unwrap()).collect();
+    let seqs: Vec<i64> = six
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_updated_follows_one_call() {
-    let app = TestApp::spawn_with(Roles { serve: true, worker: false, relay: true }, |_| {}).await;
+    let app = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: true,
+        },
+        |_| {},
+    )
+    .await;
     let a = app.submit_ok(short_call(), json!({})).await;
     let b = app.submit_ok(short_call(), json!({})).await;
     let mut sub = app
-        .subscribe(ADMIN_KEY, "subscription($id: ID!) { callUpdated(id: $id) { kind status callId } }", json!({ "id": a }))
+        .subscribe(
+            ADMIN_KEY,
+            "subscription($id: ID!) { callUpdated(id: $id) { kind status callId } }",
+            json!({ "id": a }),
+        )
         .await;
     let token = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(voicegraph::worker::run(app.state.clone(), token.clone(), Duration::from_secs(5)));
+    let worker = tokio::spawn(voicegraph::worker::run(
+        app.state.clone(),
+        token.clone(),
+        Duration::from_secs(5),
+    ));
     let p = sub.next_data(Duration::from_secs(30)).await["callUpdated"].clone();
     let c = sub.next_data(Duration::from_secs(30)).await["callUpdated"].clone();
-    assert_eq!((p["kind"].as_str(), c["kind"].as_str()), (Some("PROCESSING"), Some("COMPLETED")));
+    assert_eq!(
+        (p["kind"].as_str(), c["kind"].as_str()),
+        (Some("PROCESSING"), Some("COMPLETED"))
+    );
     assert_eq!(c["callId"], a.as_str());
     app.wait_status(&b, "COMPLETED", 30).await;
-    assert!(sub.recv(Duration::from_millis(500)).await.is_none(), "events of another call leaked in");
-    let missing = app.subscribe(ADMIN_KEY, "subscription { callUpdated(id: \"00000000-0000-0000-0000-000000000000\") { kind } }", json!({})).await;
+    assert!(
+        sub.recv(Duration::from_millis(500)).await.is_none(),
+        "events of another call leaked in"
+    );
+    let missing = app
+        .subscribe(
+            ADMIN_KEY,
+            "subscription { callUpdated(id: \"00000000-0000-0000-0000-000000000000\") { kind } }",
+            json!({}),
+        )
+        .await;
     let mut missing = missing;
     let err = missing.recv(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(err["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND", "{err}");
+    assert_eq!(
+        err["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{err}"
+    );
     token.cancel();
     worker.await.unwrap();
 }
@@ -86,40 +142,94 @@ async fn call_updated_follows_one_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_subscriber_catches_up_from_the_database() {
     // A 16-event buffer that the subscriber below is too slow to keep up with.
-    let app = TestApp::spawn_with(Roles { serve: true, worker: false, relay: true }, |l| {
-        l.set("event_buffer", "16");
-    })
+    let app = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: true,
+        },
+        |l| {
+            l.set("event_buffer", "16");
+        },
+    )
     .await;
     let viewer = app.gql_ok("{ viewer { tenant { id } } }", json!({})).await;
-    let tenant = viewer["viewer"]["tenant"]["id"].as_str().unwrap().parse().unwrap();
-    let caller = Caller { tenant_id: tenant, role: Role::Viewer, key_id: None, platform_admin: false };
+    let tenant = viewer["viewer"]["tenant"]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let caller = Caller {
+        tenant_id: tenant,
+        role: Role::Viewer,
+        key_id: None,
+        platform_admin: false,
+    };
     let stream = events::stream(app.state.clone(), caller, EventFilter::default(), None);
     futures::pin_mut!(stream);
     // Start it (it subscribes on first poll), then stop reading.
-    assert!(tokio::time::timeout(Duration::from_millis(200), stream.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), stream.next())
+            .await
+            .is_err()
+    );
     let id = app.submit_ok(short_call(), json!({})).await;
     for i in 0..60 {
-        app.gql_ok("mutation($id: ID!, $t: [String!]!) { tagCall(id: $id, tags: $t) { id } }", json!({ "id": id, "t": [format!("t{}", i % 10)] })).await;
+        app.gql_ok(
+            "mutation($id: ID!, $t: [String!]!) { tagCall(id: $id, tags: $t) { id } }",
+            json!({ "id": id, "t": [format!("t{}", i % 10)] }),
+        )
+        .await;
     }
     // 61 events, far more than the buffer; all must come, in order, once.
     let mut seqs = Vec::new();
     while seqs.len() < 61 {
-        let e = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("event in time").unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
         seqs.push(e.seq);
     }
     assert_eq!(seqs, (1..=61).collect::<Vec<i64>>());
-    assert!(tokio::time::timeout(Duration::from_millis(500), stream.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_relayed_by_another_process_reach_subscribers() {
     // This instance runs no relay: the events are sequenced and published by a second "process"
     // (its own state and bus on the same data dir), and arrive here through the watermark.
-    let app = TestApp::spawn_with(Roles { serve: true, worker: false, relay: false }, |_| {}).await;
-    let mut sub = app.subscribe(ADMIN_KEY, "subscription { callEvents { kind callId } }", json!({})).await;
+    let app = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        |_| {},
+    )
+    .await;
+    let mut sub = app
+        .subscribe(
+            ADMIN_KEY,
+            "subscription { callEvents { kind callId } }",
+            json!({}),
+        )
+        .await;
     let id = app.submit_ok(short_call(), json!({})).await;
-    assert!(sub.recv(Duration::from_millis(400)).await.is_none(), "nothing is published without a relay");
-    let other = voicegraph::wiring::build_state(layers(app.dir.path()).settings().unwrap(), "http://unused").await.unwrap();
+    assert!(
+        sub.recv(Duration::from_millis(400)).await.is_none(),
+        "nothing is published without a relay"
+    );
+    let other = voicegraph::wiring::build_state(
+        layers(app.dir.path()).settings().unwrap(),
+        "http://unused",
+    )
+    .await
+    .unwrap();
     assert!(voicegraph::relay::relay_once(&other).await.unwrap() >= 2);
     let e = sub.next_data(Duration::from_secs(5)).await;
     assert_eq!(e["callEvents"]["kind"], "SUBMITTED");

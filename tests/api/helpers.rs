@@ -50,7 +50,11 @@ impl TestApp {
     }
 
     /// Starts an app on an existing data dir (e.g. after another one stopped).
-    pub async fn spawn_in(dir: tempfile::TempDir, roles: Roles, tweak: impl FnOnce(&mut Layers)) -> Self {
+    pub async fn spawn_in(
+        dir: tempfile::TempDir,
+        roles: Roles,
+        tweak: impl FnOnce(&mut Layers),
+    ) -> Self {
         let mut l = layers(dir.path());
         tweak(&mut l);
         let app = Application::build(l.settings().expect("settings"), roles)
@@ -60,7 +64,14 @@ impl TestApp {
         let state = app.state().clone();
         let token = app.shutdown_token();
         let handle = tokio::spawn(app.run_until_stopped());
-        Self { addr, state, client: reqwest::Client::new(), dir, token, handle: Some(handle) }
+        Self {
+            addr,
+            state,
+            client: reqwest::Client::new(),
+            dir,
+            token,
+            handle: Some(handle),
+        }
     }
 
     /// Stops the app and gives back its data dir.
@@ -89,7 +100,12 @@ impl TestApp {
         body["data"].clone()
     }
 
-    pub async fn gql_as(&self, key: Option<&str>, query: &str, variables: Value) -> (reqwest::StatusCode, Value) {
+    pub async fn gql_as(
+        &self,
+        key: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> (reqwest::StatusCode, Value) {
         let mut req = self
             .client
             .post(self.url("/graphql"))
@@ -103,7 +119,13 @@ impl TestApp {
     }
 
     /// `submitCall` with the recording as a multipart upload; `input` adds other fields.
-    pub async fn submit(&self, key: &str, audio: Vec<u8>, content_type: &str, input: Value) -> (reqwest::StatusCode, Value) {
+    pub async fn submit(
+        &self,
+        key: &str,
+        audio: Vec<u8>,
+        content_type: &str,
+        input: Value,
+    ) -> (reqwest::StatusCode, Value) {
         let mut input = input;
         input["recording"] = Value::Null;
         let ops = json!({
@@ -112,7 +134,10 @@ impl TestApp {
         });
         let form = reqwest::multipart::Form::new()
             .text("operations", ops.to_string())
-            .text("map", json!({ "0": ["variables.input.recording"] }).to_string())
+            .text(
+                "map",
+                json!({ "0": ["variables.input.recording"] }).to_string(),
+            )
             .part(
                 "0",
                 reqwest::multipart::Part::bytes(audio)
@@ -137,12 +162,23 @@ impl TestApp {
         let (status, body) = self.submit(ADMIN_KEY, audio, "audio/wav", input).await;
         assert_eq!(status, 200, "{body:#}");
         assert!(body.get("errors").is_none(), "unexpected errors: {body:#}");
-        body["data"]["submitCall"]["call"]["id"].as_str().unwrap().to_string()
+        body["data"]["submitCall"]["call"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub async fn call_status(&self, id: &str) -> String {
-        let d = self.gql_ok("query($id: ID!) { call(id: $id) { status } }", json!({ "id": id })).await;
-        d["call"]["status"].as_str().unwrap_or("MISSING").to_string()
+        let d = self
+            .gql_ok(
+                "query($id: ID!) { call(id: $id) { status } }",
+                json!({ "id": id }),
+            )
+            .await;
+        d["call"]["status"]
+            .as_str()
+            .unwrap_or("MISSING")
+            .to_string()
     }
 
     /// Polls until the call has `status` (or panics after `secs`).
@@ -153,7 +189,10 @@ impl TestApp {
             if now == status {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "call {id} is {now}, not {status}, after {secs}s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "call {id} is {now}, not {status}, after {secs}s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -162,7 +201,10 @@ impl TestApp {
     pub async fn subscribe(&self, key: &str, query: &str, variables: Value) -> Subscription {
         let mut ws = Subscription::connect(&self.addr, "graphql-transport-ws").await;
         ws.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {key}") } })).await;
-        let ack = ws.recv(Duration::from_secs(5)).await.expect("connection_ack");
+        let ack = ws
+            .recv(Duration::from_secs(5))
+            .await
+            .expect("connection_ack");
         assert_eq!(ack["type"], "connection_ack", "{ack}");
         ws.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } }))
             .await;
@@ -186,22 +228,32 @@ pub struct Subscription {
 
 impl Subscription {
     pub async fn connect(addr: &str, protocol: &str) -> Self {
-        let mut req = format!("ws://{addr}/graphql").into_client_request().unwrap();
+        let mut req = format!("ws://{addr}/graphql")
+            .into_client_request()
+            .unwrap();
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connects");
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket connects");
         Self { ws }
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
     }
 
     /// The next JSON message, skipping pings; `None` on timeout or close.
     pub async fn recv(&mut self, timeout: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??.ok()?;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
             match msg {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t).expect("json message");
@@ -219,16 +271,27 @@ impl Subscription {
 
     /// The payload of the next `next` message (panics on anything else).
     pub async fn next_data(&mut self, timeout: Duration) -> Value {
-        let msg = self.recv(timeout).await.expect("a subscription message in time");
+        let msg = self
+            .recv(timeout)
+            .await
+            .expect("a subscription message in time");
         assert_eq!(msg["type"], "next", "unexpected message: {msg}");
-        assert!(msg["payload"].get("errors").is_none(), "subscription error: {msg}");
+        assert!(
+            msg["payload"].get("errors").is_none(),
+            "subscription error: {msg}"
+        );
         msg["payload"]["data"].clone()
     }
 }
 
 /// A 16-bit PCM WAV: `bursts` of loud noise (channel, start s, end s) over quiet noise.
 pub fn wav(seconds: f64, channels: u16, rate: u32, bursts: &[(u16, f64, f64)]) -> Vec<u8> {
-    let spec = hound::WavSpec { channels, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let mut out = Cursor::new(Vec::new());
     {
         let mut w = hound::WavWriter::new(&mut out, spec).unwrap();

@@ -215,10 +215,10 @@ async fn documents_deeper_than_the_limit_are_refused() {
     let app = serve().await;
     // Well under the limit: runs.
     app.gql_ok(&deep_query(6), json!({})).await;
-    let body = app.gql(&deep_query(16), json!({})).await;
+    let body = app.gql(&deep_query(20), json!({})).await;
     assert!(
         body["errors"].as_array().is_some_and(|e| !e.is_empty()),
-        "a document deeper than 12 must be refused: {body:#}"
+        "a document deeper than 16 must be refused: {body:#}"
     );
     assert!(body["data"].is_null(), "nothing runs: {body:#}");
     let msg = body["errors"][0]["message"].as_str().unwrap_or("");

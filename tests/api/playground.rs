@@ -14,13 +14,18 @@ fn operations(doc: &str) -> Vec<(String, String)> {
             let mut words = l.split_whitespace();
             let kind = words.next()?;
             let name = words.next()?.split(['(', '{']).next()?.to_string();
-            ["query", "mutation", "subscription"].contains(&kind).then(|| (kind.to_string(), name))
+            ["query", "mutation", "subscription"]
+                .contains(&kind)
+                .then(|| (kind.to_string(), name))
         })
         .collect()
 }
 
 fn variables(doc: &str, subst: &[(&str, String)]) -> Value {
-    let line = doc.lines().find_map(|l| l.strip_prefix("# variables: ")).expect("a `# variables:` line");
+    let line = doc
+        .lines()
+        .find_map(|l| l.strip_prefix("# variables: "))
+        .expect("a `# variables:` line");
     let mut text = line.to_string();
     for (placeholder, value) in subst {
         text = text.replace(placeholder, value);
@@ -31,16 +36,30 @@ fn variables(doc: &str, subst: &[(&str, String)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_example_operation_executes() {
     let app = TestApp::spawn().await;
-    let call = app.submit_ok(short_call(), json!({ "tags": ["demo"] })).await;
+    let call = app
+        .submit_ok(short_call(), json!({ "tags": ["demo"] }))
+        .await;
     app.wait_status(&call, "COMPLETED", 30).await;
     let audio = short_call();
     let up = app
         .gql_ok("mutation($n: Int!) { createRecordingUpload(input: {contentType: \"audio/wav\", byteSize: $n}) { recordingKey uploadUrl } }", json!({ "n": audio.len() }))
         .await["createRecordingUpload"]
         .clone();
-    let put = app.client.put(up["uploadUrl"].as_str().unwrap()).header("content-type", "audio/wav").body(audio.clone()).send().await.unwrap();
+    let put = app
+        .client
+        .put(up["uploadUrl"].as_str().unwrap())
+        .header("content-type", "audio/wav")
+        .body(audio.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 200);
-    let tenant = app.gql_ok("mutation { createTenant(input: {name: \"Example\"}) { tenant { id } } }", json!({})).await["createTenant"]["tenant"]["id"]
+    let tenant = app
+        .gql_ok(
+            "mutation { createTenant(input: {name: \"Example\"}) { tenant { id } } }",
+            json!({}),
+        )
+        .await["createTenant"]["tenant"]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -50,7 +69,10 @@ async fn every_example_operation_executes() {
         .to_string();
     let subst = [
         ("<CALL_ID>", call.clone()),
-        ("<RECORDING_KEY>", up["recordingKey"].as_str().unwrap().to_string()),
+        (
+            "<RECORDING_KEY>",
+            up["recordingKey"].as_str().unwrap().to_string(),
+        ),
         ("<TENANT_ID>", tenant),
         ("<API_KEY_ID>", key),
     ];
@@ -72,26 +94,43 @@ async fn every_example_operation_executes() {
                     let form = reqwest::multipart::Form::new()
                         .text("operations", ops.to_string())
                         .text("map", json!({ "0": ["variables.recording"] }).to_string())
-                        .part("0", reqwest::multipart::Part::bytes(audio.clone()).file_name("call.wav").mime_str("audio/wav").unwrap());
-                    app.client.post(app.url("/graphql")).bearer_auth(ADMIN_KEY).multipart(form).send().await.unwrap().json().await.unwrap()
-                }
-                _ => {
+                        .part(
+                            "0",
+                            reqwest::multipart::Part::bytes(audio.clone())
+                                .file_name("call.wav")
+                                .mime_str("audio/wav")
+                                .unwrap(),
+                        );
                     app.client
                         .post(app.url("/graphql"))
                         .bearer_auth(ADMIN_KEY)
-                        .json(&json!({ "query": doc, "operationName": name, "variables": vars }))
+                        .multipart(form)
                         .send()
                         .await
                         .unwrap()
-                        .json::<Value>()
+                        .json()
                         .await
                         .unwrap()
                 }
+                _ => app
+                    .client
+                    .post(app.url("/graphql"))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&json!({ "query": doc, "operationName": name, "variables": vars }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap(),
             };
             // Only a business-rule refusal is acceptable: retrying a call that did not fail.
             if let Some(errors) = body.get("errors") {
                 assert_eq!(name, "RetryCall", "{file} {name}: {body:#}");
-                assert_eq!(errors[0]["extensions"]["code"], "CONFLICT", "{file} {name}: {body:#}");
+                assert_eq!(
+                    errors[0]["extensions"]["code"], "CONFLICT",
+                    "{file} {name}: {body:#}"
+                );
             } else {
                 assert!(body["data"].is_object(), "{file} {name}: {body:#}");
             }
@@ -109,8 +148,14 @@ fn every_playground_file_is_embedded() {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.ends_with(".graphql"))
         .collect();
-    let embedded: BTreeSet<String> = voicegraph::http::playground::EXAMPLES.iter().map(|(n, _)| n.to_string()).collect();
-    assert_eq!(on_disk, embedded, "add new playground files to src/http/playground.rs");
+    let embedded: BTreeSet<String> = voicegraph::http::playground::EXAMPLES
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    assert_eq!(
+        on_disk, embedded,
+        "add new playground files to src/http/playground.rs"
+    );
 }
 
 #[test]
@@ -130,13 +175,50 @@ async fn playground_page_health_and_metrics_are_served() {
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("graphiql") && html.contains("API key"));
-    let examples: Value = app.client.get(app.url("/playground/examples.json")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(examples.as_array().unwrap().len(), voicegraph::http::playground::EXAMPLES.len());
-    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
-    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let examples: Value = app
+        .client
+        .get(app.url("/playground/examples.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        examples.as_array().unwrap().len(),
+        voicegraph::http::playground::EXAMPLES.len()
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
     app.gql_ok("{ viewer { role } }", json!({})).await;
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("voicegraph_http_requests_total"));
     assert!(metrics.contains("voicegraph_db_statements_total"));
     assert!(metrics.contains("voicegraph_job_queue_depth"));
@@ -153,10 +235,57 @@ async fn internal_errors_hide_their_cause_behind_an_error_id() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     // A database failure inside a resolver reaches the client as INTERNAL with an error id only.
-    sea_orm::ConnectionTrait::execute_unprepared(&app.state.db, "DROP TABLE call_segments").await.unwrap();
-    let body = app.gql("query($id: ID!) { call(id: $id) { transcript { segments { speaker } } } }", json!({ "id": call })).await;
+    sea_orm::ConnectionTrait::execute_unprepared(&app.state.db, "DROP TABLE call_segments")
+        .await
+        .unwrap();
+    let body = app
+        .gql(
+            "query($id: ID!) { call(id: $id) { transcript { segments { speaker } } } }",
+            json!({ "id": call }),
+        )
+        .await;
     let err = &body["errors"][0];
     assert_eq!(err["extensions"]["code"], "INTERNAL", "{body}");
     assert!(err["extensions"]["errorId"].is_string());
-    assert!(!err["message"].as_str().unwrap().contains("call_segments"), "{body}");
+    assert!(
+        !err["message"].as_str().unwrap().contains("call_segments"),
+        "{body}"
+    );
+}
+
+/// The playground loads the schema with GraphiQL's introspection query, whose type references
+/// nest nine `ofType` levels deep: the depth limit must let it through in development.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_introspection_fits_the_limits() {
+    let app = TestApp::spawn_with(
+        voicegraph::startup::Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        |_| {},
+    )
+    .await;
+    let type_ref = format!(
+        "kind name {}{}",
+        "ofType { kind name ".repeat(9),
+        "}".repeat(9)
+    );
+    let query = format!(
+        "query IntrospectionQuery {{ __schema {{ queryType {{ name }} mutationType {{ name }} subscriptionType {{ name }} \
+         types {{ ...FullType }} directives {{ name locations args {{ ...InputValue }} }} }} }} \
+         fragment FullType on __Type {{ kind name description fields(includeDeprecated: true) {{ name args {{ ...InputValue }} type {{ ...TypeRef }} isDeprecated deprecationReason }} \
+         inputFields {{ ...InputValue }} interfaces {{ ...TypeRef }} enumValues(includeDeprecated: true) {{ name }} possibleTypes {{ ...TypeRef }} }} \
+         fragment InputValue on __InputValue {{ name type {{ ...TypeRef }} defaultValue }} \
+         fragment TypeRef on __Type {{ {type_ref} }}"
+    );
+    let (status, body) = app.gql_as(None, &query, json!({})).await;
+    assert_eq!(status, 200);
+    assert!(body.get("errors").is_none(), "{body}");
+    let types = body["data"]["__schema"]["types"].as_array().unwrap();
+    assert!(types.iter().any(|t| t["name"] == "Call"));
+    assert_eq!(
+        body["data"]["__schema"]["subscriptionType"]["name"],
+        "Subscription"
+    );
 }

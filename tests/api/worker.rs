@@ -20,12 +20,20 @@ use voicegraph::worker::{self, Outcome};
 use crate::helpers::*;
 
 fn no_worker() -> Roles {
-    Roles { serve: true, worker: false, relay: true }
+    Roles {
+        serve: true,
+        worker: false,
+        relay: true,
+    }
 }
 
 async fn lease(state: &AppState) -> Lease {
     for _ in 0..100 {
-        let got = state.queue.receive(1, state.settings.job_visibility, Duration::from_millis(100)).await.unwrap();
+        let got = state
+            .queue
+            .receive(1, state.settings.job_visibility, Duration::from_millis(100))
+            .await
+            .unwrap();
         if let Some(l) = got.into_iter().next() {
             return l;
         }
@@ -34,8 +42,18 @@ async fn lease(state: &AppState) -> Lease {
 }
 
 async fn event_kinds(app: &TestApp, id: &str) -> Vec<String> {
-    let d = app.gql_ok("query($id: ID!) { call(id: $id) { events { kind } } }", json!({ "id": id })).await;
-    d["call"]["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    let d = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { events { kind } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    d["call"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Waits until every event has been sequenced, so that `events` shows all of them.
@@ -53,21 +71,42 @@ async fn a_job_abandoned_mid_way_is_leased_again_and_completes_once() {
     let id = app.submit_ok(short_call(), json!({})).await;
     // A worker leases the job, marks the call PROCESSING, then dies (its lease is never renewed).
     let dead = lease(&app.state).await;
-    let (_, attempt) = worker::start_attempt(&app.state, &dead).await.unwrap().unwrap();
+    let (_, attempt) = worker::start_attempt(&app.state, &dead)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(attempt, 1);
     assert_eq!(app.call_status(&id).await, "PROCESSING");
     drop(dead);
     // Another worker picks it up once the lease has lapsed.
     let token = CancellationToken::new();
-    let w = tokio::spawn(worker::run(app.state.clone(), token.clone(), Duration::from_secs(5)));
+    let w = tokio::spawn(worker::run(
+        app.state.clone(),
+        token.clone(),
+        Duration::from_secs(5),
+    ));
     app.wait_status(&id, "COMPLETED", 30).await;
     token.cancel();
     w.await.unwrap();
     settle(&app).await;
-    let d = app.gql_ok("query($id: ID!) { call(id: $id) { attempts transcript { segments { startMs } } } }", json!({ "id": id })).await;
+    let d = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { attempts transcript { segments { startMs } } } }",
+            json!({ "id": id }),
+        )
+        .await;
     assert_eq!(d["call"]["attempts"], 2);
-    assert_eq!(d["call"]["transcript"]["segments"].as_array().unwrap().len(), 2);
-    assert_eq!(event_kinds(&app, &id).await, ["SUBMITTED", "PROCESSING", "PROCESSING", "COMPLETED"]);
+    assert_eq!(
+        d["call"]["transcript"]["segments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        event_kinds(&app, &id).await,
+        ["SUBMITTED", "PROCESSING", "PROCESSING", "COMPLETED"]
+    );
     assert_eq!(app.state.queue.depth().await.unwrap(), 0);
 }
 
@@ -82,7 +121,11 @@ impl Analyzer for Gate {
     fn name(&self) -> String {
         "gate".into()
     }
-    async fn analyze(&self, audio: Bytes, request: AnalysisRequest) -> Result<Analysis, AnalyzeError> {
+    async fn analyze(
+        &self,
+        audio: Bytes,
+        request: AnalysisRequest,
+    ) -> Result<Analysis, AnalyzeError> {
         self.permits.acquire().await.unwrap().forget();
         let mut a = LocalAnalyzer.analyze(audio, request).await?;
         a.summary = Some(self.mark.into());
@@ -97,28 +140,59 @@ async fn a_stale_attempt_cannot_overwrite_a_newer_one() {
     let first = lease(&app.state).await;
     let gate = Arc::new(Semaphore::new(0));
     let mut frozen = app.state.clone();
-    frozen.analyzer = Arc::new(Gate { permits: gate.clone(), mark: "stale" });
+    frozen.analyzer = Arc::new(Gate {
+        permits: gate.clone(),
+        mark: "stale",
+    });
     let stale_lease = first.clone();
     let stale = tokio::spawn(async move { worker::process_one(&frozen, &stale_lease).await });
     // The job is delivered again (as after a lapsed lease) and a healthy worker finishes it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut healthy = app.state.clone();
-    healthy.analyzer = Arc::new(Gate { permits: Arc::new(Semaphore::new(10)), mark: "fresh" });
-    let redelivered = Lease { receive_count: 2, ..first };
-    assert_eq!(worker::process_one(&healthy, &redelivered).await.unwrap(), Outcome::Completed);
+    healthy.analyzer = Arc::new(Gate {
+        permits: Arc::new(Semaphore::new(10)),
+        mark: "fresh",
+    });
+    let redelivered = Lease {
+        receive_count: 2,
+        ..first
+    };
+    assert_eq!(
+        worker::process_one(&healthy, &redelivered).await.unwrap(),
+        Outcome::Completed
+    );
     // The frozen worker wakes up: its write is fenced off.
     gate.add_permits(1);
     assert_eq!(stale.await.unwrap().unwrap(), Outcome::Fenced);
     settle(&app).await;
-    let d = app.gql_ok("query($id: ID!) { call(id: $id) { status summary attempts } }", json!({ "id": id })).await;
+    let d = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { status summary attempts } }",
+            json!({ "id": id }),
+        )
+        .await;
     assert_eq!(d["call"]["summary"], "fresh");
     assert_eq!(d["call"]["attempts"], 2);
     let kinds = event_kinds(&app, &id).await;
-    assert_eq!(kinds.iter().filter(|k| *k == "COMPLETED").count(), 1, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "COMPLETED").count(),
+        1,
+        "{kinds:?}"
+    );
     // A duplicate job for the finished call is skipped without new events.
-    app.state.queue.send(&JobMessage { tenant_id: redelivered.message.tenant_id, call_id: redelivered.message.call_id }).await.unwrap();
+    app.state
+        .queue
+        .send(&JobMessage {
+            tenant_id: redelivered.message.tenant_id,
+            call_id: redelivered.message.call_id,
+        })
+        .await
+        .unwrap();
     let dup = lease(&app.state).await;
-    assert_eq!(worker::process_one(&app.state, &dup).await.unwrap(), Outcome::Skipped);
+    assert_eq!(
+        worker::process_one(&app.state, &dup).await.unwrap(),
+        Outcome::Skipped
+    );
     settle(&app).await;
     assert_eq!(event_kinds(&app, &id).await, kinds);
 }
@@ -136,7 +210,9 @@ impl Analyzer for Broken {
         if self.permanent {
             Err(AnalyzeError::Permanent("the recording is unusable".into()))
         } else {
-            Err(AnalyzeError::Transient(anyhow::anyhow!("analysis service unavailable")))
+            Err(AnalyzeError::Transient(anyhow::anyhow!(
+                "analysis service unavailable"
+            )))
         }
     }
 }
@@ -156,26 +232,58 @@ async fn failures_retry_then_fail_with_the_reason_and_retry_call_brings_it_back(
     token.cancel();
     w.await.unwrap();
     settle(&app).await;
-    let d = app.gql_ok("query($id: ID!) { call(id: $id) { error attempts } }", json!({ "id": id })).await;
-    assert!(d["call"]["error"].as_str().unwrap().contains("analysis service unavailable"));
+    let d = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { error attempts } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert!(d["call"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("analysis service unavailable"));
     assert_eq!(d["call"]["attempts"], 3);
     assert_eq!(
         event_kinds(&app, &id).await,
-        ["SUBMITTED", "PROCESSING", "RETRYING", "PROCESSING", "RETRYING", "PROCESSING", "FAILED"]
+        [
+            "SUBMITTED",
+            "PROCESSING",
+            "RETRYING",
+            "PROCESSING",
+            "RETRYING",
+            "PROCESSING",
+            "FAILED"
+        ]
     );
     // The job went to the dead-letter queue.
-    let queue = voicegraph::adapters::local::queue::EmbeddedQueue::new(app.state.db.clone(), "jobs", 3);
-    assert!(app.state.queue.receive(1, Duration::from_secs(1), Duration::ZERO).await.unwrap().is_empty());
+    let queue =
+        voicegraph::adapters::local::queue::EmbeddedQueue::new(app.state.db.clone(), "jobs", 3);
+    assert!(app
+        .state
+        .queue
+        .receive(1, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
     let dead = queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].1.call_id.to_string(), id);
 
     // retryCall queues it again; a healthy worker completes it.
-    let r = app.gql_ok("mutation($id: ID!) { retryCall(id: $id) { status error } }", json!({ "id": id })).await;
+    let r = app
+        .gql_ok(
+            "mutation($id: ID!) { retryCall(id: $id) { status error } }",
+            json!({ "id": id }),
+        )
+        .await;
     assert_eq!(r["retryCall"]["status"], "QUEUED");
     assert!(r["retryCall"]["error"].is_null());
     let token = CancellationToken::new();
-    let w = tokio::spawn(worker::run(app.state.clone(), token.clone(), Duration::from_secs(5)));
+    let w = tokio::spawn(worker::run(
+        app.state.clone(),
+        token.clone(),
+        Duration::from_secs(5),
+    ));
     app.wait_status(&id, "COMPLETED", 30).await;
     token.cancel();
     w.await.unwrap();
@@ -188,7 +296,10 @@ async fn a_permanent_failure_fails_at_once() {
     let mut broken = app.state.clone();
     broken.analyzer = Arc::new(Broken { permanent: true });
     let l = lease(&app.state).await;
-    assert_eq!(worker::process_one(&broken, &l).await.unwrap(), Outcome::Failed("the recording is unusable".into()));
+    assert_eq!(
+        worker::process_one(&broken, &l).await.unwrap(),
+        Outcome::Failed("the recording is unusable".into())
+    );
     assert_eq!(app.call_status(&id).await, "FAILED");
     assert_eq!(app.state.queue.depth().await.unwrap(), 0);
 }
@@ -199,11 +310,18 @@ async fn shutdown_drains_in_flight_jobs_or_releases_them() {
     let id = app.submit_ok(short_call(), json!({})).await;
     let gate = Arc::new(Semaphore::new(0));
     let mut slow = app.state.clone();
-    slow.analyzer = Arc::new(Gate { permits: gate.clone(), mark: "drained" });
+    slow.analyzer = Arc::new(Gate {
+        permits: gate.clone(),
+        mark: "drained",
+    });
 
     // Draining: the in-flight job finishes after shutdown was asked for.
     let token = CancellationToken::new();
-    let w = tokio::spawn(worker::run(slow.clone(), token.clone(), Duration::from_secs(10)));
+    let w = tokio::spawn(worker::run(
+        slow.clone(),
+        token.clone(),
+        Duration::from_secs(10),
+    ));
     for _ in 0..100 {
         if app.call_status(&id).await == "PROCESSING" {
             break;
@@ -212,9 +330,15 @@ async fn shutdown_drains_in_flight_jobs_or_releases_them() {
     }
     token.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!w.is_finished(), "the worker must wait for its in-flight job");
+    assert!(
+        !w.is_finished(),
+        "the worker must wait for its in-flight job"
+    );
     gate.add_permits(1);
-    tokio::time::timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), w)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(app.call_status(&id).await, "COMPLETED");
 
     // Releasing: past the grace period the job is given back at once.
@@ -228,8 +352,16 @@ async fn shutdown_drains_in_flight_jobs_or_releases_them() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     token.cancel();
-    tokio::time::timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
-    let again = app.state.queue.receive(1, Duration::from_secs(30), Duration::from_secs(1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), w)
+        .await
+        .unwrap()
+        .unwrap();
+    let again = app
+        .state
+        .queue
+        .receive(1, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1, "the released job is visible again");
     assert_eq!(again[0].receive_count, 2);
 }

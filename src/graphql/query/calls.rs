@@ -27,14 +27,20 @@ async fn prefetch(ctx: &Context<'_>, page: &[(String, entities::calls::Model)]) 
     let nodes = [look.field("edges").field("node"), look.field("nodes")];
     let keys: Vec<_> = page.iter().map(|(_, c)| (c.tenant_id, c.id)).collect();
     let l = loaders(ctx);
-    let internal = |e: std::sync::Arc<anyhow::Error>| AppError::Internal(anyhow::anyhow!("{e}")).extend();
-    if nodes.iter().any(|n| n.field("transcript").field("segments").exists()) {
+    let internal =
+        |e: std::sync::Arc<anyhow::Error>| AppError::Internal(anyhow::anyhow!("{e}")).extend();
+    if nodes
+        .iter()
+        .any(|n| n.field("transcript").field("segments").exists())
+    {
         l.segments.load_many(keys.clone()).await.map_err(internal)?;
     }
     if nodes.iter().any(|n| n.field("events").exists()) {
         l.events.load_many(keys).await.map_err(internal)?;
     }
-    l.calls.feed_many(page.iter().map(|(_, c)| ((c.tenant_id, c.id), c.clone()))).await;
+    l.calls
+        .feed_many(page.iter().map(|(_, c)| ((c.tenant_id, c.id), c.clone())))
+        .await;
     Ok(())
 }
 
