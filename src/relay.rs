@@ -34,7 +34,10 @@ async fn deliver(
         DEST_JOBS => {
             let msg: JobMessage =
                 serde_json::from_value(row.payload.clone()).context("job payload")?;
-            state.queue.send(&msg).await?;
+            state
+                .queue
+                .send(&msg, Some(&format!("outbox-{}", row.id)))
+                .await?;
         }
         DEST_EVENTS => match event {
             Some(e) => state.publisher.publish(e).await?,

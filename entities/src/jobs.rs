@@ -16,6 +16,9 @@ pub struct Model {
     pub dead_at: Option<i64>,
     #[sea_orm(column_type = "Text", nullable)]
     pub dead_reason: Option<String>,
+    /// Sending the same key again while the job exists is a no-op (the relay's outbox row id).
+    #[sea_orm(unique)]
+    pub dedup_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -128,6 +128,7 @@ enum Jobs {
     CreatedAt,
     DeadAt,
     DeadReason,
+    DedupKey,
 }
 
 fn ts(col: impl IntoIden) -> ColumnDef {
@@ -443,6 +444,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Jobs::CreatedAt).big_integer().not_null())
                     .col(ColumnDef::new(Jobs::DeadAt).big_integer().null())
                     .col(ColumnDef::new(Jobs::DeadReason).text().null())
+                    .col(ColumnDef::new(Jobs::DedupKey).string().null().unique_key())
                     .to_owned(),
             )
             .await?;

@@ -25,7 +25,9 @@ pub struct Lease {
 /// after `max_receives()` receives.
 #[async_trait]
 pub trait JobQueue: Send + Sync {
-    async fn send(&self, message: &JobMessage) -> anyhow::Result<()>;
+    /// Enqueues a job. A `dedup_key` already sent (and not yet acknowledged) is not enqueued
+    /// again, where the backend can tell; duplicates that still happen are skipped by the worker.
+    async fn send(&self, message: &JobMessage, dedup_key: Option<&str>) -> anyhow::Result<()>;
     /// Waits up to `wait` for at most `max` jobs and leases them for `visibility`.
     async fn receive(
         &self,

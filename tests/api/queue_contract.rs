@@ -50,7 +50,7 @@ async fn receive_one(q: &dyn JobQueue, visibility: Duration) -> Lease {
 /// with receive count 2 once its visibility timeout has passed.
 pub async fn contract_send_receive_redeliver(q: &dyn JobQueue) {
     let m = message();
-    q.send(&m).await.expect("send");
+    q.send(&m, None).await.expect("send");
     let first = receive_one(q, SHORT).await;
     assert_eq!(first.message, m);
     assert_eq!(first.receive_count, 1);
@@ -75,7 +75,7 @@ pub async fn contract_send_receive_redeliver(q: &dyn JobQueue) {
 /// extending the older lease fails.
 pub async fn contract_extend(q: &dyn JobQueue) {
     let m = message();
-    q.send(&m).await.expect("send");
+    q.send(&m, None).await.expect("send");
     let lease = receive_one(q, SHORT).await;
     q.extend(&lease, Duration::from_millis(1500))
         .await
@@ -91,7 +91,7 @@ pub async fn contract_extend(q: &dyn JobQueue) {
 
     // A stale lease cannot be extended.
     let m2 = message();
-    q.send(&m2).await.expect("send");
+    q.send(&m2, None).await.expect("send");
     let old = receive_one(q, Duration::from_millis(200)).await;
     tokio::time::sleep(Duration::from_millis(350)).await;
     let new = receive_one(q, LONG).await;
@@ -110,7 +110,7 @@ pub async fn contract_extend(q: &dyn JobQueue) {
 /// `ack` removes the job for good; acking a stale lease fails and leaves the newer lease's job.
 pub async fn contract_ack(q: &dyn JobQueue) {
     let m = message();
-    q.send(&m).await.expect("send");
+    q.send(&m, None).await.expect("send");
     let lease = receive_one(q, Duration::from_millis(200)).await;
     q.ack(&lease).await.expect("ack");
     assert_eq!(q.depth().await.unwrap(), 0);
@@ -123,7 +123,7 @@ pub async fn contract_ack(q: &dyn JobQueue) {
 
     // Stale ack.
     let m2 = message();
-    q.send(&m2).await.expect("send");
+    q.send(&m2, None).await.expect("send");
     let old = receive_one(q, Duration::from_millis(200)).await;
     tokio::time::sleep(Duration::from_millis(350)).await;
     let new = receive_one(q, Duration::from_millis(400)).await;
@@ -149,7 +149,7 @@ pub async fn contract_ack(q: &dyn JobQueue) {
 /// `nack` with a delay hides the job for the delay; with zero delay it is visible at once.
 pub async fn contract_nack(q: &dyn JobQueue) {
     let m = message();
-    q.send(&m).await.expect("send");
+    q.send(&m, None).await.expect("send");
     let lease = receive_one(q, LONG).await;
     q.nack(&lease, Duration::from_millis(500))
         .await
@@ -186,7 +186,7 @@ pub async fn contract_dead_letter(q: &dyn JobQueue) -> JobMessage {
     let max = q.max_receives();
     assert!(max >= 1);
     let m = message();
-    q.send(&m).await.expect("send");
+    q.send(&m, None).await.expect("send");
     for n in 1..=max {
         let lease = receive_one(q, Duration::from_millis(150)).await;
         assert_eq!(lease.message, m);
@@ -216,7 +216,7 @@ pub async fn contract_concurrent_receivers(q: &dyn JobQueue) {
     const RECEIVERS: usize = 8;
     let sent: Vec<JobMessage> = (0..JOBS).map(|_| message()).collect();
     for m in &sent {
-        q.send(m).await.expect("send");
+        q.send(m, None).await.expect("send");
     }
 
     // Phase 1: everyone receives, nobody acks; leases are long, so no job may be seen twice.
@@ -267,7 +267,7 @@ pub async fn contract_concurrent_receivers(q: &dyn JobQueue) {
     // Phase 3: receivers that ack as they go see each job exactly once.
     let sent: Vec<JobMessage> = (0..JOBS).map(|_| message()).collect();
     for m in &sent {
-        q.send(m).await.expect("send");
+        q.send(m, None).await.expect("send");
     }
     let acking = |_: usize| async move {
         let mut got: Vec<JobMessage> = Vec::new();
@@ -308,7 +308,7 @@ pub async fn contract_receive_waits(q: &dyn JobQueue) {
     let waiting = q.receive(1, LONG, Duration::from_secs(2));
     let sending = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        q.send(&m).await.expect("send");
+        q.send(&m, None).await.expect("send");
     };
     let (got, ()) = tokio::join!(waiting, sending);
     let elapsed = started.elapsed();
@@ -336,7 +336,7 @@ pub async fn contract_receive_waits(q: &dyn JobQueue) {
 pub async fn contract_depth(q: &dyn JobQueue) {
     assert_eq!(q.depth().await.unwrap(), 0);
     for _ in 0..3 {
-        q.send(&message()).await.expect("send");
+        q.send(&message(), None).await.expect("send");
     }
     assert_eq!(q.depth().await.unwrap(), 3);
     let lease = receive_one(q, LONG).await;
@@ -352,7 +352,7 @@ pub async fn contract_depth(q: &dyn JobQueue) {
 /// First half of the restart contract: sends a job and returns it.
 pub async fn contract_restart_send(q: &dyn JobQueue) -> JobMessage {
     let m = message();
-    q.send(&m).await.expect("send");
+    q.send(&m, None).await.expect("send");
     m
 }
 
@@ -375,6 +375,26 @@ const NO_ROLES: Roles = Roles {
     worker: false,
     relay: false,
 };
+
+/// A dedup key already sent is not enqueued again while its job lives (the relay re-sending an
+/// outbox row after a crash); once the job is acknowledged the key may be used again.
+pub async fn contract_dedup(q: &dyn JobQueue) {
+    let m = message();
+    q.send(&m, Some("outbox-1")).await.expect("send");
+    q.send(&m, Some("outbox-1"))
+        .await
+        .expect("a repeated send succeeds");
+    assert_eq!(q.depth().await.unwrap(), 1, "the repeat was not enqueued");
+    let lease = receive_one(q, SHORT).await;
+    q.send(&m, Some("outbox-1"))
+        .await
+        .expect("send while leased");
+    assert_eq!(q.depth().await.unwrap(), 1);
+    q.ack(&lease).await.unwrap();
+    q.send(&m, Some("outbox-2")).await.expect("another key");
+    q.send(&m, None).await.expect("no key");
+    assert_eq!(q.depth().await.unwrap(), 2);
+}
 
 async fn embedded(name: &str, max_receives: u32) -> (TestApp, EmbeddedQueue) {
     let app = TestApp::spawn_with(NO_ROLES, |_| {}).await;
@@ -448,4 +468,10 @@ async fn embedded_messages_survive_restart() {
     let app = TestApp::spawn_in(dir, NO_ROLES, |_| {}).await;
     let q = EmbeddedQueue::new(app.state.db.clone(), "contract-restart", 5);
     contract_restart_receive(&q, &m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_dedup() {
+    let (_app, q) = embedded("contract-dedup", 5).await;
+    contract_dedup(&q).await;
 }

@@ -182,10 +182,13 @@ async fn a_stale_attempt_cannot_overwrite_a_newer_one() {
     // A duplicate job for the finished call is skipped without new events.
     app.state
         .queue
-        .send(&JobMessage {
-            tenant_id: redelivered.message.tenant_id,
-            call_id: redelivered.message.call_id,
-        })
+        .send(
+            &JobMessage {
+                tenant_id: redelivered.message.tenant_id,
+                call_id: redelivered.message.call_id,
+            },
+            None,
+        )
         .await
         .unwrap();
     let dup = lease(&app.state).await;

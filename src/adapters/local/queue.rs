@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use entities::jobs;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use tokio::sync::Notify;
 
@@ -173,9 +173,9 @@ impl EmbeddedQueue {
 
 #[async_trait]
 impl JobQueue for EmbeddedQueue {
-    async fn send(&self, message: &JobMessage) -> anyhow::Result<()> {
+    async fn send(&self, message: &JobMessage, dedup_key: Option<&str>) -> anyhow::Result<()> {
         let now = now_ms();
-        jobs::ActiveModel {
+        let row = jobs::ActiveModel {
             queue: Set(self.name.clone()),
             payload: Set(serde_json::to_value(message)?),
             visible_at: Set(now),
@@ -184,11 +184,21 @@ impl JobQueue for EmbeddedQueue {
             created_at: Set(now),
             dead_at: Set(None),
             dead_reason: Set(None),
+            dedup_key: Set(dedup_key.map(|k| format!("{}:{k}", self.name))),
             ..Default::default()
+        };
+        let inserted = jobs::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(jobs::Column::DedupKey)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec(&self.db)
+            .await;
+        match inserted {
+            Ok(_) | Err(DbErr::RecordNotInserted) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("enqueueing job")),
         }
-        .insert(&self.db)
-        .await
-        .context("enqueueing job")?;
         self.notify.notify_waiters();
         Ok(())
     }
