@@ -1,11 +1,44 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, then the whole test suite, built once.
-# Everything the tests need runs in-process (embedded SQLite, queue, bus and blob store), so
-# nothing has to be installed or started beyond the Rust toolchain.
+# The test command. Makes sure the real servers the tests talk to are up — Postgres, Redis and
+# the AWS APIs through moto's server (installed from PyPI, pinned) — then checks formatting and
+# lints and runs the whole suite, built once: on SQLite and again on Postgres.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+MOTO_VERSION=5.2.5
 step() { printf '\n==> %s\n' "$*"; }
+wait_for() { # wait_for <what> <command...>
+    local what=$1; shift
+    for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    echo "$what did not come up" >&2; return 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+step "services: Postgres, Redis, moto"
+if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+fi
+wait_for Postgres pg_isready -h 127.0.0.1 -p 5432 -q
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
+if ! python3 -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
+fi
+moto_port=$(free_port)
+python3 -m moto.server -H 127.0.0.1 -p "$moto_port" >"${TMPDIR:-/tmp}/voicegraph-moto.log" 2>&1 &
+moto_pid=$!
+trap 'kill $moto_pid 2>/dev/null || true' EXIT
+wait_for moto curl -sf "http://127.0.0.1:$moto_port/moto-api/"
+# Databases left by earlier runs.
+psql -h 127.0.0.1 -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'vg\_t\_%'" \
+    | while read -r db; do psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$db\"" || true; done
+
+export VOICEGRAPH_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432
+export VOICEGRAPH_TEST_REDIS_URL=redis://127.0.0.1:6379
+export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -13,15 +46,22 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test"
+step "cargo test (build)"
+cargo test --workspace --locked --lib --bins --tests --no-run
+
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-set +e
-cargo test --workspace --locked --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
-passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+trap 'kill $moto_pid 2>/dev/null || true; rm -f "$log"' EXIT
+threads=${TEST_THREADS:-4}
+status=0
+step "cargo test: every test, embedded database (SQLite)"
+cargo test --workspace --locked --lib --bins --tests -- --test-threads "$threads" --skip scale_out 2>&1 | tee -a "$log" || status=1
+step "cargo test: the integration suite again on Postgres"
+VOICEGRAPH_TEST_DB=postgres cargo test --locked --test api -- --test-threads "$threads" --skip scale_out 2>&1 | tee -a "$log" || status=1
+step "cargo test: scale-out with separate processes (one at a time)"
+cargo test --locked --test api scale_out -- --test-threads 1 --nocapture 2>&1 | tee -a "$log" || status=1
+
+passed=$(grep -Eo '^test result: .* [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '; [0-9]+ failed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
 echo
 echo "${passed} passed, ${failed} failed"
 exit "$status"

@@ -81,7 +81,7 @@ impl Layers {
         match self.str(key) {
             None => Ok(default),
             Some(v) => v.parse().map_err(|e| {
-                anyhow::anyhow!("VOICEGRAPH_{}={v:?} is not valid: {e}", key.to_uppercase())
+                anyhow::anyhow!("VOICEGRAPH_{} is not valid: {e}", key.to_uppercase())
             }),
         }
     }
@@ -151,6 +151,7 @@ impl Layers {
             watermark_poll: Duration::from_millis(self.parse("watermark_poll_ms", 500)?),
             event_buffer: self.parse("event_buffer", 4096)?,
             loader_delay: Duration::from_millis(self.parse("loader_delay_ms", 5)?),
+            db_max_connections: self.parse("db_max_connections", 16)?,
             data_dir,
         })
     }
@@ -247,6 +248,8 @@ pub struct Settings {
     pub event_buffer: usize,
     /// How long a DataLoader collects keys before it queries: longer batches more, shorter answers sooner.
     pub loader_delay: Duration,
+    /// Largest database connection pool of this process.
+    pub db_max_connections: u32,
 }
 
 impl Settings {

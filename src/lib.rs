@@ -8,6 +8,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod ports;
+pub mod realtime;
 pub mod relay;
 pub mod services;
 pub mod startup;

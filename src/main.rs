@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let settings = Layers::from_process()?.settings()?;
+    let settings = wiring::load_settings(Layers::from_process()?).await?;
     telemetry::init(settings.log_format);
     let roles = match cli.command.unwrap_or(Command::Dev) {
         Command::Dev => Roles::ALL,

@@ -8,7 +8,11 @@ use anyhow::Context;
 use chrono::Utc;
 use entities::{call_events, outbox};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::sea_query::{LockBehavior, LockType};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{EventEnvelope, JobMessage};
@@ -58,14 +62,47 @@ async fn deliver(
 /// One round: returns how many rows were delivered.
 pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
     sequence_pending(&state.db).await?;
-    let now = Utc::now();
-    let rows = outbox::Entity::find()
+    if state.db.get_database_backend() == DbBackend::Postgres {
+        // Rows are claimed with FOR UPDATE SKIP LOCKED, so relays on several instances share the
+        // outbox instead of sending the same rows; the claim lasts until the marks commit.
+        let txn = state.db.begin().await?;
+        let rows = pending(Some(&txn), state).await?;
+        let sent = deliver_all(state, &txn, rows).await?;
+        txn.commit().await?;
+        Ok(sent)
+    } else {
+        // SQLite serialises writers anyway; a long read transaction there would only turn the
+        // marks into snapshot conflicts.
+        let rows = pending(None, state).await?;
+        deliver_all(state, &state.db, rows).await
+    }
+}
+
+async fn pending(
+    txn: Option<&DatabaseTransaction>,
+    state: &AppState,
+) -> anyhow::Result<Vec<outbox::Model>> {
+    let query = outbox::Entity::find()
         .filter(outbox::Column::SentAt.is_null())
-        .filter(outbox::Column::AvailableAt.lte(now))
+        .filter(outbox::Column::AvailableAt.lte(Utc::now()))
         .order_by_asc(outbox::Column::Id)
-        .limit(BATCH)
-        .all(&state.db)
-        .await?;
+        .limit(BATCH);
+    Ok(match txn {
+        Some(txn) => {
+            query
+                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                .all(txn)
+                .await?
+        }
+        None => query.all(&state.db).await?,
+    })
+}
+
+async fn deliver_all<C: ConnectionTrait>(
+    state: &AppState,
+    conn: &C,
+    rows: Vec<outbox::Model>,
+) -> anyhow::Result<usize> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -79,7 +116,7 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
     } else {
         call_events::Entity::find()
             .filter(call_events::Column::Id.is_in(event_ids))
-            .all(&state.db)
+            .all(conn)
             .await?
             .iter()
             .filter_map(envelope)
@@ -101,23 +138,21 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
     ordered.sort_by_key(|(r, e)| (e.map_or(i64::MAX, |e| e.seq), r.id));
     let mut sent = 0;
     for (row, event) in ordered {
-        let result = if row.destination == DEST_EVENTS
-            && event.is_none()
-            && row.payload["event_id"].as_i64().is_some()
-        {
-            // The event was deleted with its call before it was published; nothing to send.
-            let id = row.payload["event_id"].as_i64().unwrap_or_default();
-            let exists = call_events::Entity::find_by_id(id)
-                .one(&state.db)
-                .await?
-                .is_some();
-            if exists {
-                Ok(Delivery::NotYet)
-            } else {
-                Ok(Delivery::Sent)
+        let event_id = row.payload["event_id"].as_i64();
+        let result = match (row.destination.as_str(), event, event_id) {
+            (DEST_EVENTS, None, Some(id)) => {
+                // Not sequenced yet (next round), or deleted with its call before it went out.
+                let exists = call_events::Entity::find_by_id(id)
+                    .one(conn)
+                    .await?
+                    .is_some();
+                Ok(if exists {
+                    Delivery::NotYet
+                } else {
+                    Delivery::Sent
+                })
             }
-        } else {
-            deliver(state, row, event).await
+            _ => deliver(state, row, event).await,
         };
         match result {
             Ok(Delivery::Sent) => {
@@ -125,7 +160,7 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
                     .col_expr(outbox::Column::SentAt, Expr::value(Utc::now()))
                     .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
                     .filter(outbox::Column::Id.eq(row.id))
-                    .exec(&state.db)
+                    .exec(conn)
                     .await?;
                 sent += 1;
             }
@@ -145,7 +180,7 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
                         ),
                     )
                     .filter(outbox::Column::Id.eq(row.id))
-                    .exec(&state.db)
+                    .exec(conn)
                     .await?;
             }
         }

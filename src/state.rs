@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::config::Settings;
@@ -21,9 +22,20 @@ pub struct AppState {
     pub analyzer: Arc<dyn Analyzer>,
     /// Set when blobs live in a directory: the app then serves their signed URLs itself.
     pub local_blobs: Option<Arc<FsBlobStore>>,
+    /// The SNS→Redis fan-out this process's `relay` role runs, when configured.
+    pub realtime: Option<Arc<Realtime>>,
+    /// Cancelled when the process stops; every background task watches it.
+    pub shutdown: CancellationToken,
     /// Nudges this process's relay right after a commit that wrote outbox rows.
     pub relay_wakeup: Arc<Notify>,
     /// The last event position this instance knows is committed (see `services::events`).
     pub watermark: Arc<watch::Sender<i64>>,
     pub metrics: Arc<Metrics>,
+}
+
+/// The realtime queue (subscribed to the events topic) and where its events go.
+pub struct Realtime {
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
+    pub fanout: Arc<dyn EventPublisher>,
 }

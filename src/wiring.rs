@@ -9,15 +9,22 @@ use migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use secrecy::ExposeSecret;
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
+use crate::adapters::aws;
 use crate::adapters::local::analyzer::LocalAnalyzer;
+use crate::adapters::redis::{RedisFanout, RedisFeed};
+use crate::adapters::s3::S3BlobStore;
+use crate::adapters::secrets_manager;
+use crate::adapters::sns::SnsPublisher;
+use crate::adapters::sqs::SqsQueue;
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::adapters::local::bus::InProcessBus;
 use crate::adapters::local::queue::EmbeddedQueue;
-use crate::config::{AnalyzerKind, Settings};
+use crate::config::{AnalyzerKind, Layers, Settings};
 use crate::http::metrics::Metrics;
 use crate::ports::{Analyzer, BlobStore, EventFeed, EventPublisher, JobQueue};
-use crate::state::AppState;
+use crate::state::{AppState, Realtime};
 
 /// Which database, as chosen by `VOICEGRAPH_DATABASE_URL`.
 pub enum DatabaseBackend {
@@ -28,6 +35,7 @@ pub enum DatabaseBackend {
 /// Which blob store, as chosen by `VOICEGRAPH_BLOB_URL`.
 pub enum BlobBackend {
     Directory(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
 }
 
 fn refuse_embedded(settings: &Settings, what: &str, variable: &str) -> anyhow::Result<()> {
@@ -79,10 +87,24 @@ pub fn blob_backend(settings: &Settings) -> anyhow::Result<BlobBackend> {
             ))
         }
         Some(url) if url.starts_with("s3://") => {
-            Err(not_in_this_build("VOICEGRAPH_BLOB_URL", "S3"))
+            let (bucket, prefix) = S3BlobStore::parse_url(url)?;
+            Ok(BlobBackend::S3 { bucket, prefix })
         }
         Some(_) => anyhow::bail!("VOICEGRAPH_BLOB_URL must be s3://bucket/prefix or file://dir"),
     }
+}
+
+/// Types the settings; when `VOICEGRAPH_SECRET_ID` names a Secrets Manager secret, its JSON keys
+/// are merged over everything else first (read once, at start-up).
+pub async fn load_settings(mut layers: Layers) -> anyhow::Result<Settings> {
+    let first = layers.settings()?;
+    let Some(secret_id) = first.secret_id.clone() else { return Ok(first) };
+    let sdk = aws::sdk_config().await;
+    let secret = secrets_manager::fetch(&sdk, &secret_id)
+        .await
+        .with_context(|| format!("reading VOICEGRAPH_SECRET_ID={secret_id}"))?;
+    layers.merge_json(&secret);
+    layers.settings()
 }
 
 /// Connects, counting every statement into the metrics, and prepares SQLite for several roles.
@@ -97,7 +119,7 @@ pub async fn connect(settings: &Settings, metrics: &Metrics) -> anyhow::Result<D
         DatabaseBackend::Postgres(url) => url.clone(),
     };
     let mut opts = ConnectOptions::new(url);
-    opts.max_connections(16)
+    opts.max_connections(settings.db_max_connections.max(2))
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
@@ -140,41 +162,75 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         migrate(&db).await?;
     }
 
-    if settings.job_queue_url.is_some() {
-        return Err(not_in_this_build("VOICEGRAPH_JOB_QUEUE_URL", "SQS"));
-    }
-    refuse_embedded(&settings, "job queue", "VOICEGRAPH_JOB_QUEUE_URL")?;
-    let queue: Arc<dyn JobQueue> = Arc::new(EmbeddedQueue::new(
-        db.clone(),
-        "jobs",
-        settings.job_max_receives,
-    ));
+    let uses_aws = settings.job_queue_url.is_some()
+        || settings.events_topic_arn.is_some()
+        || settings.realtime_queue_url.is_some()
+        || settings.blob_url.as_deref().is_some_and(|u| u.starts_with("s3://"));
+    let sdk = if uses_aws { Some(aws::sdk_config().await) } else { None };
+    let shutdown = CancellationToken::new();
 
-    if settings.events_topic_arn.is_some() {
-        return Err(not_in_this_build("VOICEGRAPH_EVENTS_TOPIC_ARN", "SNS"));
-    }
-    if settings.redis_url.is_some() {
-        return Err(not_in_this_build("VOICEGRAPH_REDIS_URL", "Redis"));
-    }
-    refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
-    refuse_embedded(&settings, "event feed", "VOICEGRAPH_REDIS_URL")?;
+    let queue: Arc<dyn JobQueue> = match (&settings.job_queue_url, &sdk) {
+        (Some(url), Some(sdk)) => Arc::new(
+            SqsQueue::connect(aws_sdk_sqs::Client::new(sdk), url.clone())
+                .await
+                .with_context(|| format!("VOICEGRAPH_JOB_QUEUE_URL={url}"))?,
+        ),
+        _ => {
+            refuse_embedded(&settings, "job queue", "VOICEGRAPH_JOB_QUEUE_URL")?;
+            Arc::new(EmbeddedQueue::new(db.clone(), "jobs", settings.job_max_receives))
+        }
+    };
+
     let bus = InProcessBus::new(settings.event_buffer);
-    let publisher: Arc<dyn EventPublisher> = Arc::new(bus.clone());
-    let feed: Arc<dyn EventFeed> = Arc::new(bus);
+    let fanout: Option<Arc<dyn EventPublisher>> = match &settings.redis_url {
+        Some(url) => Some(Arc::new(
+            RedisFanout::connect(url).await.context("VOICEGRAPH_REDIS_URL")?,
+        )),
+        None => None,
+    };
+    let publisher: Arc<dyn EventPublisher> = match (&settings.events_topic_arn, &sdk, &fanout) {
+        (Some(arn), Some(sdk), _) => Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), arn.clone())),
+        // Without a topic, events go straight to Redis (one relay, no SNS in between).
+        (None, _, Some(fanout)) => {
+            refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
+            fanout.clone()
+        }
+        _ => {
+            refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
+            Arc::new(bus.clone())
+        }
+    };
+    let feed: Arc<dyn EventFeed> = match &settings.redis_url {
+        Some(url) => RedisFeed::start(url, settings.event_buffer, shutdown.clone()).context("VOICEGRAPH_REDIS_URL")?,
+        None => {
+            refuse_embedded(&settings, "event feed", "VOICEGRAPH_REDIS_URL")?;
+            Arc::new(bus)
+        }
+    };
+    let realtime = match (&settings.realtime_queue_url, &sdk, &fanout) {
+        (Some(url), Some(sdk), Some(fanout)) => Some(Arc::new(Realtime {
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            queue_url: url.clone(),
+            fanout: fanout.clone(),
+        })),
+        (Some(_), _, None) => anyhow::bail!("VOICEGRAPH_REALTIME_QUEUE_URL needs VOICEGRAPH_REDIS_URL to fan events out"),
+        _ => None,
+    };
 
-    let (blobs, local_blobs): (Arc<dyn BlobStore>, Option<Arc<FsBlobStore>>) =
-        match blob_backend(&settings)? {
-            BlobBackend::Directory(root) => {
-                let key = match &settings.blob_signing_key {
-                    Some(k) => k.expose_secret().as_bytes().to_vec(),
-                    None => FsBlobStore::load_or_create_key(
-                        &settings.data_dir.join(".blob-signing-key"),
-                    )?,
-                };
-                let store = Arc::new(FsBlobStore::new(root, key, public_url)?);
-                (store.clone(), Some(store))
-            }
-        };
+    let (blobs, local_blobs): (Arc<dyn BlobStore>, Option<Arc<FsBlobStore>>) = match blob_backend(&settings)? {
+        BlobBackend::Directory(root) => {
+            let key = match &settings.blob_signing_key {
+                Some(k) => k.expose_secret().as_bytes().to_vec(),
+                None => FsBlobStore::load_or_create_key(&settings.data_dir.join(".blob-signing-key"))?,
+            };
+            let store = Arc::new(FsBlobStore::new(root, key, public_url)?);
+            (store.clone(), Some(store))
+        }
+        BlobBackend::S3 { bucket, prefix } => {
+            let sdk = sdk.as_ref().context("S3 needs the AWS SDK configuration")?;
+            (Arc::new(S3BlobStore::new(aws::s3_client(sdk), bucket, prefix)), None)
+        }
+    };
 
     let analyzer: Arc<dyn Analyzer> = match settings.analyzer {
         AnalyzerKind::Local => Arc::new(LocalAnalyzer),
@@ -192,6 +248,8 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         blobs,
         analyzer,
         local_blobs,
+        realtime,
+        shutdown,
         relay_wakeup: Arc::new(Notify::new()),
         watermark: Arc::new(watch::channel(0).0),
         metrics,

@@ -1,3 +1,9 @@
 //! One module per technology behind the ports. Only `wiring.rs` names them.
 
+pub mod aws;
 pub mod local;
+pub mod redis;
+pub mod s3;
+pub mod secrets_manager;
+pub mod sns;
+pub mod sqs;

@@ -160,24 +160,34 @@ pub async fn bootstrap(
         .map(str::to_string)
         .or(generated.clone())
         .unwrap_or_default();
-    let txn = db.begin().await?;
-    let tenant = tenants::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        name: Set("default".into()),
-        created_at: Set(Utc::now()),
+    // Several instances may start at once: the key's unique hash lets exactly one transaction win.
+    let created: AppResult<tenants::Model> = async {
+        let txn = db.begin().await?;
+        let tenant = tenants::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            name: Set("default".into()),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&txn)
+        .await?;
+        insert_key(
+            &txn,
+            tenant.id,
+            "bootstrap admin",
+            Role::Admin,
+            true,
+            &secret,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(tenant)
     }
-    .insert(&txn)
-    .await?;
-    insert_key(
-        &txn,
-        tenant.id,
-        "bootstrap admin",
-        Role::Admin,
-        true,
-        &secret,
-    )
-    .await?;
-    txn.commit().await?;
+    .await;
+    let tenant = match created {
+        Ok(t) => t,
+        Err(_) if tenants::Entity::find().count(db).await? > 0 => return Ok(None),
+        Err(e) => return Err(e),
+    };
     tracing::info!(tenant = %tenant.id, "created tenant `default` and the platform-admin key");
     Ok(generated)
 }

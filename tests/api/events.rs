@@ -97,6 +97,14 @@ async fn call_updated_follows_one_call() {
     .await;
     let a = app.submit_ok(short_call(), json!({})).await;
     let b = app.submit_ok(short_call(), json!({})).await;
+    // The subscription starts from now: wait until the relay has sequenced both SUBMITTED events.
+    for _ in 0..100 {
+        let d = app.gql_ok("query($id: ID!) { call(id: $id) { events { kind } } }", json!({ "id": b })).await;
+        if !d["call"]["events"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut sub = app
         .subscribe(
             ADMIN_KEY,

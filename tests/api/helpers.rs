@@ -27,9 +27,56 @@ pub struct TestApp {
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Settings every test app starts from: its own data dir, port 0, quick retries.
+/// When the suite runs on Postgres (`VOICEGRAPH_TEST_DB=postgres`), the database of a data dir:
+/// named after the dir, so that a second app on the same dir shares it.
+pub fn postgres_database(dir: &std::path::Path) -> Option<(String, String)> {
+    if std::env::var("VOICEGRAPH_TEST_DB").ok().as_deref() != Some("postgres") {
+        return None;
+    }
+    let base = crate::backends::postgres_url()
+        .expect("VOICEGRAPH_TEST_POSTGRES_URL for VOICEGRAPH_TEST_DB=postgres");
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    let name = format!("vg_t_{:016x}", h.finish());
+    Some((format!("{}/{name}", base.trim_end_matches('/')), name))
+}
+
+/// Creates the test database of a data dir on Postgres, if the suite runs there.
+pub async fn ensure_database(dir: &std::path::Path) {
+    let Some((_, name)) = postgres_database(dir) else {
+        return;
+    };
+    let base = crate::backends::postgres_url().unwrap();
+    let admin = sea_orm::Database::connect(format!("{}/postgres", base.trim_end_matches('/')))
+        .await
+        .expect("postgres");
+    let exists = sea_orm::ConnectionTrait::query_one_raw(
+        &admin,
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+        ),
+    )
+    .await
+    .expect("query pg_database");
+    if exists.is_none() {
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &admin,
+            &format!("CREATE DATABASE \"{name}\""),
+        )
+        .await
+        .expect("create database");
+    }
+    let _ = admin.close().await;
+}
+
+/// Settings every test app starts from: its own data dir (and database), port 0, quick retries.
 pub fn layers(dir: &std::path::Path) -> Layers {
     let mut l = Layers::default();
+    if let Some((url, _)) = postgres_database(dir) {
+        l.set("database_url", url).set("db_max_connections", "6");
+    }
     l.set("data_dir", dir.to_string_lossy().to_string())
         .set("listen", "127.0.0.1:0")
         .set("bootstrap_admin_key", ADMIN_KEY)
@@ -55,6 +102,7 @@ impl TestApp {
         roles: Roles,
         tweak: impl FnOnce(&mut Layers),
     ) -> Self {
+        ensure_database(dir.path()).await;
         let mut l = layers(dir.path());
         tweak(&mut l);
         let app = Application::build(l.settings().expect("settings"), roles)

@@ -1,12 +1,18 @@
 //! Integration tests: the app runs on port 0 with its own data directory, and the tests speak
 //! real HTTP and WebSocket to it.
 
+mod backends;
 mod helpers;
 
 mod auth;
+mod blob_contract;
 mod calls;
 mod events;
 mod limits;
 mod playground;
+mod production;
 mod queue_contract;
+mod secrets;
+mod scale_out;
 mod worker;
+mod feed_contract;
