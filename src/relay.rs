@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use entities::{call_events, outbox};
+use futures::StreamExt;
 use sea_orm::sea_query::Expr;
-use sea_orm::sea_query::{LockBehavior, LockType};
+use sea_orm::sea_query::{ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, TransactionTrait,
@@ -22,6 +23,8 @@ use crate::services::events::{
 use crate::state::AppState;
 
 const BATCH: u64 = 200;
+/// Deliveries in flight at once.
+const CONCURRENCY: usize = 16;
 
 enum Delivery {
     Sent,
@@ -57,6 +60,33 @@ async fn deliver(
         other => anyhow::bail!("unknown outbox destination {other:?}"),
     }
     Ok(Delivery::Sent)
+}
+
+async fn deliver_row<'a, C: ConnectionTrait>(
+    state: &AppState,
+    conn: &C,
+    row: &'a outbox::Model,
+    event: Option<&EventEnvelope>,
+) -> (&'a outbox::Model, anyhow::Result<Delivery>) {
+    let result = match (
+        row.destination.as_str(),
+        event,
+        row.payload["event_id"].as_i64(),
+    ) {
+        (DEST_EVENTS, None, Some(id)) => {
+            // Not sequenced yet (next round), or deleted with its call before it went out.
+            match call_events::Entity::find_by_id(id).one(conn).await {
+                Ok(found) => Ok(if found.is_some() {
+                    Delivery::NotYet
+                } else {
+                    Delivery::Sent
+                }),
+                Err(e) => Err(e.into()),
+            }
+        }
+        _ => deliver(state, row, event).await,
+    };
+    (row, result)
 }
 
 /// One round: returns how many rows were delivered.
@@ -123,47 +153,26 @@ async fn deliver_all<C: ConnectionTrait>(
             .map(|e| (e.id, e))
             .collect()
     };
-    // Events go out in sequence order so that subscribers rarely see a gap.
-    let mut ordered: Vec<(&outbox::Model, Option<&EventEnvelope>)> = rows
+    // Deliveries run concurrently: the destinations (SQS, SNS) do not keep order anyway, and
+    // subscribers order events by their sequence position.
+    let deliveries: Vec<_> = rows
         .iter()
-        .map(|r| {
-            (
-                r,
-                r.payload["event_id"]
-                    .as_i64()
-                    .and_then(|id| events.get(&id)),
-            )
+        .map(|row| {
+            let event = row.payload["event_id"]
+                .as_i64()
+                .and_then(|id| events.get(&id));
+            deliver_row(state, conn, row, event)
         })
         .collect();
-    ordered.sort_by_key(|(r, e)| (e.map_or(i64::MAX, |e| e.seq), r.id));
-    let mut sent = 0;
-    for (row, event) in ordered {
-        let event_id = row.payload["event_id"].as_i64();
-        let result = match (row.destination.as_str(), event, event_id) {
-            (DEST_EVENTS, None, Some(id)) => {
-                // Not sequenced yet (next round), or deleted with its call before it went out.
-                let exists = call_events::Entity::find_by_id(id)
-                    .one(conn)
-                    .await?
-                    .is_some();
-                Ok(if exists {
-                    Delivery::NotYet
-                } else {
-                    Delivery::Sent
-                })
-            }
-            _ => deliver(state, row, event).await,
-        };
+    let outcomes: Vec<(&outbox::Model, anyhow::Result<Delivery>)> =
+        futures::stream::iter(deliveries)
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+    let mut sent_ids = Vec::new();
+    for (row, result) in outcomes {
         match result {
-            Ok(Delivery::Sent) => {
-                outbox::Entity::update_many()
-                    .col_expr(outbox::Column::SentAt, Expr::value(Utc::now()))
-                    .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
-                    .filter(outbox::Column::Id.eq(row.id))
-                    .exec(conn)
-                    .await?;
-                sent += 1;
-            }
+            Ok(Delivery::Sent) => sent_ids.push(row.id),
             Ok(Delivery::NotYet) => {}
             Err(e) => {
                 let delay = Duration::from_millis(500)
@@ -185,7 +194,18 @@ async fn deliver_all<C: ConnectionTrait>(
             }
         }
     }
-    Ok(sent)
+    if !sent_ids.is_empty() {
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::SentAt, Expr::value(Utc::now()))
+            .col_expr(
+                outbox::Column::Attempts,
+                Expr::col(outbox::Column::Attempts).add(1),
+            )
+            .filter(outbox::Column::Id.is_in(sent_ids.clone()))
+            .exec(conn)
+            .await?;
+    }
+    Ok(sent_ids.len())
 }
 
 /// Removes delivered outbox rows older than a day so the table stays small.
@@ -222,7 +242,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         if delivered as u64 >= BATCH {
             continue;
         }
-        let wait = state.settings.relay_poll * (failures + 1).min(20);
+        let wait = state.settings.relay_poll * std::cmp::min(failures + 1, 20);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = state.relay_wakeup.notified() => {}

@@ -116,7 +116,12 @@ impl Application {
         if roles.relay {
             tasks.spawn(relay::run(state.clone(), shutdown.clone()));
             if let Some(rt) = state.realtime.clone() {
-                tasks.spawn(crate::realtime::run(rt.sqs.clone(), rt.queue_url.clone(), rt.fanout.clone(), shutdown.clone()));
+                tasks.spawn(crate::realtime::run(
+                    rt.sqs.clone(),
+                    rt.queue_url.clone(),
+                    rt.fanout.clone(),
+                    shutdown.clone(),
+                ));
             }
         }
         if let Some(listener) = listener {

@@ -13,14 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapters::aws;
 use crate::adapters::local::analyzer::LocalAnalyzer;
+use crate::adapters::local::blobs::FsBlobStore;
+use crate::adapters::local::bus::InProcessBus;
+use crate::adapters::local::queue::EmbeddedQueue;
 use crate::adapters::redis::{RedisFanout, RedisFeed};
 use crate::adapters::s3::S3BlobStore;
 use crate::adapters::secrets_manager;
 use crate::adapters::sns::SnsPublisher;
 use crate::adapters::sqs::SqsQueue;
-use crate::adapters::local::blobs::FsBlobStore;
-use crate::adapters::local::bus::InProcessBus;
-use crate::adapters::local::queue::EmbeddedQueue;
 use crate::config::{AnalyzerKind, Layers, Settings};
 use crate::http::metrics::Metrics;
 use crate::ports::{Analyzer, BlobStore, EventFeed, EventPublisher, JobQueue};
@@ -98,7 +98,9 @@ pub fn blob_backend(settings: &Settings) -> anyhow::Result<BlobBackend> {
 /// are merged over everything else first (read once, at start-up).
 pub async fn load_settings(mut layers: Layers) -> anyhow::Result<Settings> {
     let first = layers.settings()?;
-    let Some(secret_id) = first.secret_id.clone() else { return Ok(first) };
+    let Some(secret_id) = first.secret_id.clone() else {
+        return Ok(first);
+    };
     let sdk = aws::sdk_config().await;
     let secret = secrets_manager::fetch(&sdk, &secret_id)
         .await
@@ -165,8 +167,15 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
     let uses_aws = settings.job_queue_url.is_some()
         || settings.events_topic_arn.is_some()
         || settings.realtime_queue_url.is_some()
-        || settings.blob_url.as_deref().is_some_and(|u| u.starts_with("s3://"));
-    let sdk = if uses_aws { Some(aws::sdk_config().await) } else { None };
+        || settings
+            .blob_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("s3://"));
+    let sdk = if uses_aws {
+        Some(aws::sdk_config().await)
+    } else {
+        None
+    };
     let shutdown = CancellationToken::new();
 
     let queue: Arc<dyn JobQueue> = match (&settings.job_queue_url, &sdk) {
@@ -177,19 +186,28 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         ),
         _ => {
             refuse_embedded(&settings, "job queue", "VOICEGRAPH_JOB_QUEUE_URL")?;
-            Arc::new(EmbeddedQueue::new(db.clone(), "jobs", settings.job_max_receives))
+            Arc::new(EmbeddedQueue::new(
+                db.clone(),
+                "jobs",
+                settings.job_max_receives,
+            ))
         }
     };
 
     let bus = InProcessBus::new(settings.event_buffer);
     let fanout: Option<Arc<dyn EventPublisher>> = match &settings.redis_url {
         Some(url) => Some(Arc::new(
-            RedisFanout::connect(url).await.context("VOICEGRAPH_REDIS_URL")?,
+            RedisFanout::connect(url)
+                .await
+                .context("VOICEGRAPH_REDIS_URL")?,
         )),
         None => None,
     };
     let publisher: Arc<dyn EventPublisher> = match (&settings.events_topic_arn, &sdk, &fanout) {
-        (Some(arn), Some(sdk), _) => Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), arn.clone())),
+        (Some(arn), Some(sdk), _) => Arc::new(SnsPublisher::new(
+            aws_sdk_sns::Client::new(sdk),
+            arn.clone(),
+        )),
         // Without a topic, events go straight to Redis (one relay, no SNS in between).
         (None, _, Some(fanout)) => {
             refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
@@ -201,7 +219,8 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         }
     };
     let feed: Arc<dyn EventFeed> = match &settings.redis_url {
-        Some(url) => RedisFeed::start(url, settings.event_buffer, shutdown.clone()).context("VOICEGRAPH_REDIS_URL")?,
+        Some(url) => RedisFeed::start(url, settings.event_buffer, shutdown.clone())
+            .context("VOICEGRAPH_REDIS_URL")?,
         None => {
             refuse_embedded(&settings, "event feed", "VOICEGRAPH_REDIS_URL")?;
             Arc::new(bus)
@@ -213,24 +232,32 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
             queue_url: url.clone(),
             fanout: fanout.clone(),
         })),
-        (Some(_), _, None) => anyhow::bail!("VOICEGRAPH_REALTIME_QUEUE_URL needs VOICEGRAPH_REDIS_URL to fan events out"),
+        (Some(_), _, None) => anyhow::bail!(
+            "VOICEGRAPH_REALTIME_QUEUE_URL needs VOICEGRAPH_REDIS_URL to fan events out"
+        ),
         _ => None,
     };
 
-    let (blobs, local_blobs): (Arc<dyn BlobStore>, Option<Arc<FsBlobStore>>) = match blob_backend(&settings)? {
-        BlobBackend::Directory(root) => {
-            let key = match &settings.blob_signing_key {
-                Some(k) => k.expose_secret().as_bytes().to_vec(),
-                None => FsBlobStore::load_or_create_key(&settings.data_dir.join(".blob-signing-key"))?,
-            };
-            let store = Arc::new(FsBlobStore::new(root, key, public_url)?);
-            (store.clone(), Some(store))
-        }
-        BlobBackend::S3 { bucket, prefix } => {
-            let sdk = sdk.as_ref().context("S3 needs the AWS SDK configuration")?;
-            (Arc::new(S3BlobStore::new(aws::s3_client(sdk), bucket, prefix)), None)
-        }
-    };
+    let (blobs, local_blobs): (Arc<dyn BlobStore>, Option<Arc<FsBlobStore>>) =
+        match blob_backend(&settings)? {
+            BlobBackend::Directory(root) => {
+                let key = match &settings.blob_signing_key {
+                    Some(k) => k.expose_secret().as_bytes().to_vec(),
+                    None => FsBlobStore::load_or_create_key(
+                        &settings.data_dir.join(".blob-signing-key"),
+                    )?,
+                };
+                let store = Arc::new(FsBlobStore::new(root, key, public_url)?);
+                (store.clone(), Some(store))
+            }
+            BlobBackend::S3 { bucket, prefix } => {
+                let sdk = sdk.as_ref().context("S3 needs the AWS SDK configuration")?;
+                (
+                    Arc::new(S3BlobStore::new(aws::s3_client(sdk), bucket, prefix)),
+                    None,
+                )
+            }
+        };
 
     let analyzer: Arc<dyn Analyzer> = match settings.analyzer {
         AnalyzerKind::Local => Arc::new(LocalAnalyzer),

@@ -116,6 +116,11 @@ impl EventFeed for RedisFeed {
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventEnvelope>> {
         self.tx.subscribe()
     }
+
+    fn ready(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.connected(), "not subscribed to Redis (reconnecting)");
+        Ok(())
+    }
 }
 
 /// Keeps one subscription alive until `stop`: connect, forward, and on loss reconnect with

@@ -57,6 +57,10 @@ pub trait EventPublisher: Send + Sync {
 /// that lags or misses one catches up from the database).
 pub trait EventFeed: Send + Sync {
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventEnvelope>>;
+    /// Whether the feed is connected to its source (for readiness); in-process feeds always are.
+    fn ready(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A presigned upload: what the client must send.

@@ -173,8 +173,12 @@ pub async fn fresh_postgres_db() -> Option<String> {
     let base = postgres_url()?;
     let base = base.trim_end_matches('/').to_string();
     let name = format!("vg_t_{}", uuid::Uuid::new_v4().simple());
-    let admin = sea_orm::Database::connect(format!("{base}/postgres")).await.expect("postgres");
-    sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE \"{name}\"")).await.expect("create database");
+    let admin = sea_orm::Database::connect(format!("{base}/postgres"))
+        .await
+        .expect("postgres");
+    sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create database");
     let _ = admin.close().await;
     Some(format!("{base}/{name}"))
 }
@@ -192,7 +196,11 @@ pub struct ProductionStack {
 
 impl ProductionStack {
     /// `None` (skip) outside CI when a service is missing.
-    pub async fn create(redis_url: Option<String>, max_receives: u32, visibility_secs: u32) -> Option<Self> {
+    pub async fn create(
+        redis_url: Option<String>,
+        max_receives: u32,
+        visibility_secs: u32,
+    ) -> Option<Self> {
         aws_endpoint()?;
         let redis_url = match redis_url {
             Some(u) => u,
@@ -201,10 +209,21 @@ impl ProductionStack {
         let database_url = fresh_postgres_db().await?;
         let sdk = sdk().await;
         let name = unique("vg");
-        let (job_queue_url, dlq_url) = create_queue_with_dlq(&sdk, &format!("{name}-jobs"), max_receives, visibility_secs).await;
-        let (topic_arn, realtime_queue_url) = create_topic_with_queue(&sdk, &format!("{name}-events")).await;
+        let (job_queue_url, dlq_url) =
+            create_queue_with_dlq(&sdk, &format!("{name}-jobs"), max_receives, visibility_secs)
+                .await;
+        let (topic_arn, realtime_queue_url) =
+            create_topic_with_queue(&sdk, &format!("{name}-events")).await;
         let bucket = create_bucket(&sdk).await;
-        Some(Self { database_url, redis_url, job_queue_url, dlq_url, topic_arn, realtime_queue_url, bucket })
+        Some(Self {
+            database_url,
+            redis_url,
+            job_queue_url,
+            dlq_url,
+            topic_arn,
+            realtime_queue_url,
+            bucket,
+        })
     }
 
     /// The settings as `VOICEGRAPH_*` variables (without the prefix), production mode.

@@ -99,7 +99,12 @@ async fn call_updated_follows_one_call() {
     let b = app.submit_ok(short_call(), json!({})).await;
     // The subscription starts from now: wait until the relay has sequenced both SUBMITTED events.
     for _ in 0..100 {
-        let d = app.gql_ok("query($id: ID!) { call(id: $id) { events { kind } } }", json!({ "id": b })).await;
+        let d = app
+            .gql_ok(
+                "query($id: ID!) { call(id: $id) { events { kind } } }",
+                json!({ "id": b }),
+            )
+            .await;
         if !d["call"]["events"].as_array().unwrap().is_empty() {
             break;
         }

@@ -19,7 +19,9 @@ async fn production_app(stack: &ProductionStack) -> TestApp {
         l.settings().unwrap()
     };
     let metrics = voicegraph::http::metrics::Metrics::new();
-    let db = voicegraph::wiring::connect(&settings, &metrics).await.unwrap();
+    let db = voicegraph::wiring::connect(&settings, &metrics)
+        .await
+        .unwrap();
     voicegraph::wiring::migrate(&db).await.unwrap();
     TestApp::spawn_with(Roles::ALL, |l| {
         for (k, v) in stack.vars() {
@@ -34,11 +36,23 @@ async fn production_app(stack: &ProductionStack) -> TestApp {
 async fn the_production_stack_runs_the_whole_flow() {
     let stack = require!(ProductionStack::create(None, 3, 10).await);
     let app = production_app(&stack).await;
-    let ready: serde_json::Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: serde_json::Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
 
     let mut sub = app
-        .subscribe(ADMIN_KEY, "subscription { callEvents { kind cursor callId call { status } } }", json!({}))
+        .subscribe(
+            ADMIN_KEY,
+            "subscription { callEvents { kind cursor callId call { status } } }",
+            json!({}),
+        )
         .await;
     let audio = short_call();
     let up = app
@@ -76,14 +90,36 @@ async fn the_production_stack_runs_the_whole_flow() {
     assert_eq!(c["status"], "COMPLETED");
     assert_eq!(c["durationMs"], 2000);
     assert_eq!(c["metrics"]["interruptions"], 1);
-    let got = app.client.get(c["recording"]["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(got.as_ref(), audio.as_slice(), "the presigned GET serves the recording");
-    let result: serde_json::Value = app.client.get(c["resultUrl"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    let got = app
+        .client
+        .get(c["recording"]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.as_ref(),
+        audio.as_slice(),
+        "the presigned GET serves the recording"
+    );
+    let result: serde_json::Value = app
+        .client
+        .get(c["resultUrl"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(result["duration_ms"], 2000);
 
     // Production hides introspection: the schema is not described.
     let intro = app.gql("{ __schema { types { name } } }", json!({})).await;
     assert!(intro["data"]["__schema"]["types"].is_null(), "{intro}");
-    let t = app.gql("{ __type(name: \"Call\") { fields { name } } }", json!({})).await;
+    let t = app
+        .gql("{ __type(name: \"Call\") { fields { name } } }", json!({}))
+        .await;
     assert!(t["data"]["__type"].is_null(), "{t}");
 }

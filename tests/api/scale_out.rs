@@ -21,7 +21,11 @@ const CALLS: usize = 200;
 const BIN: &str = env!("CARGO_BIN_EXE_voicegraph");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A private Redis on its own port, so the test may stop and restart it.
@@ -33,7 +37,16 @@ struct Redis {
 impl Redis {
     fn start(port: u16) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server");
@@ -77,7 +90,8 @@ impl Cluster {
         for (k, v) in extra {
             cmd.env(format!("VOICEGRAPH_{}", k.to_uppercase()), v);
         }
-        self.children.push((name.to_string(), cmd.spawn().expect("spawn voicegraph")));
+        self.children
+            .push((name.to_string(), cmd.spawn().expect("spawn voicegraph")));
     }
 
     fn kill(&mut self, name: &str) {
@@ -99,7 +113,11 @@ impl Drop for Cluster {
 
 async fn wait_ready(client: &reqwest::Client, port: u16) {
     for _ in 0..300 {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
             if r.status() == 200 {
                 return;
             }
@@ -115,7 +133,9 @@ fn collect(mut sub: Subscription, expected: usize) -> JoinHandle<Vec<(Value, Dat
         let mut out = Vec::new();
         let mut completed = HashSet::new();
         while completed.len() < expected {
-            let Some(msg) = sub.recv(Duration::from_secs(120)).await else { break };
+            let Some(msg) = sub.recv(Duration::from_secs(120)).await else {
+                break;
+            };
             assert_eq!(msg["type"], "next", "{msg}");
             let e = msg["payload"]["data"]["callEvents"].clone();
             if e["kind"] == "COMPLETED" {
@@ -152,7 +172,9 @@ async fn submit_by_upload(client: &reqwest::Client, port: u16, audio: &[u8], n: 
     )
     .await["createRecordingUpload"]
     .clone();
-    let mut put = client.put(up["uploadUrl"].as_str().unwrap()).body(audio.to_vec());
+    let mut put = client
+        .put(up["uploadUrl"].as_str().unwrap())
+        .body(audio.to_vec());
     for h in up["headers"].as_array().unwrap() {
         put = put.header(h["name"].as_str().unwrap(), h["value"].as_str().unwrap());
     }
@@ -167,7 +189,12 @@ async fn submit_by_upload(client: &reqwest::Client, port: u16, audio: &[u8], n: 
 
 /// Every call's events arrive in order (SUBMITTED first, one COMPLETED last), with strictly
 /// increasing cursors and no event twice; and they are exactly the events in the database.
-fn check_stream(name: &str, events: &[(Value, DateTime<Utc>)], ids: &HashSet<String>, db_counts: &HashMap<String, usize>) {
+fn check_stream(
+    name: &str,
+    events: &[(Value, DateTime<Utc>)],
+    ids: &HashSet<String>,
+    db_counts: &HashMap<String, usize>,
+) {
     let mut last = 0i64;
     let mut seen = HashSet::new();
     let mut per_call: HashMap<String, Vec<String>> = HashMap::new();
@@ -175,19 +202,45 @@ fn check_stream(name: &str, events: &[(Value, DateTime<Utc>)], ids: &HashSet<Str
         let cursor: i64 = e["cursor"].as_str().unwrap().parse().unwrap();
         assert!(cursor > last, "{name}: cursor {cursor} after {last}");
         last = cursor;
-        assert!(seen.insert(e["id"].as_str().unwrap().to_string()), "{name}: duplicate event {e}");
-        per_call.entry(e["callId"].as_str().unwrap().to_string()).or_default().push(e["kind"].as_str().unwrap().to_string());
+        assert!(
+            seen.insert(e["id"].as_str().unwrap().to_string()),
+            "{name}: duplicate event {e}"
+        );
+        per_call
+            .entry(e["callId"].as_str().unwrap().to_string())
+            .or_default()
+            .push(e["kind"].as_str().unwrap().to_string());
     }
     for id in ids {
-        let kinds = per_call.get(id).unwrap_or_else(|| panic!("{name}: no events for call {id}"));
-        assert_eq!(kinds.first().map(String::as_str), Some("SUBMITTED"), "{name}: {id}: {kinds:?}");
-        assert_eq!(kinds.last().map(String::as_str), Some("COMPLETED"), "{name}: {id}: {kinds:?}");
-        assert_eq!(kinds.iter().filter(|k| *k == "COMPLETED").count(), 1, "{name}: {id}: {kinds:?}");
-        assert_eq!(kinds.len(), db_counts[id], "{name}: {id}: {kinds:?} is not what the database holds");
+        let kinds = per_call
+            .get(id)
+            .unwrap_or_else(|| panic!("{name}: no events for call {id}"));
+        assert_eq!(
+            kinds.first().map(String::as_str),
+            Some("SUBMITTED"),
+            "{name}: {id}: {kinds:?}"
+        );
+        assert_eq!(
+            kinds.last().map(String::as_str),
+            Some("COMPLETED"),
+            "{name}: {id}: {kinds:?}"
+        );
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "COMPLETED").count(),
+            1,
+            "{name}: {id}: {kinds:?}"
+        );
+        assert_eq!(
+            kinds.len(),
+            db_counts[id],
+            "{name}: {id}: {kinds:?} is not what the database holds"
+        );
     }
 }
 
-async fn database_counts(db: &sea_orm::DatabaseConnection) -> (HashMap<String, usize>, usize, usize) {
+async fn database_counts(
+    db: &sea_orm::DatabaseConnection,
+) -> (HashMap<String, usize>, usize, usize) {
     use sea_orm::{ConnectionTrait, Statement};
     let rows = db
         .query_all_raw(Statement::from_string(db.get_database_backend(), "SELECT call_id::text AS id, COUNT(*) AS n, SUM(CASE WHEN kind = 'COMPLETED' THEN 1 ELSE 0 END) AS done FROM call_events GROUP BY call_id".to_string()))
@@ -203,7 +256,10 @@ async fn database_counts(db: &sea_orm::DatabaseConnection) -> (HashMap<String, u
         counts.insert(id, n as usize);
     }
     let completed: i64 = db
-        .query_one_raw(Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) AS n FROM calls WHERE status = 'COMPLETED'".to_string()))
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM calls WHERE status = 'COMPLETED'".to_string(),
+        ))
         .await
         .unwrap()
         .unwrap()
@@ -219,9 +275,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn round(chaos: bool) {
     let redis_port = free_port();
     let mut redis = Redis::start(redis_port);
-    let stack = require!(ProductionStack::create(Some(format!("redis://127.0.0.1:{redis_port}")), 5, 8).await);
+    let stack = require!(
+        ProductionStack::create(Some(format!("redis://127.0.0.1:{redis_port}")), 5, 8).await
+    );
     let dir = tempfile::tempdir().unwrap();
-    let mut env: Vec<(String, String)> = stack.vars().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut env: Vec<(String, String)> = stack
+        .vars()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     env.push(("bootstrap_admin_key".into(), ADMIN_KEY.into()));
     env.push(("job_visibility_secs".into(), "8".into()));
     env.push(("worker_concurrency".into(), "2".into()));
@@ -235,7 +297,11 @@ async fn round(chaos: bool) {
         .status()
         .unwrap();
     assert!(status.success());
-    let mut cluster = Cluster { dir: dir.path().to_path_buf(), env, children: Vec::new() };
+    let mut cluster = Cluster {
+        dir: dir.path().to_path_buf(),
+        env,
+        children: Vec::new(),
+    };
     let (pa, pb) = (free_port(), free_port());
     cluster.spawn("serve", "serve-a", &[("listen", format!("127.0.0.1:{pa}"))]);
     let client = reqwest::Client::new();
@@ -248,10 +314,15 @@ async fn round(chaos: bool) {
 
     let q = "subscription { callEvents { id cursor kind callId at } }";
     let subscribe = |port: u16| async move {
-        let mut ws = Subscription::connect(&format!("127.0.0.1:{port}"), "graphql-transport-ws").await;
+        let mut ws =
+            Subscription::connect(&format!("127.0.0.1:{port}"), "graphql-transport-ws").await;
         ws.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {ADMIN_KEY}") } })).await;
-        assert_eq!(ws.recv(Duration::from_secs(10)).await.unwrap()["type"], "connection_ack");
-        ws.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": q } })).await;
+        assert_eq!(
+            ws.recv(Duration::from_secs(10)).await.unwrap()["type"],
+            "connection_ack"
+        );
+        ws.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": q } }))
+            .await;
         ws
     };
     let on_a = collect(subscribe(pa).await, CALLS);
@@ -263,7 +334,12 @@ async fn round(chaos: bool) {
     let mut ids = HashSet::new();
     for chunk in (0..CALLS).collect::<Vec<_>>().chunks(10) {
         // Calls go in through instance A; instance B only watches.
-        let batch = join_all(chunk.iter().map(|n| submit_by_upload(&client, pa, &audio, *n))).await;
+        let batch = join_all(
+            chunk
+                .iter()
+                .map(|n| submit_by_upload(&client, pa, &audio, *n)),
+        )
+        .await;
         ids.extend(batch);
         if chaos && ids.len() == CALLS / 2 {
             cluster.kill("worker-1");
@@ -277,7 +353,9 @@ async fn round(chaos: bool) {
     let metrics = voicegraph::http::metrics::Metrics::new();
     let mut l = voicegraph::config::Layers::default();
     l.set("database_url", stack.database_url.clone());
-    let db = voicegraph::wiring::connect(&l.settings().unwrap(), &metrics).await.unwrap();
+    let db = voicegraph::wiring::connect(&l.settings().unwrap(), &metrics)
+        .await
+        .unwrap();
     let (counts, completed, max_done) = database_counts(&db).await;
     assert_eq!(completed, CALLS, "every call is COMPLETED");
     assert_eq!(max_done, 1, "no call completed twice");
