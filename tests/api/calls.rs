@@ -147,7 +147,25 @@ async fn signed_upload_then_submit_by_key() {
         audio.len()
     );
     app.wait_status(&id, "COMPLETED", 30).await;
-    let c = app.gql_ok("query($id: ID!) { call(id: $id) { durationMs metrics { talkTime { speaker ms } overlapMs interruptions } } }", json!({ "id": id })).await;
+    let c = app.gql_ok("query($id: ID!) { call(id: $id) { durationMs metrics { talkTime { speaker ms } overlapMs interruptions } recording { download(expiresIn: 60) { url expiresAt } } resultDownload(expiresIn: 120) { expiresAt } } }", json!({ "id": id })).await;
+    let at = |v: &serde_json::Value| {
+        v.as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    let left =
+        (at(&c["call"]["recording"]["download"]["expiresAt"]) - chrono::Utc::now()).num_seconds();
+    assert!((55..=60).contains(&left), "{left}");
+    let left = (at(&c["call"]["resultDownload"]["expiresAt"]) - chrono::Utc::now()).num_seconds();
+    assert!((115..=120).contains(&left), "{left}");
+    let dl = app
+        .client
+        .get(c["call"]["recording"]["download"]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dl.bytes().await.unwrap().as_ref(), audio.as_slice());
     assert_eq!(c["call"]["durationMs"], 1500);
     let tt = &c["call"]["metrics"]["talkTime"][0];
     assert_eq!(tt["speaker"], "caller");

@@ -915,7 +915,8 @@ async fn recording_urls_serve_the_exact_bytes_and_check_expiry() {
 async fn production_refuses_the_embedded_database() {
     let dir = tempfile::tempdir().unwrap();
     let mut l = helpers::layers(dir.path());
-    l.set("env", "production");
+    // The default database, whichever database the suite runs on.
+    l.set("env", "production").set("database_url", "");
     let settings = l.settings().expect("settings");
     let err = match Application::build(settings, Roles::ALL).await {
         Ok(_) => panic!("production mode must refuse the embedded SQLite database"),
@@ -923,4 +924,19 @@ async fn production_refuses_the_embedded_database() {
     };
     assert!(err.contains("VOICEGRAPH_DATABASE_URL"), "{err}");
     assert!(err.contains("production"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_refuses_every_embedded_backend_by_name() {
+    let Some(db) = crate::backends::fresh_postgres_db().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = helpers::layers(dir.path());
+    l.set("env", "production").set("database_url", db);
+    let err = match Application::build(l.settings().unwrap(), Roles::ALL).await {
+        Ok(_) => panic!("production mode must refuse the embedded job queue"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("VOICEGRAPH_JOB_QUEUE_URL"), "{err}");
 }

@@ -2,9 +2,16 @@
 //! SQS subscription read by the realtime relay, Redis fan-out and S3 — all real servers (AWS
 //! through the emulator). Submit by presigned S3 upload, watch the events over WebSocket, query.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use voicegraph::domain::{Analysis, AnalysisRequest, CallStatus, EventEnvelope};
+use voicegraph::ports::{AnalyzeError, Analyzer, EventPublisher};
 use voicegraph::startup::Roles;
 
 use crate::backends::ProductionStack;
@@ -12,6 +19,10 @@ use crate::helpers::*;
 use crate::require;
 
 async fn production_app(stack: &ProductionStack) -> TestApp {
+    production_app_with(stack, Roles::ALL).await
+}
+
+async fn production_app_with(stack: &ProductionStack, roles: Roles) -> TestApp {
     // Production does not migrate at start-up: `voicegraph migrate` does, as a deploy step.
     let settings = {
         let mut l = voicegraph::config::Layers::default();
@@ -23,7 +34,7 @@ async fn production_app(stack: &ProductionStack) -> TestApp {
         .await
         .unwrap();
     voicegraph::wiring::migrate(&db).await.unwrap();
-    TestApp::spawn_with(Roles::ALL, |l| {
+    TestApp::spawn_with(roles, |l| {
         for (k, v) in stack.vars() {
             l.set(k, v);
         }
@@ -122,4 +133,173 @@ async fn the_production_stack_runs_the_whole_flow() {
         .gql("{ __type(name: \"Call\") { fields { name } } }", json!({}))
         .await;
     assert!(t["data"]["__type"].is_null(), "{t}");
+}
+
+struct Unavailable;
+
+#[async_trait]
+impl Analyzer for Unavailable {
+    fn name(&self) -> String {
+        "unavailable".into()
+    }
+    async fn analyze(&self, _: Bytes, _: AnalysisRequest) -> Result<Analysis, AnalyzeError> {
+        Err(AnalyzeError::Transient(anyhow::anyhow!(
+            "analysis service unavailable"
+        )))
+    }
+}
+
+/// On SQS: a job that keeps failing is retried until its last receive, its call becomes FAILED
+/// with the reason, the message lands in the dead-letter queue, and `retryCall` queues it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_ends_in_the_dead_letter_queue_and_its_call_fails() {
+    let stack = require!(ProductionStack::create(None, 3, 10).await);
+    let app = production_app_with(
+        &stack,
+        Roles {
+            serve: true,
+            worker: false,
+            relay: true,
+        },
+    )
+    .await;
+    let id = app.submit_ok(short_call(), json!({})).await;
+    let mut broken = app.state.clone();
+    broken.analyzer = Arc::new(Unavailable);
+    let token = CancellationToken::new();
+    let worker = tokio::spawn(voicegraph::worker::run(
+        broken,
+        token.clone(),
+        Duration::from_secs(5),
+    ));
+    app.wait_status(&id, "FAILED", 60).await;
+    let d = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { error attempts } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert!(
+        d["call"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("analysis service unavailable"),
+        "{d}"
+    );
+    assert_eq!(d["call"]["attempts"], 3);
+    // The worker keeps receiving, so SQS moves the message past its last receive to the DLQ.
+    let sqs = aws_sdk_sqs::Client::new(&crate::backends::sdk().await);
+    let mut in_dlq = None;
+    for _ in 0..40 {
+        let got = sqs
+            .receive_message()
+            .queue_url(&stack.dlq_url)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if let Some(m) = got.messages().first() {
+            in_dlq = m.body().map(str::to_string);
+            break;
+        }
+    }
+    token.cancel();
+    worker.await.unwrap();
+    let body = in_dlq.expect("the job is in the dead-letter queue");
+    assert!(body.contains(&id), "{body}");
+    let r = app
+        .gql_ok(
+            "mutation($id: ID!) { retryCall(id: $id) { status } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(r["retryCall"]["status"], "QUEUED");
+    let mut queued = false;
+    for _ in 0..40 {
+        if app.state.queue.depth().await.unwrap() > 0 {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(queued, "retryCall sends a new job to SQS");
+}
+
+/// Records every event it is asked to publish.
+#[derive(Default)]
+struct Counting(Mutex<HashMap<i64, usize>>);
+
+#[async_trait]
+impl EventPublisher for Counting {
+    async fn publish(&self, event: &EventEnvelope) -> anyhow::Result<()> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        *self.0.lock().unwrap().entry(event.id).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// Many relays on one Postgres: outbox rows are claimed with SKIP LOCKED, so in the normal case no
+/// event is published twice, and positions stay dense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_relays_on_postgres_do_not_double_send() {
+    let Some(url) = crate::backends::fresh_postgres_db().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = layers(dir.path());
+    l.set("database_url", url);
+    let settings = l.settings().unwrap();
+    let publishers: Vec<Arc<Counting>> = (0..3).map(|_| Arc::new(Counting::default())).collect();
+    let mut states = Vec::new();
+    for p in &publishers {
+        let mut st = voicegraph::wiring::build_state(settings.clone(), "http://unused")
+            .await
+            .unwrap();
+        st.publisher = p.clone();
+        states.push(st);
+    }
+    let db = &states[0].db;
+    let (tenant, call) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for _ in 0..300 {
+        voicegraph::services::events::record_event(
+            db,
+            tenant,
+            call,
+            "TAGGED",
+            CallStatus::Queued,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let runs = states.iter().map(|st| async move {
+        loop {
+            let n = voicegraph::relay::relay_once(st).await.unwrap();
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    futures::future::join_all(runs).await;
+    let mut total: HashMap<i64, usize> = HashMap::new();
+    let mut relays_that_sent = 0;
+    for p in &publishers {
+        let seen = p.0.lock().unwrap();
+        if !seen.is_empty() {
+            relays_that_sent += 1;
+        }
+        for (id, n) in seen.iter() {
+            *total.entry(*id).or_default() += n;
+        }
+    }
+    assert_eq!(total.len(), 300, "every event was published");
+    assert!(
+        total.values().all(|n| *n == 1),
+        "an event was published twice"
+    );
+    assert!(relays_that_sent >= 2, "the relays shared the work");
+    assert_eq!(
+        voicegraph::services::events::max_seq(db).await.unwrap(),
+        300
+    );
 }

@@ -90,7 +90,11 @@ async fn settings_without_a_secret_come_from_the_other_layers() {
         .expect("load settings");
     assert_eq!(settings.max_page_size, 50);
     assert_eq!(settings.secret_id, None);
-    assert!(settings.database_url().contains("voicegraph.db"));
+    let expected = helpers::layers(dir.path())
+        .settings()
+        .unwrap()
+        .database_url();
+    assert_eq!(settings.database_url(), expected);
 }
 
 /// The secret is the top layer: its database URL wins over the others, and the app really uses

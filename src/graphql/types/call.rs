@@ -105,6 +105,24 @@ impl Transcript {
     }
 }
 
+/// A short-lived link to download an object.
+#[derive(SimpleObject)]
+pub struct SignedUrl {
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+async fn signed(ctx: &Context<'_>, key: &str, expires_in: Option<i32>) -> Result<SignedUrl> {
+    let expiry = url_expiry(ctx, expires_in)?;
+    let expires_at = Utc::now() + chrono::Duration::from_std(expiry).unwrap_or_default();
+    let url = state(ctx)
+        .blobs
+        .presign_get(key, expiry)
+        .await
+        .map_err(|e| AppError::Internal(e).extend())?;
+    Ok(SignedUrl { url, expires_at })
+}
+
 /// The stored recording.
 pub struct Recording {
     key: String,
@@ -122,12 +140,11 @@ impl Recording {
     }
     /// A short-lived URL to download the recording. `expiresIn` in seconds (default 900, at most 86400).
     async fn url(&self, ctx: &Context<'_>, expires_in: Option<i32>) -> Result<String> {
-        let expiry = url_expiry(ctx, expires_in)?;
-        state(ctx)
-            .blobs
-            .presign_get(&self.key, expiry)
-            .await
-            .map_err(|e| AppError::Internal(e).extend())
+        Ok(signed(ctx, &self.key, expires_in).await?.url)
+    }
+    /// The same link with its expiry time.
+    async fn download(&self, ctx: &Context<'_>, expires_in: Option<i32>) -> Result<SignedUrl> {
+        signed(ctx, &self.key, expires_in).await
     }
 }
 
@@ -179,17 +196,18 @@ impl Call {
         ctx: &Context<'_>,
         expires_in: Option<i32>,
     ) -> Result<Option<String>> {
-        let Some(key) = &self.0.result_key else {
-            return Ok(None);
-        };
-        let expiry = url_expiry(ctx, expires_in)?;
-        Ok(Some(
-            state(ctx)
-                .blobs
-                .presign_get(key, expiry)
-                .await
-                .map_err(|e| AppError::Internal(e).extend())?,
-        ))
+        Ok(self.result_download(ctx, expires_in).await?.map(|s| s.url))
+    }
+    /// The results link with its expiry time, once the call is analysed.
+    async fn result_download(
+        &self,
+        ctx: &Context<'_>,
+        expires_in: Option<i32>,
+    ) -> Result<Option<SignedUrl>> {
+        match &self.0.result_key {
+            Some(key) => Ok(Some(signed(ctx, key, expires_in).await?)),
+            None => Ok(None),
+        }
     }
     /// Transcript and speech segments, once the call is analysed.
     async fn transcript(&self) -> Option<Transcript> {
