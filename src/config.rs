@@ -115,6 +115,9 @@ impl Layers {
             events_topic_arn: self.str("events_topic_arn"),
             realtime_queue_url: self.str("realtime_queue_url"),
             redis_url: self.str("redis_url"),
+            redis_channel: self
+                .str("redis_channel")
+                .unwrap_or_else(|| crate::adapters::redis::CHANNEL.into()),
             blob_url: self.str("blob_url"),
             secret_id: self.str("secret_id"),
             analyzer,
@@ -196,6 +199,8 @@ pub struct Settings {
     pub realtime_queue_url: Option<String>,
     /// Redis for fan-out to instances; default: in-process.
     pub redis_url: Option<String>,
+    /// The Redis pub/sub channel of this deployment (deployments sharing a Redis need their own).
+    pub redis_channel: String,
     /// `s3://bucket/prefix` or `file://dir`; default: `file://<data dir>/blobs`.
     pub blob_url: Option<String>,
     /// Secrets Manager secret whose JSON keys override these settings.

@@ -197,7 +197,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
     let bus = InProcessBus::new(settings.event_buffer);
     let fanout: Option<Arc<dyn EventPublisher>> = match &settings.redis_url {
         Some(url) => Some(Arc::new(
-            RedisFanout::connect(url)
+            RedisFanout::connect(url, &settings.redis_channel)
                 .await
                 .context("VOICEGRAPH_REDIS_URL")?,
         )),
@@ -219,8 +219,13 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         }
     };
     let feed: Arc<dyn EventFeed> = match &settings.redis_url {
-        Some(url) => RedisFeed::start(url, settings.event_buffer, shutdown.clone())
-            .context("VOICEGRAPH_REDIS_URL")?,
+        Some(url) => RedisFeed::start(
+            url,
+            &settings.redis_channel,
+            settings.event_buffer,
+            shutdown.clone(),
+        )
+        .context("VOICEGRAPH_REDIS_URL")?,
         None => {
             refuse_embedded(&settings, "event feed", "VOICEGRAPH_REDIS_URL")?;
             Arc::new(bus)

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::domain::{event_kind, Analysis, AnalysisRequest, CallStatus, TranscriptInput};
-use crate::ports::{AnalyzeError, Lease};
+use crate::ports::{AnalyzeError, Audio, Lease};
 use crate::services::events::record_event;
 use crate::state::AppState;
 
@@ -102,12 +102,22 @@ async fn analyse(
         .recording_key
         .as_deref()
         .ok_or_else(|| AnalyzeError::Permanent("the call has no recording".into()))?;
-    let audio = state.blobs.get(key).await?.ok_or_else(|| {
-        AnalyzeError::Permanent("the recording is missing from the blob store".into())
-    })?;
+    // The recording is streamed to a temporary file (removed when `file` drops), so that a large
+    // one never has to fit in memory.
+    let file = tempfile::NamedTempFile::new().map_err(anyhow::Error::from)?;
+    state
+        .blobs
+        .download(key, file.path())
+        .await?
+        .ok_or_else(|| {
+            AnalyzeError::Permanent("the recording is missing from the blob store".into())
+        })?;
     let analysis = state
         .analyzer
-        .analyze(audio, analysis_request(call))
+        .analyze(
+            Audio::File(file.path().to_path_buf()),
+            analysis_request(call),
+        )
         .await?;
     let result_key = format!("results/{}/{}.json", call.tenant_id, call.id);
     let json = serde_json::to_vec_pretty(&analysis).map_err(anyhow::Error::from)?;

@@ -36,10 +36,12 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct RedisFanout {
     conn: ConnectionManager,
+    channel: String,
 }
 
 impl RedisFanout {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    /// Publishes on `channel` (one per deployment: [`CHANNEL`] unless configured).
+    pub async fn connect(url: &str, channel: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url).context("parsing the Redis URL")?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(IO_TIMEOUT)
@@ -50,7 +52,10 @@ impl RedisFanout {
             .get_connection_manager_with_config(config)
             .await
             .context("connecting to Redis for publishing events")?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            channel: channel.to_string(),
+        })
     }
 }
 
@@ -60,9 +65,14 @@ impl EventPublisher for RedisFanout {
         let payload = serde_json::to_string(event).context("encoding the event")?;
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(CHANNEL).arg(payload);
+        cmd.arg(&self.channel).arg(payload);
         let publish = cmd.query_async::<i64>(&mut conn);
-        let context = || format!("publishing event {} on Redis channel {CHANNEL}", event.id);
+        let context = || {
+            format!(
+                "publishing event {} on Redis channel {}",
+                event.id, self.channel
+            )
+        };
         let receivers = tokio::time::timeout(PUBLISH_TIMEOUT, publish)
             .await
             .context("timed out")
@@ -86,6 +96,7 @@ impl RedisFeed {
     /// fails here: an unreachable Redis is retried in the background.
     pub fn start(
         url: &str,
+        channel: &str,
         capacity: usize,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
@@ -95,6 +106,7 @@ impl RedisFeed {
         let stop = shutdown.child_token();
         tokio::spawn(subscribe_loop(
             client,
+            channel.to_string(),
             tx.clone(),
             connected.clone(),
             stop.clone(),
@@ -127,6 +139,7 @@ impl EventFeed for RedisFeed {
 /// exponential backoff (reset once a subscription was established).
 async fn subscribe_loop(
     client: redis::Client,
+    channel: String,
     tx: broadcast::Sender<Arc<EventEnvelope>>,
     connected: Arc<AtomicBool>,
     stop: CancellationToken,
@@ -136,20 +149,20 @@ async fn subscribe_loop(
     loop {
         let outcome = tokio::select! {
             _ = stop.cancelled() => break,
-            outcome = subscribe_and_forward(&client, &tx, &connected, &mut backoff) => outcome,
+            outcome = subscribe_and_forward(&client, &channel, &tx, &connected, &mut backoff) => outcome,
         };
         let was_connected = connected.swap(false, Ordering::Relaxed);
         match outcome {
             Ok(()) => tracing::warn!(
-                channel = CHANNEL,
+                channel = %channel,
                 "Redis event subscription lost; reconnecting"
             ),
             Err(e) if was_connected || failures == 0 => {
-                tracing::warn!(channel = CHANNEL, error = %format!("{e:#}"), retry_in = ?backoff, "Redis event subscription failed; reconnecting");
+                tracing::warn!(channel = %channel, error = %format!("{e:#}"), retry_in = ?backoff, "Redis event subscription failed; reconnecting");
             }
             // Keep the log quiet while Redis stays down.
             Err(e) => {
-                tracing::debug!(channel = CHANNEL, error = %format!("{e:#}"), retry_in = ?backoff, "Redis still unavailable")
+                tracing::debug!(channel = %channel, error = %format!("{e:#}"), retry_in = ?backoff, "Redis still unavailable")
             }
         }
         failures = if was_connected { 0 } else { failures + 1 };
@@ -160,13 +173,14 @@ async fn subscribe_loop(
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     connected.store(false, Ordering::Relaxed);
-    tracing::debug!(channel = CHANNEL, "Redis event subscription stopped");
+    tracing::debug!(channel = %channel, "Redis event subscription stopped");
 }
 
 /// One subscription: returns `Ok` when the connection ends, `Err` when it could not be set up or
 /// stopped answering.
 async fn subscribe_and_forward(
     client: &redis::Client,
+    channel: &str,
     tx: &broadcast::Sender<Arc<EventEnvelope>>,
     connected: &AtomicBool,
     backoff: &mut Duration,
@@ -176,13 +190,13 @@ async fn subscribe_and_forward(
         .context("timed out connecting to Redis")?
         .context("connecting to Redis")?;
     let (mut sink, mut messages) = pubsub.split();
-    tokio::time::timeout(IO_TIMEOUT, sink.subscribe(CHANNEL))
+    tokio::time::timeout(IO_TIMEOUT, sink.subscribe(channel))
         .await
         .context("timed out subscribing")?
         .context("subscribing")?;
     connected.store(true, Ordering::Relaxed);
     *backoff = BACKOFF_MIN;
-    tracing::info!(channel = CHANNEL, "subscribed to Redis events");
+    tracing::info!(channel = %channel, "subscribed to Redis events");
 
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -193,7 +207,7 @@ async fn subscribe_and_forward(
                 match serde_json::from_slice::<EventEnvelope>(msg.get_payload_bytes()) {
                     // No receivers is fine: nobody on this instance is subscribed right now.
                     Ok(event) => { let _ = tx.send(Arc::new(event)); }
-                    Err(e) => tracing::warn!(channel = CHANNEL, error = %e, "skipping a malformed event from Redis"),
+                    Err(e) => tracing::warn!(channel = %channel, error = %e, "skipping a malformed event from Redis"),
                 }
             }
             _ = keepalive.tick() => {

@@ -105,13 +105,40 @@ impl BlobStore for S3BlobStore {
                 return Err(e).with_context(|| format!("S3 GetObject {}", self.location(&object)))
             }
         };
-        // Recordings are analysed in memory, so the whole object is read here.
         let body = response
             .body
             .collect()
             .await
             .with_context(|| format!("reading S3 object {}", self.location(&object)))?;
         Ok(Some(body.into_bytes()))
+    }
+
+    async fn download(&self, key: &str, dest: &std::path::Path) -> anyhow::Result<Option<u64>> {
+        let object = self.object_key(key)?;
+        let response = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("S3 GetObject {}", self.location(&object)))
+            }
+        };
+        // Chunk by chunk to the file: a large recording never sits in memory whole.
+        let mut body = response.body.into_async_read();
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .with_context(|| format!("creating {}", dest.display()))?;
+        let n = tokio::io::copy(&mut body, &mut file)
+            .await
+            .with_context(|| format!("downloading S3 object {}", self.location(&object)))?;
+        tokio::io::AsyncWriteExt::flush(&mut file).await?;
+        Ok(Some(n))
     }
 
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>> {

@@ -1,6 +1,7 @@
 //! One trait per outside capability. Services and resolvers see only these; `wiring.rs` picks
 //! the adapter behind each once at start-up.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +79,9 @@ pub trait BlobStore: Send + Sync {
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> anyhow::Result<()>;
     /// `Ok(None)` when there is no such object.
     async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>>;
+    /// Streams the object into the file at `dest` without holding it in memory; returns its
+    /// size, or `None` when there is no such object.
+    async fn download(&self, key: &str, dest: &Path) -> anyhow::Result<Option<u64>>;
     /// Size of the object, `None` when absent.
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
     /// Deleting an absent object succeeds.
@@ -104,13 +108,20 @@ pub enum AnalyzeError {
     Transient(#[from] anyhow::Error),
 }
 
+/// A recording to analyse: in memory, or in a (temporary) file for large ones.
+#[derive(Debug, Clone)]
+pub enum Audio {
+    Bytes(Bytes),
+    File(PathBuf),
+}
+
 /// Turns a recording into transcript, speakers, metrics and insights.
 #[async_trait]
 pub trait Analyzer: Send + Sync {
     fn name(&self) -> String;
     async fn analyze(
         &self,
-        audio: Bytes,
+        audio: Audio,
         request: AnalysisRequest,
     ) -> Result<Analysis, AnalyzeError>;
 }

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::adapters::local::acoustic;
-use crate::domain::{event_kind, CallDirection, CallStatus, JobMessage, TranscriptInput};
+use crate::domain::{
+    event_kind, AudioInfo, CallDirection, CallStatus, JobMessage, TranscriptInput,
+};
 use crate::error::{AppError, AppResult};
 use crate::ports::PresignedPut;
 use crate::services::auth::{Caller, Permission};
@@ -252,14 +254,19 @@ pub async fn submit_call(
     let max = state.settings.max_recording_bytes;
 
     let call_id = Uuid::new_v4();
-    let (data, declared_type, recording_key, store_inline) = match recording {
+    let checked = match recording {
         Recording::Bytes { data, content_type } => {
             let ct = match content_type {
                 Some(ct) => check_content_type(&ct)?,
                 None => "application/octet-stream".into(),
             };
-            let key = format!("recordings/{}/{call_id}", caller.tenant_id);
-            (data, ct, key, true)
+            check_bytes(
+                data,
+                ct,
+                format!("recordings/{}/{call_id}", caller.tenant_id),
+                max,
+            )
+            .await?
         }
         Recording::Key(key) => {
             if !key.starts_with(&upload_prefix(caller.tenant_id))
@@ -269,28 +276,17 @@ pub async fn submit_call(
                     "recordingKey is not an upload of this tenant (use createRecordingUpload)",
                 ));
             }
-            let data = state.blobs.get(&key).await?.ok_or_else(|| {
-                AppError::bad_input(
-                    "nothing was uploaded at recordingKey (or it was already deleted)",
-                )
-            })?;
-            (data, "application/octet-stream".to_string(), key, false)
+            check_uploaded(state, key, max).await?
         }
     };
-    if data.is_empty() {
-        return Err(AppError::bad_input("the recording is empty"));
-    }
-    if data.len() as u64 > max {
-        return Err(AppError::bad_input(format!(
-            "the recording is larger than {max} bytes"
-        )));
-    }
-    let probe_bytes = data.clone();
-    let info = tokio::task::spawn_blocking(move || acoustic::probe(&probe_bytes))
-        .await
-        .map_err(anyhow::Error::from)?
-        .map_err(|e| AppError::bad_input(e.to_string()))?;
-    let sha = hex::encode(Sha256::digest(&data));
+    let Checked {
+        info,
+        sha,
+        size,
+        declared_type,
+        recording_key,
+        inline,
+    } = checked;
     let recording_type = if declared_type == "application/octet-stream" {
         match info.format.as_str() {
             "wav" => "audio/wav",
@@ -303,17 +299,17 @@ pub async fn submit_call(
     } else {
         declared_type
     };
-
+    let store_inline = inline.is_some();
     if let Some(key) = &idempotency_key {
         if let Some(existing) = find_by_idempotency(&state.db, caller.tenant_id, key).await? {
             return same_recording(existing, &sha);
         }
     }
 
-    if store_inline {
+    if let Some(data) = inline {
         state
             .blobs
-            .put(&recording_key, data.clone(), &recording_type)
+            .put(&recording_key, data, &recording_type)
             .await?;
     }
 
@@ -334,7 +330,7 @@ pub async fn submit_call(
         channels: Set(channels.map(|c| serde_json::json!(c))),
         recording_key: Set(Some(recording_key.clone())),
         recording_type: Set(Some(recording_type)),
-        recording_bytes: Set(Some(data.len() as i64)),
+        recording_bytes: Set(Some(size as i64)),
         recording_sha256: Set(Some(sha.clone())),
         result_key: Set(None),
         language: Set(language),
@@ -394,8 +390,90 @@ pub async fn submit_call(
     .await?;
     txn.commit().await?;
     state.relay_wakeup.notify_one();
-    tracing::info!(call = %call_id, tenant = %caller.tenant_id, bytes = data.len(), "call submitted");
+    tracing::info!(call = %call_id, tenant = %caller.tenant_id, bytes = size, "call submitted");
     Ok((call, false))
+}
+
+/// A recording whose bytes were checked: decodable audio within the limits.
+struct Checked {
+    info: AudioInfo,
+    sha: String,
+    size: u64,
+    declared_type: String,
+    recording_key: String,
+    /// The bytes to store, for an inline upload; uploads by key are already stored.
+    inline: Option<Bytes>,
+}
+
+fn check_size(size: u64, max: u64) -> AppResult<()> {
+    if size == 0 {
+        return Err(AppError::bad_input("the recording is empty"));
+    }
+    if size > max {
+        return Err(AppError::bad_input(format!(
+            "the recording is larger than {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a recording sent inline: size, then a decode of its first packets.
+async fn check_bytes(
+    data: Bytes,
+    declared_type: String,
+    recording_key: String,
+    max: u64,
+) -> AppResult<Checked> {
+    check_size(data.len() as u64, max)?;
+    let probe_bytes = data.clone();
+    let (info, sha) = tokio::task::spawn_blocking(move || {
+        acoustic::probe(&probe_bytes).map(|info| (info, hex::encode(Sha256::digest(&probe_bytes))))
+    })
+    .await
+    .map_err(anyhow::Error::from)?
+    .map_err(|e| AppError::bad_input(e.to_string()))?;
+    Ok(Checked {
+        info,
+        sha,
+        size: data.len() as u64,
+        declared_type,
+        recording_key,
+        inline: Some(data),
+    })
+}
+
+/// Checks a recording uploaded to `key`: streamed to a temporary file, never held in memory.
+async fn check_uploaded(state: &AppState, key: String, max: u64) -> AppResult<Checked> {
+    if let Some(size) = state.blobs.size(&key).await? {
+        check_size(size, max)?;
+    }
+    let file = tempfile::NamedTempFile::new().map_err(anyhow::Error::from)?;
+    let size = state
+        .blobs
+        .download(&key, file.path())
+        .await?
+        .ok_or_else(|| {
+            AppError::bad_input("nothing was uploaded at recordingKey (or it was already deleted)")
+        })?;
+    check_size(size, max)?;
+    let (info, sha) = tokio::task::spawn_blocking(move || -> AppResult<(AudioInfo, String)> {
+        let info =
+            acoustic::probe_file(file.path()).map_err(|e| AppError::bad_input(e.to_string()))?;
+        let mut hasher = Sha256::new();
+        let mut f = std::fs::File::open(file.path()).map_err(anyhow::Error::from)?;
+        std::io::copy(&mut f, &mut hasher).map_err(anyhow::Error::from)?;
+        Ok((info, hex::encode(hasher.finalize())))
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    Ok(Checked {
+        info,
+        sha,
+        size,
+        declared_type: "application/octet-stream".into(),
+        recording_key: key,
+        inline: None,
+    })
 }
 
 fn same_recording(existing: calls::Model, sha: &str) -> AppResult<(calls::Model, bool)> {

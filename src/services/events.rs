@@ -260,7 +260,9 @@ pub fn stream(
                     }
                     continue;
                 }
-                Step::Live(Ok(e)) => e.seq,
+                // A jump ahead: fill the gap from the database, but never past what it holds,
+                // so a stray message (another deployment on the same channel) moves nothing.
+                Step::Live(Ok(e)) => e.seq.min(max_seq(&db).await?),
                 Step::Live(Err(RecvError::Lagged(_))) => max_seq(&db).await?,
                 Step::Live(Err(RecvError::Closed)) | Step::Closed => break,
                 Step::Watermark(top) if top <= last => continue,

@@ -291,6 +291,33 @@ pub async fn contract_invalid_keys(store: &dyn BlobStore, _http: &reqwest::Clien
     }
 }
 
+/// `download` streams an object into a file and reports its size; a missing object is `None`.
+pub async fn contract_download(store: &dyn BlobStore, _http: &reqwest::Client) {
+    let k = key("large.wav");
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.wav");
+    assert_eq!(
+        store.download(&k, &dest).await.expect("download missing"),
+        None
+    );
+    let bytes = payload(3 * 1024 * 1024 + 17);
+    store
+        .put(&k, bytes.clone(), "audio/wav")
+        .await
+        .expect("put");
+    let n = store
+        .download(&k, &dest)
+        .await
+        .expect("download")
+        .expect("present");
+    assert_eq!(n, bytes.len() as u64);
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes.as_ref());
+    assert!(
+        store.download("../x", &dest).await.is_err(),
+        "invalid keys are refused"
+    );
+}
+
 pub async fn contract_ping(store: &dyn BlobStore, _http: &reqwest::Client) {
     store.ping().await.expect("ping");
 }
@@ -303,6 +330,12 @@ pub async fn contract_ping(store: &dyn BlobStore, _http: &reqwest::Client) {
 async fn fs_round_trip() {
     let app = TestApp::spawn().await;
     contract_round_trip(&*app.state.blobs, &app.client).await;
+}
+
+#[tokio::test]
+async fn fs_download() {
+    let app = TestApp::spawn().await;
+    contract_download(&*app.state.blobs, &app.client).await;
 }
 
 #[tokio::test]
@@ -350,6 +383,13 @@ fn s3_signatures() -> Signatures {
     } else {
         Signatures::NotChecked
     }
+}
+
+#[tokio::test]
+async fn s3_download() {
+    let _ = crate::require!(backends::aws_endpoint());
+    let (store, _) = s3_store().await;
+    contract_download(&store, &reqwest::Client::new()).await;
 }
 
 #[tokio::test]

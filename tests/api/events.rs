@@ -248,3 +248,36 @@ async fn events_relayed_by_another_process_reach_subscribers() {
     assert_eq!(e["callEvents"]["kind"], "SUBMITTED");
     assert_eq!(e["callEvents"]["callId"], id.as_str());
 }
+
+/// A message that is not ours (another deployment on the same Redis channel) must not move a
+/// subscriber's cursor past events it has yet to see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_event_far_ahead_does_not_swallow_real_ones() {
+    let app = TestApp::spawn().await;
+    let mut sub = app
+        .subscribe(
+            ADMIN_KEY,
+            "subscription { callEvents { kind cursor callId } }",
+            json!({}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stray = voicegraph::domain::EventEnvelope {
+        seq: 1_000_000,
+        id: 1_000_000,
+        tenant_id: uuid::Uuid::new_v4(),
+        call_id: uuid::Uuid::new_v4(),
+        kind: "SUBMITTED".into(),
+        status: voicegraph::domain::CallStatus::Queued,
+        at: chrono::Utc::now(),
+    };
+    app.state.publisher.publish(&stray).await.unwrap();
+    let id = app.submit_ok(short_call(), json!({})).await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let e = sub.next_data(Duration::from_secs(20)).await["callEvents"].clone();
+        assert_eq!(e["callId"], id.as_str(), "{e}");
+        kinds.push(e["kind"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["SUBMITTED", "PROCESSING", "COMPLETED"]);
+}

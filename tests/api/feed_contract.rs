@@ -208,8 +208,13 @@ async fn in_process_slow_subscriber_lags() {
 // ---------------------------------------------------------------------------------------------
 
 /// A feed that is subscribed, so that what is published from now on reaches it.
-async fn connected_feed(url: &str, capacity: usize, token: &CancellationToken) -> Arc<RedisFeed> {
-    let feed = RedisFeed::start(url, capacity, token.clone()).expect("start feed");
+async fn connected_feed(
+    url: &str,
+    channel: &str,
+    capacity: usize,
+    token: &CancellationToken,
+) -> Arc<RedisFeed> {
+    let feed = RedisFeed::start(url, channel, capacity, token.clone()).expect("start feed");
     wait_connected(&feed, true, Duration::from_secs(5)).await;
     feed
 }
@@ -229,8 +234,10 @@ async fn wait_connected(feed: &RedisFeed, want: bool, within: Duration) {
 async fn redis_every_subscriber_in_order() {
     let url = require!(backends::redis_url());
     let token = CancellationToken::new();
-    let feed = connected_feed(&url, ROOMY, &token).await;
-    let fanout = RedisFanout::connect(&url).await.expect("connect");
+    // A channel of this test's own, as every deployment has.
+    let channel = backends::unique("vg-ch");
+    let feed = connected_feed(&url, &channel, ROOMY, &token).await;
+    let fanout = RedisFanout::connect(&url, &channel).await.expect("connect");
     contract_every_subscriber_in_order(&fanout, feed.as_ref()).await;
     token.cancel();
 }
@@ -239,8 +246,10 @@ async fn redis_every_subscriber_in_order() {
 async fn redis_late_subscriber_gets_later_events() {
     let url = require!(backends::redis_url());
     let token = CancellationToken::new();
-    let feed = connected_feed(&url, ROOMY, &token).await;
-    let fanout = RedisFanout::connect(&url).await.expect("connect");
+    // A channel of this test's own, as every deployment has.
+    let channel = backends::unique("vg-ch");
+    let feed = connected_feed(&url, &channel, ROOMY, &token).await;
+    let fanout = RedisFanout::connect(&url, &channel).await.expect("connect");
     contract_late_subscriber_gets_later_events(&fanout, feed.as_ref()).await;
     token.cancel();
 }
@@ -249,8 +258,10 @@ async fn redis_late_subscriber_gets_later_events() {
 async fn redis_slow_subscriber_lags() {
     let url = require!(backends::redis_url());
     let token = CancellationToken::new();
-    let feed = connected_feed(&url, SMALL, &token).await;
-    let fanout = RedisFanout::connect(&url).await.expect("connect");
+    // A channel of this test's own, as every deployment has.
+    let channel = backends::unique("vg-ch");
+    let feed = connected_feed(&url, &channel, SMALL, &token).await;
+    let fanout = RedisFanout::connect(&url, &channel).await.expect("connect");
     contract_slow_subscriber_lags(&fanout, feed.as_ref(), SMALL).await;
     token.cancel();
 }
@@ -259,7 +270,9 @@ async fn redis_slow_subscriber_lags() {
 async fn redis_feed_stops_on_shutdown() {
     let url = require!(backends::redis_url());
     let token = CancellationToken::new();
-    let feed = connected_feed(&url, ROOMY, &token).await;
+    // A channel of this test's own, as every deployment has.
+    let channel = backends::unique("vg-ch");
+    let feed = connected_feed(&url, &channel, ROOMY, &token).await;
     token.cancel();
     wait_connected(&feed, false, Duration::from_secs(2)).await;
 }
@@ -324,8 +337,10 @@ async fn redis_feed_survives_a_restart() {
     let mut server = RedisServer::start(free_port()).await;
     let url = server.url();
     let token = CancellationToken::new();
-    let feed = connected_feed(&url, ROOMY, &token).await;
-    let fanout = RedisFanout::connect(&url).await.expect("connect");
+    // A channel of this test's own, as every deployment has.
+    let channel = backends::unique("vg-ch");
+    let feed = connected_feed(&url, &channel, ROOMY, &token).await;
+    let fanout = RedisFanout::connect(&url, &channel).await.expect("connect");
     let tenant = Uuid::new_v4();
     let mut rx = feed.subscribe();
 
@@ -416,8 +431,10 @@ async fn sns_to_redis_through_the_realtime_relay() {
         backends::create_topic_with_queue(&sdk, &backends::unique("vg-feed")).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let token = CancellationToken::new();
-    let feed = connected_feed(&url, ROOMY, &token).await;
-    let fanout = RedisFanout::connect(&url).await.expect("connect");
+    // A channel of this test's own, as every deployment has.
+    let channel = backends::unique("vg-ch");
+    let feed = connected_feed(&url, &channel, ROOMY, &token).await;
+    let fanout = RedisFanout::connect(&url, &channel).await.expect("connect");
     let mut rx = feed.subscribe();
 
     let sns = SnsPublisher::new(aws_sdk_sns::Client::new(&sdk), topic);

@@ -82,7 +82,9 @@ pub fn layers(dir: &std::path::Path) -> Layers {
         .set("bootstrap_admin_key", ADMIN_KEY)
         .set("job_retry_base_ms", "50")
         .set("relay_poll_ms", "50")
-        .set("watermark_poll_ms", "200");
+        .set("watermark_poll_ms", "200")
+        // Apps of parallel tests share one Redis; each deployment has its own channel.
+        .set("redis_channel", format!("vg-test:{}", uuid::Uuid::new_v4()));
     l
 }
 

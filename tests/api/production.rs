@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use voicegraph::domain::{Analysis, AnalysisRequest, CallStatus, EventEnvelope};
-use voicegraph::ports::{AnalyzeError, Analyzer, EventPublisher};
+use voicegraph::ports::{AnalyzeError, Analyzer, Audio, EventPublisher};
 use voicegraph::startup::Roles;
 
 use crate::backends::ProductionStack;
@@ -142,7 +141,7 @@ impl Analyzer for Unavailable {
     fn name(&self) -> String {
         "unavailable".into()
     }
-    async fn analyze(&self, _: Bytes, _: AnalysisRequest) -> Result<Analysis, AnalyzeError> {
+    async fn analyze(&self, _: Audio, _: AnalysisRequest) -> Result<Analysis, AnalyzeError> {
         Err(AnalyzeError::Transient(anyhow::anyhow!(
             "analysis service unavailable"
         )))

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use voicegraph::adapters::local::analyzer::LocalAnalyzer;
 use voicegraph::domain::{Analysis, AnalysisRequest, JobMessage};
-use voicegraph::ports::{AnalyzeError, Analyzer, Lease};
+use voicegraph::ports::{AnalyzeError, Analyzer, Audio, Lease};
 use voicegraph::startup::Roles;
 use voicegraph::state::AppState;
 use voicegraph::worker::{self, Outcome};
@@ -123,7 +122,7 @@ impl Analyzer for Gate {
     }
     async fn analyze(
         &self,
-        audio: Bytes,
+        audio: Audio,
         request: AnalysisRequest,
     ) -> Result<Analysis, AnalyzeError> {
         self.permits.acquire().await.unwrap().forget();
@@ -209,7 +208,7 @@ impl Analyzer for Broken {
     fn name(&self) -> String {
         "broken".into()
     }
-    async fn analyze(&self, _: Bytes, _: AnalysisRequest) -> Result<Analysis, AnalyzeError> {
+    async fn analyze(&self, _: Audio, _: AnalysisRequest) -> Result<Analysis, AnalyzeError> {
         if self.permanent {
             Err(AnalyzeError::Permanent("the recording is unusable".into()))
         } else {

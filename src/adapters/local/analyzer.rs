@@ -2,11 +2,10 @@
 //! runtime. A recording it cannot read is a permanent failure; nothing here is worth a retry.
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
-use super::acoustic::analyze_audio;
+use super::acoustic::{analyze_audio, analyze_file};
 use crate::domain::{Analysis, AnalysisRequest};
-use crate::ports::{AnalyzeError, Analyzer};
+use crate::ports::{AnalyzeError, Analyzer, Audio};
 
 #[derive(Debug, Default, Clone)]
 pub struct LocalAnalyzer;
@@ -19,12 +18,15 @@ impl Analyzer for LocalAnalyzer {
 
     async fn analyze(
         &self,
-        audio: Bytes,
+        audio: Audio,
         request: AnalysisRequest,
     ) -> Result<Analysis, AnalyzeError> {
-        tokio::task::spawn_blocking(move || analyze_audio(&audio, &request))
-            .await
-            .map_err(|e| AnalyzeError::Transient(anyhow::anyhow!("analysis task failed: {e}")))?
-            .map_err(|e| AnalyzeError::Permanent(e.to_string()))
+        tokio::task::spawn_blocking(move || match audio {
+            Audio::Bytes(bytes) => analyze_audio(&bytes, &request),
+            Audio::File(path) => analyze_file(&path, &request),
+        })
+        .await
+        .map_err(|e| AnalyzeError::Transient(anyhow::anyhow!("analysis task failed: {e}")))?
+        .map_err(|e| AnalyzeError::Permanent(e.to_string()))
     }
 }

@@ -196,6 +196,14 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    async fn download(&self, key: &str, dest: &Path) -> anyhow::Result<Option<u64>> {
+        match tokio::fs::copy(self.path(key)?, dest).await {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("copying blob"),
+        }
+    }
+
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>> {
         match tokio::fs::metadata(self.path(key)?).await {
             Ok(m) => Ok(Some(m.len())),

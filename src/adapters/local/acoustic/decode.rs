@@ -1,7 +1,14 @@
 //! Decoding recordings with symphonia into per-channel f32 PCM, pushed packet by packet to a sink.
+//!
+//! A recording is read either from bytes already in memory or from a file. Files are read
+//! through one small buffer, so memory use does not grow with their size; the few header fields
+//! that WAV repair rewrites are served from an overlay instead of being patched in place.
 
-use std::io::{Cursor, ErrorKind};
+use std::fs::File;
+use std::io::{self, ErrorKind, IoSliceMut, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Signal};
 use symphonia::core::codecs::{
@@ -11,7 +18,7 @@ use symphonia::core::codecs::{
 use symphonia::core::conv::IntoSample;
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::{FormatOptions, FormatReader};
-use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
+use symphonia::core::io::{MediaSource, MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::{Limit, MetadataOptions};
 use symphonia::core::probe::Hint;
 use symphonia::core::sample::Sample;
@@ -37,6 +44,10 @@ const PROBE_MAX_PACKETS: usize = 16;
 
 /// After this many consecutive undecodable packets the stream is considered garbage.
 const MAX_CONSECUTIVE_DECODE_ERRORS: usize = 64;
+
+/// Size of the one read buffer of a file-backed recording (symphonia keeps its own 64 KiB
+/// read-ahead ring on top of it).
+const FILE_BUFFER_LEN: usize = 64 * 1024;
 
 /// Receives decoded audio. `begin` is called once, before any samples.
 pub trait PcmSink {
@@ -81,19 +92,12 @@ pub fn decode_pcm(bytes: &[u8], max_secs: u64) -> Result<(Decoded, PcmBuffers), 
 
 /// Reads the headers and decodes the first packets, without going through the whole file.
 pub fn probe(bytes: &[u8], max_secs: u64) -> Result<AudioInfo, AudioError> {
-    let mut stream = open(bytes)?;
-    check_header_limits(&stream.info, max_secs)?;
-    let mut sink = NullSink;
-    let mut state = DecodeState::default();
-    for _ in 0..PROBE_MAX_PACKETS {
-        if !guarded(|| step(&mut stream, &mut sink, &mut state))? {
-            break;
-        }
-        if state.frames > 0 {
-            return Ok(stream.info_with_decoded(state.channels, state.sample_rate));
-        }
-    }
-    Err(state.failure())
+    probe_stream(open(bytes)?, max_secs)
+}
+
+/// Like [`probe`], reading only what it needs from the file at `path`.
+pub fn probe_file(path: &Path, max_secs: u64) -> Result<AudioInfo, AudioError> {
+    probe_stream(open_file(path)?, max_secs)
 }
 
 /// Decodes the whole recording, pushing every packet's samples into `sink`.
@@ -101,6 +105,32 @@ pub fn decode(bytes: &[u8], sink: &mut impl PcmSink, max_secs: u64) -> Result<De
     let stream = open(bytes)?;
     check_header_limits(&stream.info, max_secs)?;
     decode_stream(stream, sink, max_secs)
+}
+
+/// Like [`decode`], reading the file at `path` through a fixed-size buffer.
+pub fn decode_file(
+    path: &Path,
+    sink: &mut impl PcmSink,
+    max_secs: u64,
+) -> Result<Decoded, AudioError> {
+    let stream = open_file(path)?;
+    check_header_limits(&stream.info, max_secs)?;
+    decode_stream(stream, sink, max_secs)
+}
+
+fn probe_stream(mut stream: Open, max_secs: u64) -> Result<AudioInfo, AudioError> {
+    check_header_limits(&stream.info, max_secs)?;
+    let mut sink = NullSink;
+    let mut state = DecodeState::default();
+    for _ in 0..PROBE_MAX_PACKETS {
+        if !checked_step(&mut stream, &mut sink, &mut state)? {
+            break;
+        }
+        if state.frames > 0 {
+            return Ok(stream.info_with_decoded(state.channels, state.sample_rate));
+        }
+    }
+    Err(state.failure())
 }
 
 /// The decode loop; enforces `max_secs` on what is actually decoded, for streams whose header
@@ -112,7 +142,7 @@ fn decode_stream(
 ) -> Result<Decoded, AudioError> {
     let mut state = DecodeState::default();
     loop {
-        if !guarded(|| step(&mut stream, sink, &mut state))? {
+        if !checked_step(&mut stream, sink, &mut state)? {
             break;
         }
         let limit = max_secs.saturating_mul(u64::from(state.sample_rate.max(1)));
@@ -151,6 +181,25 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, AudioError>) -> Result<T, AudioError
     }
 }
 
+/// One `step`, guarded against decoder panics; a read error of the underlying file fails the
+/// decode even when symphonia took it for the end of the stream (a disk or network-filesystem
+/// error must not pass for a shorter recording).
+fn checked_step(
+    stream: &mut Open,
+    sink: &mut impl PcmSink,
+    state: &mut DecodeState,
+) -> Result<bool, AudioError> {
+    let stepped = guarded(|| step(stream, sink, state));
+    if let Some(e) = stream.read_error.get() {
+        return Err(read_failure(e));
+    }
+    stepped
+}
+
+fn read_failure(reason: impl std::fmt::Display) -> AudioError {
+    AudioError::Undecodable(format!("cannot read the recording: {reason}"))
+}
+
 struct NullSink;
 
 impl PcmSink for NullSink {
@@ -163,6 +212,8 @@ struct Open {
     decoder: Box<dyn Decoder>,
     track_id: u32,
     info: AudioInfo,
+    /// The first I/O error the source met, if any.
+    read_error: Arc<OnceLock<String>>,
 }
 
 impl Open {
@@ -200,14 +251,29 @@ fn open(bytes: &[u8]) -> Result<Open, AudioError> {
     if bytes.is_empty() {
         return Err(AudioError::Empty);
     }
-    guarded(|| open_inner(bytes))
+    // symphonia wants an owned 'static source; one copy of the upload is the price.
+    guarded(|| open_inner(Backing::Memory(bytes.to_vec())))
 }
 
-fn open_inner(bytes: &[u8]) -> Result<Open, AudioError> {
-    // symphonia wants an owned 'static source; one copy of the upload is the price.
-    let mut data = bytes.to_vec();
-    prepare_wav(&mut data)?;
-    let source = Cursor::new(data);
+fn open_file(path: &Path) -> Result<Open, AudioError> {
+    let file = FileBacking::open(path, FILE_BUFFER_LEN)?;
+    guarded(|| open_inner(Backing::File(file)))
+}
+
+fn open_inner(mut backing: Backing) -> Result<Open, AudioError> {
+    let len = backing.len();
+    let mut head = [0u8; 12];
+    let head_len = backing.read_full_at(0, &mut head).map_err(read_failure)?;
+    let head = &head[..head_len];
+    let patches = prepare_wav(&mut backing)?;
+    let read_error = Arc::new(OnceLock::new());
+    let source = Source {
+        backing,
+        len,
+        pos: 0,
+        patches,
+        read_error: Arc::clone(&read_error),
+    };
     let mss = MediaSourceStream::new(Box::new(source), MediaSourceStreamOptions::default());
     let metadata_opts = MetadataOptions {
         limit_metadata_bytes: Limit::Maximum(64 * 1024),
@@ -220,7 +286,10 @@ fn open_inner(bytes: &[u8]) -> Result<Open, AudioError> {
     };
     let probed = symphonia::default::get_probe()
         .format(&Hint::new(), mss, &format_opts, &metadata_opts)
-        .map_err(|e| AudioError::Undecodable(e.to_string()))?;
+        .map_err(|e| match read_error.get() {
+            Some(io) => read_failure(io),
+            None => AudioError::Undecodable(e.to_string()),
+        })?;
     let format = probed.format;
     let track = format
         .tracks()
@@ -240,14 +309,13 @@ fn open_inner(bytes: &[u8]) -> Result<Open, AudioError> {
     if let Some(rate) = params.sample_rate {
         check_rate(rate)?;
     }
-    let plausible_ms =
-        i64::try_from(bytes.len() as u64 / MIN_BYTES_PER_SECOND * 1000).unwrap_or(i64::MAX);
+    let plausible_ms = i64::try_from(len / MIN_BYTES_PER_SECOND * 1000).unwrap_or(i64::MAX);
     let duration_ms = match (params.n_frames, params.sample_rate) {
         (Some(n), Some(sr)) if sr > 0 => Some(frames_to_ms(n, sr)).filter(|&ms| ms <= plausible_ms),
         _ => None,
     };
     let info = AudioInfo {
-        format: format_name(bytes, params.codec).to_string(),
+        format: format_name(head, params.codec).to_string(),
         channels: header_channels
             .and_then(|n| u16::try_from(n).ok())
             .unwrap_or(0),
@@ -263,6 +331,7 @@ fn open_inner(bytes: &[u8]) -> Result<Open, AudioError> {
         decoder,
         track_id,
         info,
+        read_error,
     })
 }
 
@@ -274,52 +343,89 @@ fn read_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn write_u32(b: &mut [u8], at: usize, v: u32) {
-    if let Some(dst) = b.get_mut(at..at + 4) {
-        dst.copy_from_slice(&v.to_le_bytes());
+/// A little-endian `u32` that replaces the four bytes of the recording at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Patch {
+    at: u64,
+    bytes: [u8; 4],
+}
+
+fn set_patch(patches: &mut Vec<Patch>, at: u64, value: u32) {
+    let bytes = value.to_le_bytes();
+    match patches.iter_mut().find(|p| p.at == at) {
+        Some(p) => p.bytes = bytes,
+        None => patches.push(Patch { at, bytes }),
+    }
+}
+
+/// Overwrites the bytes of `buf` — which holds the recording from offset `pos` on — that the
+/// patches cover.
+fn apply_patches(patches: &[Patch], pos: u64, buf: &mut [u8]) {
+    let end = pos.saturating_add(buf.len() as u64);
+    for p in patches {
+        for (at, &b) in (p.at..).zip(&p.bytes) {
+            if (pos..end).contains(&at) {
+                buf[(at - pos) as usize] = b;
+            }
+        }
     }
 }
 
 /// For RIFF/WAVE only: refuses impossible `fmt ` fields before symphonia sees them (it panics
 /// on a zero sample rate), and shrinks length fields that claim more bytes than the file has —
 /// streaming writers leave 0xFFFFFFFF there and truncated uploads are common — so that the
-/// audio that is present gets decoded.
-fn prepare_wav(data: &mut [u8]) -> Result<(), AudioError> {
-    if data.len() < 12 || &data[0..4] != b"RIFF" || &data[8..12] != b"WAVE" {
-        return Ok(());
+/// audio that is present gets decoded. Reads only the chunk headers (wherever they are) and
+/// returns the repairs as patches over the original bytes.
+fn prepare_wav(src: &mut Backing) -> Result<Vec<Patch>, AudioError> {
+    let len = src.len();
+    let mut patches = Vec::new();
+    let mut head = [0u8; 12];
+    if len < 12
+        || src.read_full_at(0, &mut head).map_err(read_failure)? < 12
+        || &head[0..4] != b"RIFF"
+        || &head[8..12] != b"WAVE"
+    {
+        return Ok(patches);
     }
-    let len = data.len() as u64;
     let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-    if read_u32(data, 4).is_some_and(|riff| u64::from(riff) + 8 > len) {
-        write_u32(data, 4, clamp(len - 8));
+    // The RIFF size as it stands after the repairs so far.
+    let mut riff = u64::from(read_u32(&head, 4).unwrap_or(0));
+    if riff + 8 > len {
+        riff = u64::from(clamp(len - 8));
+        set_patch(&mut patches, 4, clamp(len - 8));
     }
     let mut pos = 12u64;
     while pos + 8 <= len {
-        let at = pos as usize;
-        let id: [u8; 4] = data[at..at + 4].try_into().unwrap_or_default();
-        let size = u64::from(read_u32(data, at + 4).unwrap_or(0));
+        let mut chunk = [0u8; 8];
+        if src.read_full_at(pos, &mut chunk).map_err(read_failure)? < 8 {
+            break; // The file shrank under us; symphonia will meet the same end.
+        }
+        let id = &chunk[0..4];
+        let size = u64::from(read_u32(&chunk, 4).unwrap_or(0));
         let body = pos + 8;
         let available = len - body;
-        if &id == b"fmt " && size >= 16 && available >= 16 {
-            let b = body as usize;
-            let channels = usize::from(read_u16(data, b + 2).unwrap_or(0));
+        if id == b"fmt " && size >= 16 && available >= 16 {
+            let mut fmt = [0u8; 16];
+            let got = src.read_full_at(body, &mut fmt).map_err(read_failure)?;
+            let fmt = &fmt[..got];
+            let channels = usize::from(read_u16(fmt, 2).unwrap_or(0));
             if channels == 0 {
                 return Err(AudioError::Undecodable("the stream has no channels".into()));
             }
             if channels > MAX_CHANNELS {
                 return Err(AudioError::TooManyChannels(channels));
             }
-            check_rate(read_u32(data, b + 4).unwrap_or(0))?;
+            check_rate(read_u32(fmt, 4).unwrap_or(0))?;
         }
-        if &id == b"data" {
+        if id == b"data" {
             if size > available {
-                write_u32(data, at + 4, clamp(available));
+                set_patch(&mut patches, pos + 4, clamp(available));
             }
             // The RIFF size must cover the data chunk too (it wraps when a writer computes it
             // from an "unknown" data length).
             let data_end = body + size.min(available);
-            if read_u32(data, 4).is_some_and(|riff| u64::from(riff) + 8 < data_end) {
-                write_u32(data, 4, clamp(data_end - 8));
+            if riff + 8 < data_end {
+                set_patch(&mut patches, 4, clamp(data_end - 8));
             }
             break;
         }
@@ -328,7 +434,196 @@ fn prepare_wav(data: &mut [u8]) -> Result<(), AudioError> {
         }
         pos = body + size + (size & 1);
     }
-    Ok(())
+    Ok(patches)
+}
+
+/// The recording's bytes: an owned copy of an upload, or a file read through a small buffer.
+enum Backing {
+    Memory(Vec<u8>),
+    File(FileBacking),
+}
+
+impl Backing {
+    fn len(&self) -> u64 {
+        match self {
+            Backing::Memory(v) => v.len() as u64,
+            Backing::File(f) => f.len,
+        }
+    }
+
+    /// Reads from offset `pos`; returns 0 only at (or past) the end of the recording.
+    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Backing::Memory(v) => {
+                let start = usize::try_from(pos).unwrap_or(usize::MAX).min(v.len());
+                let n = buf.len().min(v.len() - start);
+                buf[..n].copy_from_slice(&v[start..start + n]);
+                Ok(n)
+            }
+            Backing::File(f) => f.read_at(pos, buf),
+        }
+    }
+
+    /// Fills `buf` from offset `pos`, stopping short only at the end of the recording.
+    fn read_full_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read_at(pos + done as u64, &mut buf[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// A file read at arbitrary offsets through one fixed-size buffer. Its length is fixed when it
+/// is opened: bytes appended later are not seen.
+struct FileBacking {
+    file: File,
+    len: u64,
+    /// Where the OS file offset is, when known: sequential reads need no seek.
+    file_pos: Option<u64>,
+    buf: Vec<u8>,
+    buf_start: u64,
+    buf_len: usize,
+}
+
+impl FileBacking {
+    fn open(path: &Path, buffer_len: usize) -> Result<Self, AudioError> {
+        let file = File::open(path)
+            .map_err(|e| AudioError::Undecodable(format!("cannot open the recording: {e}")))?;
+        let meta = file.metadata().map_err(read_failure)?;
+        if !meta.is_file() {
+            return Err(AudioError::Undecodable(
+                "the recording is not a regular file".into(),
+            ));
+        }
+        if meta.len() == 0 {
+            return Err(AudioError::Empty);
+        }
+        Ok(Self {
+            file,
+            len: meta.len(),
+            file_pos: Some(0),
+            buf: vec![0; buffer_len.max(1)],
+            buf_start: 0,
+            buf_len: 0,
+        })
+    }
+
+    fn read_at(&mut self, pos: u64, out: &mut [u8]) -> io::Result<usize> {
+        if pos >= self.len || out.is_empty() {
+            return Ok(0);
+        }
+        let want = usize::try_from(self.len - pos)
+            .unwrap_or(usize::MAX)
+            .min(out.len());
+        let out = &mut out[..want];
+        let buffered = self.buf_start..self.buf_start + self.buf_len as u64;
+        if buffered.contains(&pos) {
+            let from = (pos - self.buf_start) as usize;
+            let n = want.min(self.buf_len - from);
+            out[..n].copy_from_slice(&self.buf[from..from + n]);
+            return Ok(n);
+        }
+        if want >= self.buf.len() {
+            // Large reads go straight to the caller's buffer.
+            return Self::read_file(&mut self.file, &mut self.file_pos, pos, out);
+        }
+        self.buf_start = pos;
+        self.buf_len = 0;
+        self.buf_len = Self::read_file(&mut self.file, &mut self.file_pos, pos, &mut self.buf)?;
+        let n = want.min(self.buf_len);
+        out[..n].copy_from_slice(&self.buf[..n]);
+        Ok(n)
+    }
+
+    fn read_file(
+        file: &mut File,
+        file_pos: &mut Option<u64>,
+        pos: u64,
+        out: &mut [u8],
+    ) -> io::Result<usize> {
+        if *file_pos != Some(pos) {
+            *file_pos = None;
+            file.seek(SeekFrom::Start(pos))?;
+        }
+        let n = file.read(out).inspect_err(|_| *file_pos = None)?;
+        *file_pos = Some(pos + n as u64);
+        Ok(n)
+    }
+}
+
+/// What symphonia reads: the recording with the WAV repairs overlaid. Behaves like a `Cursor`
+/// over the repaired bytes (reads fill the buffer up to the end), whatever the backing.
+struct Source {
+    backing: Backing,
+    len: u64,
+    pos: u64,
+    patches: Vec<Patch>,
+    /// The first I/O error, kept for the decode loop: symphonia may take it for the end.
+    read_error: Arc<OnceLock<String>>,
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.backing.read_full_at(self.pos, buf).inspect_err(|e| {
+            let _ = self.read_error.set(e.to_string());
+        })?;
+        apply_patches(&self.patches, self.pos, &mut buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        let mut total = 0;
+        for buf in bufs {
+            match self.read(buf) {
+                Ok(n) => {
+                    total += n;
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if total == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl Seek for Source {
+    fn seek(&mut self, from: SeekFrom) -> io::Result<u64> {
+        let target = match from {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match target {
+            Some(p) => {
+                self.pos = p;
+                Ok(p)
+            }
+            None => Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "invalid seek to a negative or overflowing position",
+            )),
+        }
+    }
+}
+
+impl MediaSource for Source {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Some(self.len)
+    }
 }
 
 fn check_rate(rate: u32) -> Result<(), AudioError> {
@@ -478,6 +773,7 @@ fn push_planar<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
 
     fn wav(channels: u16, rate: u32, samples: &[i16]) -> Vec<u8> {
         let spec = hound::WavSpec {
@@ -591,6 +887,182 @@ mod tests {
         bytes[22..24].copy_from_slice(&2u16.to_le_bytes());
         bytes[24..28].copy_from_slice(&0u32.to_le_bytes());
         assert!(matches!(probe(&bytes, 60), Err(AudioError::Undecodable(_))));
+    }
+
+    fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut f, bytes).expect("write");
+        f
+    }
+
+    fn file_backing(bytes: &[u8], buffer_len: usize) -> (tempfile::NamedTempFile, Backing) {
+        let f = temp_file(bytes);
+        let backing = FileBacking::open(f.path(), buffer_len).expect("opens");
+        (f, Backing::File(backing))
+    }
+
+    #[test]
+    fn source_overlays_patches_and_reads_like_a_cursor() {
+        let mut x = 0x1234_5678u32;
+        let bytes: Vec<u8> = (0..10_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let mut patches = Vec::new();
+        set_patch(&mut patches, 4, 7);
+        set_patch(&mut patches, 4, 0xAABB_CCDD); // Replaces, not stacks.
+        set_patch(&mut patches, 4999, 0x0102_0304);
+        set_patch(&mut patches, 9998, u32::MAX); // Runs past the end.
+        assert_eq!(patches.len(), 3);
+        let mut expected = bytes.clone();
+        expected[4..8].copy_from_slice(&0xAABB_CCDDu32.to_le_bytes());
+        expected[4999..5003].copy_from_slice(&[4, 3, 2, 1]);
+        expected[9998..].copy_from_slice(&[0xFF, 0xFF]);
+
+        let (_file, tiny) = file_backing(&bytes, 7);
+        let (_file2, big) = file_backing(&bytes, FILE_BUFFER_LEN);
+        for backing in [tiny, big, Backing::Memory(bytes.clone())] {
+            let mut src = Source {
+                len: backing.len(),
+                backing,
+                pos: 0,
+                patches: patches.clone(),
+                read_error: Arc::default(),
+            };
+            assert_eq!((src.is_seekable(), src.byte_len()), (true, Some(10_000)));
+            let mut cur = Cursor::new(expected.clone());
+            let seeks = [
+                SeekFrom::Start(0),
+                SeekFrom::Start(4990),
+                SeekFrom::Current(-3),
+                SeekFrom::End(-5),
+                SeekFrom::Start(2),
+                SeekFrom::End(10),
+                SeekFrom::Start(9000),
+            ];
+            for (i, &to) in seeks.iter().enumerate() {
+                assert_eq!(src.seek(to).unwrap(), cur.seek(to).unwrap());
+                for len in [1, 3, 7, 8, 100, 4096, 1 + i * 13] {
+                    let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+                    let n = src.read(&mut a).unwrap();
+                    assert_eq!(n, cur.read(&mut b).unwrap());
+                    assert_eq!(a[..n], b[..n], "seek {to:?}, read {len}");
+                }
+                let (mut a1, mut a2) = ([0u8; 5], [0u8; 9]);
+                let (mut b1, mut b2) = ([0u8; 5], [0u8; 9]);
+                let n = src
+                    .read_vectored(&mut [IoSliceMut::new(&mut a1), IoSliceMut::new(&mut a2)])
+                    .unwrap();
+                let m = cur
+                    .read_vectored(&mut [IoSliceMut::new(&mut b1), IoSliceMut::new(&mut b2)])
+                    .unwrap();
+                assert_eq!((n, a1, a2), (m, b1, b2));
+            }
+            src.seek(SeekFrom::Start(0)).unwrap();
+            let mut all = Vec::new();
+            src.read_to_end(&mut all).unwrap();
+            assert_eq!(all, expected);
+            src.seek(SeekFrom::Start(0)).unwrap();
+            assert!(src.seek(SeekFrom::Current(-1)).is_err());
+            assert!(src.seek(SeekFrom::End(-10_001)).is_err());
+            assert!(src.read_error.get().is_none());
+        }
+    }
+
+    /// A mono 8 kHz WAV with a `JUNK` chunk of `junk` bytes between `fmt ` and `data`, whose
+    /// RIFF and data lengths say "unknown" (0xFFFFFFFF).
+    fn wav_with_junk(channels: u16, junk: usize, samples: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(b"RIFF");
+        b.extend(u32::MAX.to_le_bytes());
+        b.extend(b"WAVEfmt ");
+        b.extend(16u32.to_le_bytes());
+        b.extend(1u16.to_le_bytes());
+        b.extend(channels.to_le_bytes());
+        b.extend(8000u32.to_le_bytes());
+        b.extend((16_000 * u32::from(channels)).to_le_bytes());
+        b.extend((2 * channels).to_le_bytes());
+        b.extend(16u16.to_le_bytes());
+        b.extend(b"JUNK");
+        b.extend((junk as u32).to_le_bytes());
+        b.resize(b.len() + junk, 0);
+        b.extend(b"data");
+        b.extend(u32::MAX.to_le_bytes());
+        for i in 0..samples * usize::from(channels) {
+            b.extend(((i % 200) as i16 * 100).to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn wav_repairs_reach_chunks_far_into_the_file() {
+        // The data chunk header sits 300 kB in, far beyond any header buffer.
+        let bytes = wav_with_junk(1, 300_000, 24_000);
+        let data_header = 12 + 24 + 8 + 300_000;
+        assert_eq!(&bytes[data_header..data_header + 4], b"data");
+        let patches = prepare_wav(&mut Backing::Memory(bytes.clone())).unwrap();
+        let (_f, mut backing) = file_backing(&bytes, 16);
+        assert_eq!(prepare_wav(&mut backing).unwrap(), patches);
+        let riff = (bytes.len() - 8) as u32;
+        let data = (bytes.len() - data_header - 8) as u32;
+        assert_eq!(
+            patches,
+            vec![
+                Patch {
+                    at: 4,
+                    bytes: riff.to_le_bytes()
+                },
+                Patch {
+                    at: data_header as u64 + 4,
+                    bytes: data.to_le_bytes()
+                },
+            ]
+        );
+
+        let f = temp_file(&bytes);
+        let (from_bytes, pcm) = decode_pcm(&bytes, 60).unwrap();
+        let mut file_pcm = PcmBuffers::default();
+        let from_file = decode_file(f.path(), &mut file_pcm, 60).unwrap();
+        assert_eq!(from_bytes, from_file);
+        assert_eq!(from_file.frames, 24_000);
+        assert_eq!(from_file.info.duration_ms, Some(3000));
+        assert_eq!(pcm.channels, file_pcm.channels);
+        assert_eq!(
+            probe_file(f.path(), 60).unwrap(),
+            probe(&bytes, 60).unwrap()
+        );
+
+        // The fmt fields are checked from the file too.
+        let f = temp_file(&wav_with_junk(5, 300_000, 10));
+        assert!(matches!(
+            probe_file(f.path(), 60),
+            Err(AudioError::TooManyChannels(5))
+        ));
+    }
+
+    #[test]
+    fn file_open_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.wav");
+        let err = probe_file(&missing, 60).unwrap_err();
+        assert!(
+            matches!(&err, AudioError::Undecodable(m) if m.starts_with("cannot open the recording")),
+            "{err:?}"
+        );
+        let err = decode_file(dir.path(), &mut NullSink, 60).unwrap_err();
+        assert!(
+            matches!(&err, AudioError::Undecodable(m) if m.contains("not a regular file")),
+            "{err:?}"
+        );
+        let empty = temp_file(b"");
+        assert!(matches!(
+            decode_file(empty.path(), &mut NullSink, 60),
+            Err(AudioError::Empty)
+        ));
     }
 
     #[test]

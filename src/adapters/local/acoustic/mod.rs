@@ -5,6 +5,8 @@ pub mod decode;
 pub mod text;
 pub mod vad;
 
+use std::path::Path;
+
 use crate::domain::{Analysis, AnalysisRequest, AudioInfo, Segment};
 
 /// Longest recording `analyze_audio` accepts.
@@ -30,11 +32,35 @@ pub fn probe(bytes: &[u8]) -> Result<AudioInfo, AudioError> {
     decode::probe(bytes, MAX_DURATION_SECS)
 }
 
+/// Like [`probe`], reading only what it needs from the file: the headers and the first packets.
+/// An empty file is [`AudioError::Empty`]; a file that cannot be opened or read is
+/// [`AudioError::Undecodable`], with the reason.
+pub fn probe_file(path: &Path) -> Result<AudioInfo, AudioError> {
+    decode::probe_file(path, MAX_DURATION_SECS)
+}
+
 /// Full analysis. Deterministic. CPU-bound (the caller runs it in spawn_blocking).
 pub fn analyze_audio(bytes: &[u8], req: &AnalysisRequest) -> Result<Analysis, AudioError> {
+    analyze_with(req, |sink| decode::decode(bytes, sink, MAX_DURATION_SECS))
+}
+
+/// Like [`analyze_audio`], reading the recording from a file with bounded memory: the file is
+/// streamed through a fixed-size buffer and reduced to per-frame energies as it is decoded, so
+/// memory use does not grow with the file's size. Gives the same analysis as `analyze_audio`
+/// on the file's bytes. Errors as for [`probe_file`].
+pub fn analyze_file(path: &Path, req: &AnalysisRequest) -> Result<Analysis, AudioError> {
+    analyze_with(req, |sink| {
+        decode::decode_file(path, sink, MAX_DURATION_SECS)
+    })
+}
+
+fn analyze_with(
+    req: &AnalysisRequest,
+    decode: impl FnOnce(&mut vad::FrameEnergies) -> Result<decode::Decoded, AudioError>,
+) -> Result<Analysis, AudioError> {
     let cfg = vad::VadConfig::default();
     let mut energies = vad::FrameEnergies::new(cfg.frame_ms);
-    let decoded = decode::decode(bytes, &mut energies, MAX_DURATION_SECS)?;
+    let decoded = decode(&mut energies)?;
     let energies = energies.finish();
     let channels = energies.frames.len();
     let sample_rate = decoded.info.sample_rate;
@@ -119,7 +145,7 @@ pub fn speaker_names(channels: usize, given: Option<&[String]>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::domain::{SentimentLabel, TranscriptInput};
-    use std::io::Cursor;
+    use std::io::{Cursor, Write};
 
     const RATE: u32 = 16_000;
 
@@ -350,7 +376,200 @@ mod tests {
         let analysed =
             analyze_audio(bytes, &AnalysisRequest::default()).expect_err("analysis refuses");
         assert_eq!(probed.to_string(), analysed.to_string());
+        assert_file_matches(bytes, &AnalysisRequest::default());
         analysed
+    }
+
+    fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(bytes).expect("write");
+        f.flush().expect("flush");
+        f
+    }
+
+    /// Both results are the same value, or the same error.
+    fn same<T: PartialEq + std::fmt::Debug>(
+        from_file: Result<T, AudioError>,
+        from_bytes: Result<T, AudioError>,
+    ) {
+        match (from_file, from_bytes) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
+            (a, b) => panic!("from the file: {a:?}; from the bytes: {b:?}"),
+        }
+    }
+
+    /// `analyze_file` and `probe_file` on a file holding `bytes` give exactly what
+    /// `analyze_audio` and `probe` give on the bytes.
+    fn assert_file_matches(bytes: &[u8], req: &AnalysisRequest) {
+        let f = temp_file(bytes);
+        same(analyze_file(f.path(), req), analyze_audio(bytes, req));
+        same(probe_file(f.path()), probe(bytes));
+    }
+
+    #[test]
+    fn file_analysis_matches_bytes_for_generated_wavs() {
+        let stereo = exchange();
+        let a = analyze_file(temp_file(&stereo).path(), &AnalysisRequest::default()).unwrap();
+        assert_eq!((a.duration_ms, a.channels, a.segments.len()), (9000, 2, 3));
+        assert_file_matches(&stereo, &AnalysisRequest::default());
+        let req = AnalysisRequest {
+            channels: Some(vec!["Dana".into(), "Sam".into()]),
+            transcript: Some(TranscriptInput {
+                text: Some("Agent: Hello, how can I help?\nCustomer: My bill is wrong.".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_file_matches(&stereo, &req);
+        assert_file_matches(
+            &wav(&[track(6.0, &[(1.0, 2.0), (3.0, 4.5)], 3)]),
+            &AnalysisRequest::default(),
+        );
+
+        // A streaming writer's "unknown length" in both RIFF and data sizes.
+        let mut streaming = stereo.clone();
+        streaming[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        streaming[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        let a = analyze_file(temp_file(&streaming).path(), &AnalysisRequest::default()).unwrap();
+        assert_eq!(a.duration_ms, 9000);
+        assert_file_matches(&streaming, &AnalysisRequest::default());
+
+        // Truncated mid-stream, with the original and with the streaming header.
+        for bytes in [&stereo, &streaming] {
+            let cut = &bytes[..44 + 4 * RATE as usize * 3 + 3];
+            let a = analyze_file(temp_file(cut).path(), &AnalysisRequest::default()).unwrap();
+            near(a.duration_ms, 3000, 1);
+            assert_eq!(
+                probe_file(temp_file(cut).path()).unwrap().duration_ms,
+                Some(3000)
+            );
+            assert_file_matches(cut, &AnalysisRequest::default());
+        }
+        // A 4 GiB data chunk claim over 3200 bytes.
+        let mut bytes = header(1, 8000, 16, u32::MAX);
+        bytes.extend(vec![0x11u8; 3200]);
+        assert_file_matches(&bytes, &AnalysisRequest::default());
+    }
+
+    #[test]
+    fn file_analysis_matches_bytes_for_fixtures() {
+        for name in ["call.flac", "call.mp3", "call.ogg"] {
+            let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+            let path = std::path::Path::new(&path);
+            let bytes = fixture(name);
+            let req = AnalysisRequest::default();
+            let a = analyze_file(path, &req).unwrap();
+            assert_eq!(a, analyze_audio(&bytes, &req).unwrap(), "{name}");
+            assert_eq!(a.segments.len(), 3, "{name}");
+            assert_eq!(probe_file(path).unwrap(), probe(&bytes).unwrap(), "{name}");
+        }
+    }
+
+    #[test]
+    fn file_errors() {
+        let req = AnalysisRequest::default();
+        let empty = temp_file(b"");
+        assert!(matches!(
+            analyze_file(empty.path(), &req),
+            Err(AudioError::Empty)
+        ));
+        assert!(matches!(probe_file(empty.path()), Err(AudioError::Empty)));
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-recording.wav");
+        for err in [
+            analyze_file(&missing, &req).unwrap_err(),
+            probe_file(&missing).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, AudioError::Undecodable(m)
+                    if m.starts_with("cannot open the recording") && m.contains("No such file")),
+                "{err:?}"
+            );
+        }
+        assert!(matches!(
+            probe_file(dir.path()),
+            Err(AudioError::Undecodable(_))
+        ));
+
+        let text = "Agent: hello\nCustomer: hi, this is not audio at all\n".repeat(50);
+        let f = temp_file(text.as_bytes());
+        assert!(matches!(
+            analyze_file(f.path(), &req),
+            Err(AudioError::Undecodable(_))
+        ));
+        assert!(matches!(
+            probe_file(f.path()),
+            Err(AudioError::Undecodable(_))
+        ));
+        assert_file_matches(text.as_bytes(), &req);
+    }
+
+    #[test]
+    fn corrupted_files_read_the_same_from_disk() {
+        let bytes = exchange();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let req = AnalysisRequest::default();
+        let mut rng = Lcg(11);
+        for i in 0..120 {
+            let mut b = bytes[..8000].to_vec();
+            b[i % 60] = (rng.next() * 127.0 + 128.0) as u8;
+            let b = &b[..if i % 3 == 0 { (i * 7) % 200 } else { b.len() }];
+            std::fs::write(f.path(), b).unwrap();
+            same(analyze_file(f.path(), &req), analyze_audio(b, &req));
+            same(probe_file(f.path()), probe(b));
+        }
+    }
+
+    #[test]
+    fn long_recording_from_a_file() {
+        // 20 minutes of 8 kHz 16-bit mono (19.2 MB), written a second at a time: quiet line
+        // noise with a 5-second burst of speech-like noise at 10 s into every minute.
+        const SR: u32 = 8000;
+        const SECS: u32 = 20 * 60;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        {
+            let mut w = std::io::BufWriter::new(f.as_file());
+            w.write_all(&header(1, SR, 16, SECS * SR * 2)).unwrap();
+            let mut rng = Lcg(5);
+            let mut second = Vec::with_capacity(SR as usize * 2);
+            for s in 0..SECS {
+                let loud = (10..15).contains(&(s % 60));
+                second.clear();
+                for i in 0..SR {
+                    let a = if loud {
+                        0.3 * (0.7
+                            + 0.3
+                                * (f64::from(i) / f64::from(SR) * 8.0 * std::f64::consts::PI).sin())
+                    } else {
+                        0.002
+                    };
+                    let v = (f64::from(rng.next()) * a * 32767.0) as i16;
+                    second.extend(v.to_le_bytes());
+                }
+                w.write_all(&second).unwrap();
+            }
+            w.flush().unwrap();
+        }
+        assert_eq!(
+            f.as_file().metadata().unwrap().len(),
+            44 + u64::from(SECS * SR * 2)
+        );
+        let info = probe_file(f.path()).unwrap();
+        assert_eq!(info.duration_ms, Some(1_200_000));
+        let a = analyze_file(f.path(), &AnalysisRequest::default()).unwrap();
+        assert_eq!(
+            (a.duration_ms, a.channels, a.sample_rate),
+            (1_200_000, 1, SR)
+        );
+        assert_eq!(a.segments.len(), 20, "{:?}", a.segments);
+        for (m, seg) in a.segments.iter().enumerate() {
+            let start = (m as i64 * 60 + 10) * 1000;
+            near(seg.start_ms, start, 40);
+            near(seg.end_ms, start + 5000, 40);
+        }
+        near(a.metrics.talk_time[0].ms, 100_000, 400);
     }
 
     #[test]
