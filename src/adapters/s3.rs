@@ -73,6 +73,27 @@ impl S3BlobStore {
     }
 }
 
+impl S3BlobStore {
+    /// GetObject of a full object key; `None` when there is no such object.
+    async fn get_object(
+        &self,
+        object: &str,
+    ) -> anyhow::Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("S3 GetObject {}", self.location(object))),
+        }
+    }
+}
+
 #[async_trait]
 impl BlobStore for S3BlobStore {
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> anyhow::Result<()> {
@@ -91,19 +112,8 @@ impl BlobStore for S3BlobStore {
 
     async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>> {
         let object = self.object_key(key)?;
-        let response = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-            Err(e) => {
-                return Err(e).with_context(|| format!("S3 GetObject {}", self.location(&object)))
-            }
+        let Some(response) = self.get_object(&object).await? else {
+            return Ok(None);
         };
         let body = response
             .body
@@ -115,19 +125,8 @@ impl BlobStore for S3BlobStore {
 
     async fn download(&self, key: &str, dest: &std::path::Path) -> anyhow::Result<Option<u64>> {
         let object = self.object_key(key)?;
-        let response = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-            Err(e) => {
-                return Err(e).with_context(|| format!("S3 GetObject {}", self.location(&object)))
-            }
+        let Some(response) = self.get_object(&object).await? else {
+            return Ok(None);
         };
         // Chunk by chunk to the file: a large recording never sits in memory whole.
         let mut body = response.body.into_async_read();

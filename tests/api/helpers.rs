@@ -218,6 +218,44 @@ impl TestApp {
             .to_string()
     }
 
+    /// Uploads a WAV through `createRecordingUpload` and its signed URL, sending exactly the
+    /// headers it asks for; returns the upload (`recordingKey`, `uploadUrl`, …).
+    pub async fn upload(&self, audio: &[u8]) -> Value {
+        let up = self
+            .gql_ok(
+                "mutation($n: Int!) { createRecordingUpload(input: {contentType: \"audio/wav\", byteSize: $n}) { recordingKey uploadUrl method headers { name value } expiresAt } }",
+                json!({ "n": audio.len() }),
+            )
+            .await["createRecordingUpload"]
+            .clone();
+        let mut put = self
+            .client
+            .put(up["uploadUrl"].as_str().unwrap())
+            .body(audio.to_vec());
+        for h in up["headers"].as_array().unwrap() {
+            put = put.header(h["name"].as_str().unwrap(), h["value"].as_str().unwrap());
+        }
+        let put = put.send().await.expect("upload");
+        assert!(
+            put.status().is_success(),
+            "upload refused: {:?}",
+            put.text().await
+        );
+        up
+    }
+
+    /// GETs a path of the app and parses the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json body")
+    }
+
     pub async fn call_status(&self, id: &str) -> String {
         let d = self
             .gql_ok(

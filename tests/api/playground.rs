@@ -41,19 +41,7 @@ async fn every_example_operation_executes() {
         .await;
     app.wait_status(&call, "COMPLETED", 30).await;
     let audio = short_call();
-    let up = app
-        .gql_ok("mutation($n: Int!) { createRecordingUpload(input: {contentType: \"audio/wav\", byteSize: $n}) { recordingKey uploadUrl } }", json!({ "n": audio.len() }))
-        .await["createRecordingUpload"]
-        .clone();
-    let put = app
-        .client
-        .put(up["uploadUrl"].as_str().unwrap())
-        .header("content-type", "audio/wav")
-        .body(audio.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200);
+    let up = app.upload(&audio).await;
     let tenant = app
         .gql_ok(
             "mutation { createTenant(input: {name: \"Example\"}) { tenant { id } } }",
@@ -175,15 +163,7 @@ async fn playground_page_health_and_metrics_are_served() {
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("graphiql") && html.contains("API key"));
-    let examples: Value = app
-        .client
-        .get(app.url("/playground/examples.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let examples = app.get_json("/playground/examples.json").await;
     assert_eq!(
         examples.as_array().unwrap().len(),
         voicegraph::http::playground::EXAMPLES.len()
@@ -199,15 +179,7 @@ async fn playground_page_health_and_metrics_are_served() {
             .unwrap(),
         "ok"
     );
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.get_json("/readyz").await;
     assert_eq!(ready["ready"], true, "{ready}");
     app.gql_ok("{ viewer { role } }", json!({})).await;
     let metrics = app

@@ -46,15 +46,7 @@ async fn production_app_with(stack: &ProductionStack, roles: Roles) -> TestApp {
 async fn the_production_stack_runs_the_whole_flow() {
     let stack = require!(ProductionStack::create(None, 3, 10).await);
     let app = production_app(&stack).await;
-    let ready: serde_json::Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.get_json("/readyz").await;
     assert_eq!(ready["ready"], true, "{ready}");
 
     let mut sub = app
@@ -65,21 +57,9 @@ async fn the_production_stack_runs_the_whole_flow() {
         )
         .await;
     let audio = short_call();
-    let up = app
-        .gql_ok(
-            "mutation($n: Int!) { createRecordingUpload(input: {contentType: \"audio/wav\", byteSize: $n}) { recordingKey uploadUrl headers { name value } } }",
-            json!({ "n": audio.len() }),
-        )
-        .await["createRecordingUpload"]
-        .clone();
+    let up = app.upload(&audio).await;
     let url = up["uploadUrl"].as_str().unwrap();
     assert!(url.contains(&stack.bucket), "a presigned S3 URL: {url}");
-    let mut put = app.client.put(url).body(audio.clone());
-    for h in up["headers"].as_array().unwrap() {
-        put = put.header(h["name"].as_str().unwrap(), h["value"].as_str().unwrap());
-    }
-    let put = put.send().await.unwrap();
-    assert!(put.status().is_success(), "{:?}", put.text().await);
     let d = app
         .gql_ok("mutation($k: String!) { submitCall(input: {recordingKey: $k, tags: [\"prod\"]}) { call { id } } }", json!({ "k": up["recordingKey"] }))
         .await;

@@ -324,12 +324,7 @@ async fn shutdown_drains_in_flight_jobs_or_releases_them() {
         token.clone(),
         Duration::from_secs(10),
     ));
-    for _ in 0..100 {
-        if app.call_status(&id).await == "PROCESSING" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_status(&id, "PROCESSING", 10).await;
     token.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -347,12 +342,7 @@ async fn shutdown_drains_in_flight_jobs_or_releases_them() {
     let id2 = app.submit_ok(short_call(), json!({})).await;
     let token = CancellationToken::new();
     let w = tokio::spawn(worker::run(slow, token.clone(), Duration::from_millis(300)));
-    for _ in 0..100 {
-        if app.call_status(&id2).await == "PROCESSING" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_status(&id2, "PROCESSING", 10).await;
     token.cancel();
     tokio::time::timeout(Duration::from_secs(10), w)
         .await
