@@ -135,19 +135,8 @@ pub async fn connect(settings: &Settings, metrics: &Metrics) -> anyhow::Result<D
     }
     let counter = metrics.db_statements.clone();
     db.set_metric_callback(move |info| {
-        if std::env::var_os("VG_TRACE_SQL").is_some() {
-            eprintln!(
-                "SQL {:?} {} params={}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis()
-                    % 100000,
-                info.statement.sql.chars().take(40).collect::<String>(),
-                info.statement.sql.matches('?').count()
-            );
-        }
-        counter.inc()
+        counter.inc();
+        tracing::trace!(sql = %info.statement.sql, elapsed = ?info.elapsed, failed = info.failed, "statement");
     });
     Ok(db)
 }
