@@ -28,10 +28,39 @@ pub enum Command {
     Relay,
     /// Apply database migrations and exit.
     Migrate,
+    /// Submit a recording to a running voicegraph and follow it until it is analysed.
+    Submit(SubmitArgs),
     /// Print the GraphQL schema (SDL).
     PrintSchema {
         /// Write to this file instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The recording (WAV, FLAC, MP3 or Ogg Vorbis).
+    pub file: PathBuf,
+    /// Base URL of the API.
+    #[arg(long, env = "VOICEGRAPH_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// API key (integrator or admin role).
+    #[arg(long, env = "VOICEGRAPH_API_KEY", hide_env_values = true)]
+    pub key: String,
+    /// The integrator's own id for the call.
+    #[arg(long)]
+    pub external_id: Option<String>,
+    /// Tags (repeat the flag for several).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Makes a repeated submission return the first call.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Return once the call is queued, without following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up following after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
 }

@@ -2,6 +2,7 @@
 
 pub mod adapters;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -7,7 +7,18 @@ use voicegraph::startup::{Application, Roles};
 use voicegraph::{graphql, telemetry, wiring};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(code) => code,
+        Err(e) => {
+            // The cause chain on one line; backtraces are for panics, not for refusals.
+            eprintln!("voicegraph: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     if let Some(Command::PrintSchema { output }) = &cli.command {
         let sdl = graphql::sdl();
@@ -15,7 +26,15 @@ async fn main() -> anyhow::Result<()> {
             Some(path) => std::fs::write(path, sdl)?,
             None => print!("{sdl}"),
         }
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Some(Command::Submit(args)) = cli.command {
+        let completed = voicegraph::client::submit(args, &mut std::io::stdout()).await?;
+        return Ok(if completed {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(2)
+        });
     }
     let settings = wiring::load_settings(Layers::from_process()?).await?;
     telemetry::init(settings.log_format);
@@ -41,9 +60,9 @@ async fn main() -> anyhow::Result<()> {
             let db = wiring::connect(&settings, &metrics).await?;
             wiring::migrate(&db).await?;
             println!("migrations applied");
-            return Ok(());
+            return Ok(std::process::ExitCode::SUCCESS);
         }
-        Command::PrintSchema { .. } => unreachable!("handled above"),
+        Command::PrintSchema { .. } | Command::Submit(_) => unreachable!("handled above"),
     };
     let listen = settings.listen.clone();
     let app = Application::build(settings, roles).await?;
@@ -71,7 +90,8 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down");
         token.cancel();
     });
-    app.run_until_stopped().await
+    app.run_until_stopped().await?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn display(listen: &str, port: u16) -> String {

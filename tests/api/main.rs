@@ -7,6 +7,7 @@ mod helpers;
 mod auth;
 mod blob_contract;
 mod calls;
+mod client;
 mod events;
 mod feed_contract;
 mod limits;
