@@ -60,6 +60,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The ARN of a queue, which redrive policies and SNS subscriptions name it by.
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone()
+}
+
 /// A queue with a dead-letter queue after `max_receives`; returns (queue URL, DLQ URL).
 pub async fn create_queue_with_dlq(
     sdk: &aws_config::SdkConfig,
@@ -76,16 +89,7 @@ pub async fn create_queue_with_dlq(
         .unwrap()
         .queue_url
         .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
+    let dlq_arn = queue_arn(&sqs, &dlq_url).await;
     let redrive = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string() }).to_string();
     let url = sqs
         .create_queue()
@@ -128,16 +132,7 @@ pub async fn create_topic_with_queue(sdk: &aws_config::SdkConfig, name: &str) ->
         .topic_arn
         .unwrap();
     let url = create_queue(sdk, &format!("{name}-realtime")).await;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
+    let arn = queue_arn(&sqs, &url).await;
     let sub = sns
         .subscribe()
         .topic_arn(&topic)
