@@ -89,6 +89,7 @@ async fn main() {
         let body: Value = client
             .post(format!("http://{addr}/graphql"))
             .bearer_auth(KEY)
+            .header("apollo-require-preflight", "true")
             .multipart(form)
             .send()
             .await

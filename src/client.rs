@@ -60,7 +60,8 @@ fn content_type(path: &std::path::Path) -> &'static str {
     }
 }
 
-const EVENTS: &str = "subscription { callEvents { callId kind status } }";
+/// The call's events: those so far first, then live (so none is missed after submitting).
+const EVENTS: &str = "subscription($id: ID!, $after: String) { callUpdated(id: $id, after: $after) { callId kind status cursor } }";
 const RESULT: &str = "query($id: ID!) { call(id: $id) { status error durationMs summary \
     sentiment { score label } topics actionItems \
     metrics { talkTime { speaker ms } silenceMs overlapMs interruptions longestMonologueMs } } }";
@@ -82,13 +83,6 @@ pub async fn submit(args: SubmitArgs, out: &mut (impl Write + Send)) -> anyhow::
         .file_name()
         .and_then(|n| n.to_str())
         .map(str::to_string);
-
-    // Listen before submitting, so that no event of the new call can pass unseen.
-    let mut events = if args.no_wait {
-        None
-    } else {
-        Some(subscribe(&api).await?)
-    };
 
     let up = api
         .gql(
@@ -152,9 +146,12 @@ pub async fn submit(args: SubmitArgs, out: &mut (impl Write + Send)) -> anyhow::
         "call {id} {}{note}",
         submitted["call"]["status"].as_str().unwrap_or("")
     )?;
-    let Some(events) = events.as_mut() else {
+    if args.no_wait {
         return Ok(true);
-    };
+    }
+    let mut cursor: Option<String> = None;
+    let mut events = subscribe(&api, &id, None).await?;
+    let events = &mut events;
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut status = submitted["call"]["status"]
@@ -174,8 +171,9 @@ pub async fn submit(args: SubmitArgs, out: &mut (impl Write + Send)) -> anyhow::
                 let msg: Value = serde_json::from_str(&text).unwrap_or_default();
                 match msg["type"].as_str() {
                     Some("next") => {
-                        let e = &msg["payload"]["data"]["callEvents"];
+                        let e = &msg["payload"]["data"]["callUpdated"];
                         if e["callId"] == id.as_str() {
+                            cursor = e["cursor"].as_str().map(str::to_string);
                             status = e["status"].as_str().unwrap_or("").to_string();
                             writeln!(
                                 out,
@@ -196,8 +194,8 @@ pub async fn submit(args: SubmitArgs, out: &mut (impl Write + Send)) -> anyhow::
             }
             Ok(Some(Ok(_))) => {}
             Ok(None) | Ok(Some(Err(_))) => {
-                // The connection went away: carry on by looking at the call itself.
-                *events = subscribe(&api).await?;
+                // The connection went away: resume after the last event seen.
+                *events = subscribe(&api, &id, cursor.as_deref()).await?;
             }
             Err(_) => {
                 let d = api
@@ -256,7 +254,7 @@ pub async fn submit(args: SubmitArgs, out: &mut (impl Write + Send)) -> anyhow::
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn subscribe(api: &Api) -> anyhow::Result<Socket> {
+async fn subscribe(api: &Api, call_id: &str, after: Option<&str>) -> anyhow::Result<Socket> {
     let ws_url = format!("{}/graphql", api.url.replacen("http", "ws", 1));
     let mut req = ws_url
         .as_str()
@@ -288,7 +286,7 @@ async fn subscribe(api: &Api) -> anyhow::Result<Socket> {
         }
     }
     ws.send(Message::text(
-        json!({ "id": "1", "type": "subscribe", "payload": { "query": EVENTS } }).to_string(),
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "id": call_id, "after": after } } }).to_string(),
     ))
     .await?;
     Ok(ws)

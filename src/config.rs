@@ -149,6 +149,27 @@ impl Layers {
             job_max_receives: self.parse("job_max_receives", 5)?,
             worker_concurrency: self.parse("worker_concurrency", 2)?,
             ws_init_timeout: Duration::from_secs(self.parse("ws_init_timeout_secs", 10)?),
+            ws_ping_interval: Duration::from_millis(
+                self.parse::<u64>("ws_ping_interval_ms", 15_000)?.max(10),
+            ),
+            ws_pong_timeout: Duration::from_millis(
+                self.parse::<u64>("ws_pong_timeout_ms", 10_000)?.max(10),
+            ),
+            ws_read_buffer_bytes: self.parse("ws_read_buffer_bytes", 4096)?,
+            ws_max_message_bytes: self.parse("ws_max_message_bytes", 64 * 1024)?,
+            ws_max_subscriptions: self.parse("ws_max_subscriptions", 100)?,
+            cors_origins: self
+                .str("cors_origins")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            trusted_documents: self.str("trusted_documents").map(PathBuf::from),
+            trusted_documents_exempt_platform_admins: self
+                .parse("trusted_documents_exempt_platform_admins", false)?,
             job_retry_base: Duration::from_millis(self.parse("job_retry_base_ms", 2000)?),
             relay_poll: Duration::from_millis(self.parse("relay_poll_ms", 500)?),
             watermark_poll: Duration::from_millis(self.parse("watermark_poll_ms", 500)?),
@@ -241,8 +262,27 @@ pub struct Settings {
     pub job_max_receives: u32,
     /// Jobs one worker processes at once.
     pub worker_concurrency: usize,
-    /// Time a WebSocket has to send `connection_init`.
+    /// Time a WebSocket has to send `connection_init` before it is closed with 4408.
     pub ws_init_timeout: Duration,
+    /// How often the server pings a WebSocket (`ping`, or `ka` and a ping frame on the legacy
+    /// protocol) and sends an SSE keep-alive comment; below load balancers' idle timeouts.
+    pub ws_ping_interval: Duration,
+    /// A WebSocket client that sends nothing for this long after a ping is closed (3008).
+    pub ws_pong_timeout: Duration,
+    /// Read buffer of each WebSocket, allocated per connection (small keeps idle ones cheap).
+    pub ws_read_buffer_bytes: usize,
+    /// Largest WebSocket message (and frame) accepted, in bytes.
+    pub ws_max_message_bytes: usize,
+    /// Operations that may run at once on one WebSocket.
+    pub ws_max_subscriptions: usize,
+    /// Browser origins allowed (CORS and WebSocket `Origin`); `*` allows any. Empty: localhost
+    /// pages in development, none in production.
+    pub cors_origins: Vec<String>,
+    /// A manifest of trusted documents (JSON object of id → document): when set, only those
+    /// operations run.
+    pub trusted_documents: Option<PathBuf>,
+    /// Platform admins may run any operation in trusted-documents mode.
+    pub trusted_documents_exempt_platform_admins: bool,
     /// First retry delay of a failed job; it doubles with each receive.
     pub job_retry_base: Duration,
     /// How often the relay looks for outbox rows written by other processes.

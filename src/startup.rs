@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::graphql::build_schema;
-use crate::services::{auth, events};
+use crate::services::{auth, events, live};
 use crate::state::AppState;
 use crate::{http, relay, wiring, worker};
 
@@ -125,13 +125,15 @@ impl Application {
             }
         }
         if let Some(listener) = listener {
+            live::start(&state).await?;
+            tasks.spawn(live::run(state.clone(), shutdown.clone()));
             tasks.spawn(events::run_watermark(
                 state.clone(),
-                Duration::from_millis(500),
+                state.settings.watermark_poll,
                 shutdown.clone(),
             ));
             let schema = build_schema(Some(state.clone()));
-            let app = http::router(state.clone(), schema);
+            let app = http::router(state.clone(), schema)?;
             tracing::info!(addr = %listener.local_addr()?, "serving GraphQL on /graphql and the playground on /");
             let stop = shutdown.clone();
             axum::serve(listener, app)

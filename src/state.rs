@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::config::Settings;
 use crate::http::metrics::Metrics;
-use crate::ports::{Analyzer, BlobStore, EventFeed, EventPublisher, JobQueue};
+use crate::ports::{Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue};
+use crate::services::live::EventHub;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,6 +31,10 @@ pub struct AppState {
     pub relay_wakeup: Arc<Notify>,
     /// The last event position this instance knows is committed (see `services::events`).
     pub watermark: Arc<watch::Sender<i64>>,
+    /// This instance's ordered copy of the event sequence, read by every subscriber.
+    pub hub: Arc<EventHub>,
+    /// Where persisted GraphQL documents are shared between instances.
+    pub documents: Arc<dyn DocumentStore>,
     pub metrics: Arc<Metrics>,
 }
 

@@ -12,18 +12,20 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::aws;
+use crate::adapters::database::DbDocumentStore;
 use crate::adapters::local::analyzer::LocalAnalyzer;
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::adapters::local::bus::InProcessBus;
 use crate::adapters::local::queue::EmbeddedQueue;
-use crate::adapters::redis::{RedisFanout, RedisFeed};
+use crate::adapters::redis::{RedisDocumentStore, RedisFanout, RedisFeed};
 use crate::adapters::s3::S3BlobStore;
 use crate::adapters::secrets_manager;
 use crate::adapters::sns::SnsPublisher;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::{AnalyzerKind, Layers, Settings};
 use crate::http::metrics::Metrics;
-use crate::ports::{Analyzer, BlobStore, EventFeed, EventPublisher, JobQueue};
+use crate::ports::{Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue};
+use crate::services::live::EventHub;
 use crate::state::{AppState, Realtime};
 
 /// Which database, as chosen by `VOICEGRAPH_DATABASE_URL`.
@@ -253,6 +255,16 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
             }
         };
 
+    let documents: Arc<dyn DocumentStore> = match &settings.redis_url {
+        Some(url) => Arc::new(
+            RedisDocumentStore::connect(url, &settings.redis_channel)
+                .await
+                .context("VOICEGRAPH_REDIS_URL")?,
+        ),
+        None => Arc::new(DbDocumentStore::new(db.clone())),
+    };
+    let settings_event_buffer = settings.event_buffer;
+
     let analyzer: Arc<dyn Analyzer> = match settings.analyzer {
         AnalyzerKind::Local => Arc::new(LocalAnalyzer),
         AnalyzerKind::Gemini => {
@@ -273,6 +285,8 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         shutdown,
         relay_wakeup: Arc::new(Notify::new()),
         watermark: Arc::new(watch::channel(0).0),
+        hub: Arc::new(EventHub::new(settings_event_buffer)),
+        documents,
         metrics,
     })
 }

@@ -6,5 +6,6 @@ pub mod call_segments;
 pub mod calls;
 pub mod jobs;
 pub mod outbox;
+pub mod persisted_queries;
 pub mod sequencer;
 pub mod tenants;

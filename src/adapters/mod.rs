@@ -1,6 +1,7 @@
 //! One module per technology behind the ports. Only `wiring.rs` names them.
 
 pub mod aws;
+pub mod database;
 pub mod local;
 pub mod redis;
 pub mod s3;

@@ -219,3 +219,61 @@ async fn subscribe_and_forward(
         }
     }
 }
+
+/// Persisted GraphQL documents in Redis, shared by every instance; each lives for
+/// [`DOCUMENT_TTL`] after it was last stored, so unused ones expire.
+#[derive(Clone)]
+pub struct RedisDocumentStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+/// How long a persisted document is kept after it was last registered.
+const DOCUMENT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl RedisDocumentStore {
+    /// Keys are `<prefix>:<hash>`; the prefix is the deployment's channel, so deployments that
+    /// share a Redis keep their documents apart.
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).context("parsing the Redis URL")?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(IO_TIMEOUT)
+            .set_response_timeout(IO_TIMEOUT)
+            .set_number_of_retries(2)
+            .set_max_delay(BACKOFF_MAX.as_millis() as u64);
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .context("connecting to Redis for persisted documents")?;
+        Ok(Self {
+            conn,
+            prefix: format!("{prefix}:apq"),
+        })
+    }
+}
+
+#[async_trait]
+impl crate::ports::DocumentStore for RedisDocumentStore {
+    async fn get(&self, hash: &str) -> anyhow::Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(format!("{}:{hash}", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .context("reading a persisted document from Redis")?;
+        Ok(value)
+    }
+
+    async fn put(&self, hash: &str, document: &str) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}:{hash}", self.prefix))
+            .arg(document)
+            .arg("EX")
+            .arg(DOCUMENT_TTL.as_secs())
+            .query_async(&mut conn)
+            .await
+            .context("storing a persisted document in Redis")?;
+        Ok(())
+    }
+}

@@ -1,6 +1,8 @@
 //! The GraphQL schema: queries, mutations and subscriptions merged from one file per area, with
 //! depth, complexity and alias limits, and introspection off in production.
 
+pub mod documents;
+pub mod live;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
@@ -10,9 +12,13 @@ pub mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
+};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Context, ErrorExtensions, Schema, ServerError, ServerResult, Variables, ID};
+use async_graphql::{
+    Context, ErrorExtensions, Schema, ServerError, ServerResult, ValidationResult, Variables, ID,
+};
 
 use crate::error::AppError;
 use crate::services::auth::Caller;
@@ -31,6 +37,7 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
     if let Some(state) = state {
         let s = &state.settings;
         builder = builder
+            .extension(RequestErrorCodes)
             .limit_depth(s.max_query_depth)
             .limit_complexity(s.max_query_complexity)
             .extension(AliasLimit(s.max_aliases))
@@ -146,5 +153,85 @@ impl Extension for AliasLimitExt {
             return Err(e);
         }
         Ok(doc)
+    }
+}
+
+/// Gives the errors of a refused request their codes and one-line messages:
+/// `GRAPHQL_PARSE_FAILED` (with the position, never the document) and
+/// `GRAPHQL_VALIDATION_FAILED`. Registered first, so it sees what the limits refused too.
+struct RequestErrorCodes;
+
+impl ExtensionFactory for RequestErrorCodes {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(RequestErrorCodes)
+    }
+}
+
+fn has_code(e: &ServerError) -> bool {
+    e.extensions
+        .as_ref()
+        .is_some_and(|x| x.get("code").is_some())
+}
+
+fn with_code(mut e: ServerError, code: &str) -> ServerError {
+    if !has_code(&e) {
+        let mut x = e.extensions.take().unwrap_or_default();
+        x.set("code", code);
+        e.extensions = Some(x);
+    }
+    e
+}
+
+/// A parser message is several lines quoting the document (` --> 1:3`, the line, a caret,
+/// `= expected selection`); keep only what was expected.
+pub fn one_line_syntax_error(message: &str) -> String {
+    let expected = message
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("= "))
+        .or_else(|| message.lines().map(str::trim).find(|l| !l.is_empty()))
+        .unwrap_or("invalid document");
+    format!("Syntax Error: {expected}")
+}
+
+#[async_trait::async_trait]
+impl Extension for RequestErrorCodes {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        next.run(ctx, query, variables).await.map_err(|mut e| {
+            if has_code(&e) {
+                return e;
+            }
+            if e.message.contains('\n') {
+                e.message = one_line_syntax_error(&e.message);
+                with_code(e, "GRAPHQL_PARSE_FAILED")
+            } else {
+                // Limits checked while parsing (recursion depth, directives per field).
+                with_code(e, "GRAPHQL_VALIDATION_FAILED")
+            }
+        })
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        next.run(ctx).await.map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|mut e| {
+                    if e.message.contains('\n') {
+                        e.message = e.message.split_whitespace().collect::<Vec<_>>().join(" ");
+                    }
+                    with_code(e, "GRAPHQL_VALIDATION_FAILED")
+                })
+                .collect()
+        })
     }
 }

@@ -1,14 +1,12 @@
-//! GraphQL over HTTP (the GraphQL-over-HTTP spec: status codes, `application/graphql-response+json`)
-//! and over WebSocket (`graphql-transport-ws` and legacy `graphql-ws`, auth in `connection_init`).
+//! GraphQL over HTTP as the GraphQL-over-HTTP spec has it: `POST` with JSON (single or batched)
+//! or the multipart request spec (uploads), `GET` for queries, `application/graphql-response+json`
+//! with its status codes, Apollo-style CSRF prevention, persisted documents; and the doors to
+//! the streaming transports on the same path (WebSocket upgrade, `Accept: text/event-stream`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use async_graphql::http::{MultipartOptions, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::http::MultipartOptions;
 use async_graphql::parser::types::OperationType;
-use async_graphql::{BatchRequest, BatchResponse, Data};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
-use axum::body::Body;
+use async_graphql::{BatchRequest, Request};
+use axum::body::{Body, Bytes};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,19 +16,22 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use super::HttpState;
 use crate::error::AppError;
+use crate::graphql::documents::{DocumentError, Params};
+use crate::graphql::live::{is_request_error, operation_type, result_json};
 use crate::graphql::loaders::Loaders;
 use crate::services::auth::{self, Caller};
 use crate::state::AppState;
 
-const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+pub const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+const JSON: &str = "application/json";
 
-/// A response made of one GraphQL error with a code.
+/// A response made of one GraphQL error with a code (requests refused before any GraphQL).
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     let body =
         serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (
         status,
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
         body.to_string(),
     )
         .into_response()
@@ -50,101 +51,369 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
         _ => Err(Box::new(error_response(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
-            "the Authorization header must be `Bearer <API key>`",
+            "the Authorization header must be `Bearer <API key or JWT>`",
         ))),
     }
+}
+
+/// The caller of a token (an API key or a JWT).
+pub async fn authenticate(app: &AppState, token: &str) -> Result<Caller, AppError> {
+    auth::authenticate(&app.db, token).await
+}
+
+/// The response that refuses a request whose credentials failed.
+fn auth_failure(e: AppError) -> Box<Response> {
+    Box::new(match e {
+        AppError::Internal(e) => {
+            let id = uuid::Uuid::new_v4();
+            tracing::error!(error_id = %id, error = ?e, "authentication failed");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                &format!("internal error (error id {id})"),
+            )
+        }
+        e => error_response(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()),
+    })
 }
 
 /// The caller named by the request's `Authorization` header; no header means anonymous (fields
 /// that need a caller then answer `UNAUTHENTICATED`), a bad one is refused outright.
-async fn caller_from_headers(
+pub async fn caller_from_headers(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Caller>, Box<Response>> {
-    let Some(token) = bearer(headers)? else {
-        return Ok(None);
-    };
-    match auth::authenticate(&app.db, &token).await {
-        Ok(c) => Ok(Some(c)),
-        Err(AppError::Internal(e)) => {
-            let id = uuid::Uuid::new_v4();
-            tracing::error!(error_id = %id, error = ?e, "authentication failed");
-            Err(Box::new(error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
-                &format!("internal error (error id {id})"),
-            )))
-        }
-        Err(e) => Err(Box::new(error_response(
-            StatusCode::UNAUTHORIZED,
-            e.code(),
-            &e.to_string(),
-        ))),
+    match bearer(headers)? {
+        Some(token) => authenticate(app, &token)
+            .await
+            .map(Some)
+            .map_err(auth_failure),
+        None => Ok(None),
     }
 }
 
-fn wants_graphql_response(headers: &HeaderMap) -> bool {
+/// The media types of the `Accept` header, without parameters, in the order given; `q=0` ones
+/// are left out.
+fn accepted(headers: &HeaderMap) -> Vec<String> {
     headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains(GRAPHQL_RESPONSE))
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let media = parts.next()?.trim().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (!media.is_empty() && !refused).then_some(media)
+        })
+        .collect()
 }
 
-fn respond(headers: &HeaderMap, resp: BatchResponse) -> Response {
-    let modern = wants_graphql_response(headers);
-    // A request error (nothing executed) is a 400 under the modern media type; field errors are 200.
-    let request_error = match &resp {
-        BatchResponse::Single(r) => r.is_err() && r.data == async_graphql::Value::Null,
-        BatchResponse::Batch(rs) => rs
-            .iter()
-            .all(|r| r.is_err() && r.data == async_graphql::Value::Null),
-    };
-    let status = if modern && request_error {
+/// Whether the client asked for a `text/event-stream` response (graphql-sse).
+pub fn wants_event_stream(headers: &HeaderMap) -> bool {
+    let types = accepted(headers);
+    types.iter().any(|t| t == "text/event-stream")
+        && !types.iter().any(|t| t == GRAPHQL_RESPONSE || t == JSON)
+}
+
+/// Which of the two GraphQL response media types the client accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseType {
+    /// `application/graphql-response+json`: request errors are 4xx.
+    GraphQLResponse,
+    /// `application/json`: every well-formed GraphQL response is 200.
+    Json,
+}
+
+impl ResponseType {
+    pub fn negotiate(headers: &HeaderMap) -> Result<Self, Box<Response>> {
+        let types = accepted(headers);
+        if types.is_empty() {
+            return Ok(Self::Json);
+        }
+        for t in &types {
+            match t.as_str() {
+                GRAPHQL_RESPONSE => return Ok(Self::GraphQLResponse),
+                JSON | "application/*" | "*/*" => return Ok(Self::Json),
+                _ => {}
+            }
+        }
+        Err(Box::new(error_response(
+            StatusCode::NOT_ACCEPTABLE,
+            "BAD_USER_INPUT",
+            "this endpoint answers application/graphql-response+json or application/json (or text/event-stream for subscriptions)",
+        )))
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::GraphQLResponse => "application/graphql-response+json; charset=utf-8",
+            Self::Json => "application/json; charset=utf-8",
+        }
+    }
+}
+
+/// One entry of a (possibly batched) request, as it will be answered.
+enum Answer {
+    Executed(async_graphql::Response),
+    /// Refused before execution (its document could not be chosen): a GraphQL error object.
+    Refused(serde_json::Value),
+}
+
+impl Answer {
+    fn request_error(&self) -> bool {
+        match self {
+            Self::Executed(r) => is_request_error(r),
+            Self::Refused(_) => true,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Executed(r) => serde_json::from_str(&result_json(r)).unwrap_or_default(),
+            Self::Refused(e) => serde_json::json!({ "errors": [e] }),
+        }
+    }
+}
+
+fn respond(kind: ResponseType, answers: Vec<Answer>, batch: bool) -> Response {
+    let request_error = answers.iter().all(Answer::request_error);
+    // GraphQL-over-HTTP: under the modern media type a response without `data` (the request
+    // was refused before execution) is a 400; one with `data`, even null, is a 200.
+    let status = if kind == ResponseType::GraphQLResponse && request_error {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
     };
-    let body = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{}".to_vec());
-    let ct = if modern {
-        GRAPHQL_RESPONSE
+    let body = if batch {
+        serde_json::Value::Array(answers.iter().map(Answer::to_json).collect())
     } else {
-        "application/json"
+        answers
+            .first()
+            .map(Answer::to_json)
+            .unwrap_or(serde_json::Value::Null)
     };
-    let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(kind.content_type()),
+    );
     r
 }
 
-async fn execute(state: &HttpState, caller: Option<Caller>, batch: BatchRequest) -> BatchResponse {
+/// Executes each request with the HTTP request's DataLoaders (shared by a batch, caching).
+async fn execute(
+    state: &HttpState,
+    caller: Option<&Caller>,
+    requests: Vec<Result<Request, DocumentError>>,
+) -> Vec<Answer> {
     let app = &state.app;
-    let batch = batch.data(Loaders::new(&app.db, app.settings.loader_delay, true));
-    let batch = match caller {
-        Some(c) => batch.data(c),
-        None => batch,
-    };
-    state.schema.execute_batch(batch).await
+    let loaders = Loaders::new(&app.db, app.settings.loader_delay, true);
+    let mut answers = Vec::with_capacity(requests.len());
+    for r in requests {
+        answers.push(match r {
+            Ok(mut request) => {
+                request = request.data(loaders.clone());
+                if let Some(c) = caller {
+                    request = request.data(c.clone());
+                }
+                Answer::Executed(state.schema.execute(request).await)
+            }
+            Err(e) => Answer::Refused(e.to_json()),
+        });
+    }
+    answers
 }
 
-/// `POST /graphql`: JSON bodies or GraphQL multipart requests (file uploads).
+/// Apollo's CSRF prevention: a request a browser would send cross-site without a preflight
+/// (no content type, or `text/plain`, `application/x-www-form-urlencoded`,
+/// `multipart/form-data`) runs only with a header that forces one.
+fn csrf_blocked(headers: &HeaderMap) -> bool {
+    let preflighted = ["x-apollo-operation-name", "apollo-require-preflight"]
+        .iter()
+        .any(|h| {
+            headers
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| !v.trim().is_empty())
+        });
+    if preflighted {
+        return false;
+    }
+    let simple = match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(ct) => {
+            let media = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(
+                media.as_str(),
+                "" | "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"
+            )
+        }
+    };
+    simple
+}
+
+const CSRF_MESSAGE: &str = "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF). Send a `Content-Type` other than text/plain, application/x-www-form-urlencoded or multipart/form-data, or a non-empty `x-apollo-operation-name` or `apollo-require-preflight` header (required with multipart uploads).";
+
+/// The request's media type, lower case without parameters, if it names one.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|m| !m.is_empty())
+}
+
+/// Whether a `charset` parameter, when present, is UTF-8 (the only encoding accepted).
+fn utf8_charset(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    ct.split(';').skip(1).all(|p| {
+        let mut kv = p.splitn(2, '=');
+        let k = kv.next().unwrap_or("").trim();
+        let v = kv.next().unwrap_or("").trim().trim_matches('"');
+        !k.eq_ignore_ascii_case("charset")
+            || v.eq_ignore_ascii_case("utf-8")
+            || v.eq_ignore_ascii_case("utf8")
+    })
+}
+
+/// Reads a whole body up to `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Box<Response>> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Box::new(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BAD_USER_INPUT",
+            &format!("the request body is larger than {limit} bytes"),
+        ))
+    })
+}
+
+/// The parameters of a JSON body: one request object, or an array of them (a batch).
+pub fn json_params(bytes: &[u8]) -> Result<(Vec<Params>, bool), Box<Response>> {
+    let bad = |msg: String| {
+        Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            &msg,
+        ))
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad("a request body is required".into()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
+    match value {
+        serde_json::Value::Array(items) => {
+            if items.is_empty() {
+                return Err(bad("an empty batch".into()));
+            }
+            let params = items
+                .into_iter()
+                .map(Params::from_json)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("invalid GraphQL request: {e}")))?;
+            Ok((params, true))
+        }
+        other => Params::from_json(other)
+            .map(|p| (vec![p], false))
+            .map_err(|e| bad(format!("invalid GraphQL request: {e}"))),
+    }
+}
+
+/// `POST /graphql`: JSON bodies or GraphQL multipart requests (file uploads); with
+/// `Accept: text/event-stream`, a graphql-sse stream.
 pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    if csrf_blocked(&headers) {
+        return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", CSRF_MESSAGE);
+    }
+    if wants_event_stream(&headers) {
+        return super::sse::post(state, headers, body).await;
+    }
+    let kind = match ResponseType::negotiate(&headers) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    if !utf8_charset(&headers) {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            "request bodies must be UTF-8",
+        );
+    }
     let caller = match caller_from_headers(&state.app, &headers).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
+    match media_type(&headers).as_deref() {
+        Some(JSON) => {
+            let bytes = match read_body(body, state.app.settings.max_request_bytes).await {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let (params, batch) = match json_params(&bytes) {
+                Ok(p) => p,
+                Err(r) => return *r,
+            };
+            let mut requests = Vec::with_capacity(params.len());
+            for p in params {
+                requests.push(state.documents.resolve(p, caller.as_ref()).await);
+            }
+            respond(kind, execute(&state, caller.as_ref(), requests).await, batch)
+        }
+        Some("multipart/form-data") => multipart(state, kind, caller, headers, body).await,
+        Some(other) => error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            &format!(
+                "unsupported Content-Type {other:?}: send application/json (or multipart/form-data for uploads)"
+            ),
+        ),
+        None => error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            "a Content-Type is required: send application/json (or multipart/form-data for uploads)",
+        ),
+    }
+}
+
+/// The GraphQL multipart request spec (`operations`, `map`, files).
+async fn multipart(
+    state: HttpState,
+    kind: ResponseType,
+    caller: Option<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let settings = &state.app.settings;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let multipart = content_type
-        .as_deref()
-        .is_some_and(|c| c.starts_with("multipart/form-data"));
-    let limit = if multipart {
-        settings.max_recording_bytes as usize + settings.max_request_bytes
-    } else {
-        settings.max_request_bytes
-    };
+    let limit = settings.max_recording_bytes as usize + settings.max_request_bytes;
     let limited = http_body_util::Limited::new(body, limit);
     let stream = Body::new(limited)
         .into_data_stream()
@@ -163,44 +432,45 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
                 || msg.contains("too large")
                 || msg.contains("size limit")
             {
-                let why = if multipart {
-                    format!(
-                        "the recording is larger than {} bytes",
-                        settings.max_recording_bytes
-                    )
-                } else {
-                    format!(
-                        "the request body is larger than {} bytes",
-                        settings.max_request_bytes
-                    )
-                };
+                let why = format!(
+                    "the recording is larger than {} bytes",
+                    settings.max_recording_bytes
+                );
                 return error_response(StatusCode::PAYLOAD_TOO_LARGE, "BAD_USER_INPUT", &why);
             }
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
-                &format!("invalid GraphQL request: {msg}"),
+                &format!("invalid GraphQL multipart request: {msg}"),
             );
         }
     };
-    respond(&headers, execute(&state, caller, batch).await)
+    let (requests, is_batch) = match batch {
+        BatchRequest::Single(r) => (vec![r], false),
+        BatchRequest::Batch(rs) => (rs, true),
+    };
+    let requests = requests
+        .into_iter()
+        .map(|r| state.documents.check(&r, caller.as_ref()).map(|()| r))
+        .collect();
+    respond(
+        kind,
+        execute(&state, caller.as_ref(), requests).await,
+        is_batch,
+    )
 }
 
-/// `GET /graphql`: a query in the query string, or a WebSocket upgrade for subscriptions.
+/// `GET /graphql`: a query in the query string, a WebSocket upgrade for subscriptions, or a
+/// graphql-sse stream.
 pub async fn get_or_ws(
     State(state): State<HttpState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    protocol: Result<GraphQLProtocol, StatusCode>,
 ) -> Response {
-    if let (Ok(ws), Ok(protocol)) = (ws, protocol) {
-        return websocket(state, headers, ws, protocol).await;
+    if let Ok(ws) = ws {
+        return super::ws::upgrade(state, headers, ws).await;
     }
-    let caller = match caller_from_headers(&state.app, &headers).await {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
     let query = query.unwrap_or_default();
     if query.len() > state.app.settings.max_request_bytes {
         return error_response(
@@ -209,142 +479,41 @@ pub async fn get_or_ws(
             "the query string is too long",
         );
     }
-    let request = match get_request(&query) {
-        Ok(r) => r,
-        Err(msg) => return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg),
+    if wants_event_stream(&headers) {
+        return super::sse::get(state, headers, &query).await;
+    }
+    let kind = match ResponseType::negotiate(&headers) {
+        Ok(k) => k,
+        Err(r) => return *r,
     };
-    // Only queries travel over GET (GraphQL-over-HTTP): they must have no side effects.
-    if let Ok(doc) = async_graphql::parser::parse_query(&request.query) {
-        let op = match &request.operation_name {
-            Some(name) => doc
-                .operations
-                .iter()
-                .find(|(n, _)| n.map(|n| n.as_str()) == Some(name.as_str())),
-            // Several unnamed choices: execution refuses it ("operation name required").
-            None if doc.operations.iter().count() > 1 => None,
-            None => doc.operations.iter().next(),
-        };
-        if let Some((_, op)) = op {
-            if op.node.ty != OperationType::Query {
-                let mut r = error_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "BAD_USER_INPUT",
-                    "only queries may be sent with GET; use POST for mutations and WebSocket for subscriptions",
-                );
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
-                return r;
-            }
-        }
-    }
-    respond(
-        &headers,
-        execute(&state, caller, BatchRequest::Single(request)).await,
-    )
-}
-
-/// The GraphQL-over-HTTP GET parameters: `query`, `operationName`, and JSON `variables` and
-/// `extensions`.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GetParams {
-    query: Option<String>,
-    operation_name: Option<String>,
-    variables: Option<String>,
-}
-
-fn get_request(query_string: &str) -> Result<async_graphql::Request, String> {
-    let p: GetParams = serde_urlencoded::from_str(query_string)
-        .map_err(|e| format!("invalid query string: {e}"))?;
-    let query = p.query.ok_or("the query parameter is required")?;
-    let mut request = async_graphql::Request::new(query);
-    if let Some(name) = p.operation_name.filter(|n| !n.is_empty()) {
-        request = request.operation_name(name);
-    }
-    if let Some(vars) = p.variables.filter(|v| !v.is_empty()) {
-        let json: serde_json::Value =
-            serde_json::from_str(&vars).map_err(|e| format!("variables is not valid JSON: {e}"))?;
-        request = request.variables(async_graphql::Variables::from_json(json));
-    }
-    Ok(request)
-}
-
-fn token_from_init(payload: &serde_json::Value) -> Option<String> {
-    let obj = payload.as_object()?;
-    let raw = ["Authorization", "authorization", "token", "apiKey"]
-        .iter()
-        .find_map(|k| obj.get(*k))
-        .or_else(|| {
-            obj.get("headers")
-                .and_then(|h| h.get("Authorization").or_else(|| h.get("authorization")))
-        })?
-        .as_str()?;
-    let token = match raw.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t,
-        _ => raw,
-    };
-    Some(token.trim().to_string()).filter(|t| !t.is_empty())
-}
-
-async fn websocket(
-    state: HttpState,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-    protocol: GraphQLProtocol,
-) -> Response {
-    // A token on the upgrade request works too (browsers cannot set headers on WebSockets).
-    let header_caller = match caller_from_headers(&state.app, &headers).await {
+    let caller = match caller_from_headers(&state.app, &headers).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
-    let init_timeout = state.app.settings.ws_init_timeout;
-    let app = state.app.clone();
-    let schema = state.schema.clone();
-    ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .max_message_size(64 * 1024)
-        .max_frame_size(64 * 1024)
-        .on_upgrade(move |socket| async move {
-            let initialised = Arc::new(AtomicBool::new(false));
-            let flag = initialised.clone();
-            let db = app.db.clone();
-            let mut data = Data::default();
-            if let Some(c) = header_caller.clone() {
-                data.insert(c);
-            }
-            let conn = GraphQLWebSocket::new(socket, schema, protocol)
-                .with_data(data)
-                .on_connection_init(move |payload| async move {
-                    flag.store(true, Ordering::SeqCst);
-                    let mut data = Data::default();
-                    match token_from_init(&payload) {
-                        Some(token) => {
-                            let caller = auth::authenticate(&db, &token)
-                                .await
-                                .map_err(|e| async_graphql::Error::new(e.to_string()))?;
-                            data.insert(caller);
-                        }
-                        None if header_caller.is_some() => {}
-                        None => {
-                            return Err(async_graphql::Error::new(
-                                "authentication required: send {\"Authorization\": \"Bearer <API key>\"} in connection_init",
-                            ))
-                        }
-                    }
-                    Ok(data)
-                })
-                .keepalive_timeout(std::time::Duration::from_secs(60));
-            app.metrics.ws_connections.inc();
-            let watchdog = async {
-                tokio::time::sleep(init_timeout).await;
-                if initialised.load(Ordering::SeqCst) {
-                    std::future::pending::<()>().await;
-                }
-                tracing::debug!("closing a WebSocket that sent no connection_init in time");
-            };
-            tokio::select! {
-                _ = conn.serve() => {}
-                _ = watchdog => {}
-            }
-            app.metrics.ws_connections.dec();
-        })
+    let params = match Params::from_query_string(&query) {
+        Ok(p) => p,
+        Err(msg) => return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg),
+    };
+    let mut request = match state.documents.resolve(params, caller.as_ref()).await {
+        Ok(r) => r,
+        Err(e) => return respond(kind, vec![Answer::Refused(e.to_json())], false),
+    };
+    // Only queries travel over GET (GraphQL-over-HTTP): they must have no side effects.
+    if let Some(ty) = operation_type(&mut request) {
+        if ty != OperationType::Query {
+            let mut r = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "BAD_USER_INPUT",
+                "only queries may be sent with GET; use POST for mutations, and WebSocket or SSE for subscriptions",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+    }
+    respond(
+        kind,
+        execute(&state, caller.as_ref(), vec![Ok(request)]).await,
+        false,
+    )
 }

@@ -21,6 +21,15 @@ pub struct Metrics {
     pub job_seconds: Histogram,
     pub db_statements: IntCounter,
     pub ws_connections: IntGauge,
+    pub sse_streams: IntGauge,
+    /// Live subscriptions of this instance (WebSocket and SSE).
+    pub subscriptions: IntGauge,
+    /// Shared executions: one per distinct (tenant, role, document, variables) being watched.
+    pub subscription_groups: IntGauge,
+    /// Database reads that filled a gap in the instance's event hub.
+    pub hub_gap_reads: IntCounter,
+    /// Database reads that replayed events to one subscriber (a cursor, or a lagging client).
+    pub subscription_replays: IntCounter,
     pub queue_depth: IntGauge,
 }
 
@@ -50,6 +59,27 @@ impl Metrics {
             "Open GraphQL WebSocket connections",
         )
         .expect("metric");
+        let sse_streams = IntGauge::new("sse_streams", "Open GraphQL SSE streams").expect("metric");
+        let subscriptions = IntGauge::new(
+            "subscriptions",
+            "Live GraphQL subscriptions (WebSocket and SSE)",
+        )
+        .expect("metric");
+        let subscription_groups = IntGauge::new(
+            "subscription_groups",
+            "Shared subscription executions (distinct tenant, role, document and variables)",
+        )
+        .expect("metric");
+        let hub_gap_reads = IntCounter::new(
+            "event_hub_gap_reads_total",
+            "Database reads that filled a gap in the instance's event sequence",
+        )
+        .expect("metric");
+        let subscription_replays = IntCounter::new(
+            "subscription_replays_total",
+            "Database reads that replayed events to one subscriber",
+        )
+        .expect("metric");
         let queue_depth =
             IntGauge::new("job_queue_depth", "Jobs waiting or leased").expect("metric");
         for m in [
@@ -58,6 +88,11 @@ impl Metrics {
             Box::new(job_seconds.clone()),
             Box::new(db_statements.clone()),
             Box::new(ws_connections.clone()),
+            Box::new(sse_streams.clone()),
+            Box::new(subscriptions.clone()),
+            Box::new(subscription_groups.clone()),
+            Box::new(hub_gap_reads.clone()),
+            Box::new(subscription_replays.clone()),
             Box::new(queue_depth.clone()),
         ] {
             registry.register(m).expect("unique metric");
@@ -69,6 +104,11 @@ impl Metrics {
             job_seconds,
             db_statements,
             ws_connections,
+            sse_streams,
+            subscriptions,
+            subscription_groups,
+            hub_gap_reads,
+            subscription_replays,
             queue_depth,
         }
     }

@@ -2,15 +2,22 @@
 //! health, readiness, metrics, and the signed blob URLs of the directory store.
 
 pub mod blobs;
+pub mod cors;
 pub mod graphql;
 pub mod health;
 pub mod metrics;
 pub mod playground;
+pub mod sse;
+pub mod ws;
+
+use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
+use crate::graphql::documents::{Documents, TrustedDocuments};
+use crate::graphql::live::Live;
 use crate::graphql::AppSchema;
 use crate::state::AppState;
 
@@ -18,12 +25,32 @@ use crate::state::AppState;
 pub struct HttpState {
     pub app: AppState,
     pub schema: AppSchema,
+    /// Live subscriptions, shared by every WebSocket and SSE stream of this instance.
+    pub live: Arc<Live>,
+    /// How each request's document is chosen (text, persisted hash, trusted id).
+    pub documents: Arc<Documents>,
 }
 
-pub fn router(app: AppState, schema: AppSchema) -> Router {
+/// The HTTP application of `serve`. Fails when the trusted documents manifest cannot be read.
+pub fn router(app: AppState, schema: AppSchema) -> anyhow::Result<Router> {
+    let trusted = match &app.settings.trusted_documents {
+        Some(path) => {
+            let t = TrustedDocuments::load(path)?;
+            tracing::info!(documents = t.len(), path = %path.display(), "only trusted documents will run");
+            Some(t)
+        }
+        None => None,
+    };
+    let documents = Arc::new(Documents::new(
+        app.documents.clone(),
+        trusted,
+        app.settings.trusted_documents_exempt_platform_admins,
+    ));
     let state = HttpState {
         app: app.clone(),
+        live: Live::new(schema.clone(), app.clone()),
         schema,
+        documents,
     };
     let mut router = Router::new()
         .route("/graphql", get(graphql::get_or_ws).post(graphql::post))
@@ -35,11 +62,12 @@ pub fn router(app: AppState, schema: AppSchema) -> Router {
     if app.local_blobs.is_some() {
         router = router.route("/blobs/{*key}", get(blobs::get).put(blobs::put));
     }
-    router
+    Ok(router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
+        .layer(cors::layer(&app.settings))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state))
 }

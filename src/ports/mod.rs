@@ -125,3 +125,13 @@ pub trait Analyzer: Send + Sync {
         request: AnalysisRequest,
     ) -> Result<Analysis, AnalyzeError>;
 }
+
+/// Where persisted GraphQL documents (Apollo APQ) are kept, so that every instance knows a hash
+/// any of them learned.
+#[async_trait]
+pub trait DocumentStore: Send + Sync {
+    /// The document stored under `hash` (lowercase hex SHA-256), if any.
+    async fn get(&self, hash: &str) -> anyhow::Result<Option<String>>;
+    /// Stores a document under its hash; storing one that is already there succeeds.
+    async fn put(&self, hash: &str, document: &str) -> anyhow::Result<()>;
+}

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, async_graphql::Enum)]
 #[graphql(name = "Role")]
 pub enum Role {
     /// Manages the tenant's keys and does everything below.
@@ -66,6 +66,10 @@ pub struct Caller {
     pub key_id: Option<Uuid>,
     /// May create tenants and keys in any tenant.
     pub platform_admin: bool,
+    /// When the credentials stop being valid (a JWT's `exp`); `None` for API keys.
+    pub expires_at: Option<chrono::DateTime<Utc>>,
+    /// The end user (a JWT's `sub`), if known.
+    pub subject: Option<String>,
 }
 
 impl Caller {
@@ -143,6 +147,8 @@ pub async fn authenticate(db: &DatabaseConnection, token: &str) -> AppResult<Cal
         role,
         key_id: Some(key.id),
         platform_admin: key.platform_admin,
+        expires_at: None,
+        subject: None,
     })
 }
 

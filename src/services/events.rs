@@ -2,7 +2,6 @@
 //! commit order, and streamed to subscribers — replay from the database, then live, with gaps
 //! (lag, lost messages) filled from the database so that no subscriber misses or repeats one.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_stream::try_stream;
@@ -20,7 +19,6 @@ use uuid::Uuid;
 
 use crate::domain::{CallStatus, EventEnvelope, JobMessage};
 use crate::error::AppResult;
-use crate::services::auth::Caller;
 use crate::state::AppState;
 
 /// Outbox destinations.
@@ -170,12 +168,24 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    fn matches(&self, tenant_id: Uuid, e: &EventEnvelope) -> bool {
+    pub fn matches(&self, tenant_id: Uuid, e: &EventEnvelope) -> bool {
         e.tenant_id == tenant_id
             && self.call_id.is_none_or(|c| c == e.call_id)
             && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
             && (self.statuses.is_empty() || self.statuses.contains(&e.status))
     }
+}
+
+/// What a subscriber watches, once its arguments are checked.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub tenant: Uuid,
+    pub filter: EventFilter,
+    /// Replay every event after this position first.
+    pub after: Option<i64>,
+    /// Without `after`, replay the call's own events first (a call has few), so that
+    /// subscribe-then-act never loses an event.
+    pub replay_call: bool,
 }
 
 /// Sequenced events of a tenant in (after, upto], in order, matching the filter.
@@ -186,23 +196,44 @@ pub async fn events_between(
     after: i64,
     upto: i64,
 ) -> anyhow::Result<Vec<EventEnvelope>> {
+    sequenced(db, Some((tenant_id, filter)), after, upto).await
+}
+
+/// Sequenced events of every tenant in (after, upto], in order: the instance hub's read, the one
+/// cross-tenant read of events.
+pub async fn events_between_all(
+    db: &DatabaseConnection,
+    after: i64,
+    upto: i64,
+) -> anyhow::Result<Vec<EventEnvelope>> {
+    sequenced(db, None, after, upto).await
+}
+
+async fn sequenced(
+    db: &DatabaseConnection,
+    scope: Option<(Uuid, &EventFilter)>,
+    after: i64,
+    upto: i64,
+) -> anyhow::Result<Vec<EventEnvelope>> {
     let mut out = Vec::new();
     let mut from = after;
     loop {
         let mut q = call_events::Entity::find()
-            .filter(call_events::Column::TenantId.eq(tenant_id))
             .filter(call_events::Column::Seq.gt(from))
             .filter(call_events::Column::Seq.lte(upto));
-        if let Some(call) = filter.call_id {
-            q = q.filter(call_events::Column::CallId.eq(call));
-        }
-        if !filter.kinds.is_empty() {
-            q = q.filter(call_events::Column::Kind.is_in(filter.kinds.clone()));
-        }
-        if !filter.statuses.is_empty() {
-            q = q.filter(
-                call_events::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())),
-            );
+        if let Some((tenant_id, filter)) = scope {
+            q = q.filter(call_events::Column::TenantId.eq(tenant_id));
+            if let Some(call) = filter.call_id {
+                q = q.filter(call_events::Column::CallId.eq(call));
+            }
+            if !filter.kinds.is_empty() {
+                q = q.filter(call_events::Column::Kind.is_in(filter.kinds.clone()));
+            }
+            if !filter.statuses.is_empty() {
+                q = q.filter(
+                    call_events::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())),
+                );
+            }
         }
         let page = q
             .order_by_asc(call_events::Column::Seq)
@@ -218,68 +249,43 @@ pub async fn events_between(
     }
 }
 
-/// A subscriber's stream: replays events after `after` (or starts from now), then goes live.
-/// Positions are dense and committed in order, so a jump in the live feed is a gap that the
-/// database fills; lag and a silent feed are caught by the instance's watermark.
+/// A subscriber's stream on its own (without a shared group): what `watch` asks to replay, then
+/// the instance hub's events from the position it joined at.
 pub fn stream(
     state: AppState,
-    caller: Caller,
-    filter: EventFilter,
-    after: Option<i64>,
+    watch: Watch,
 ) -> impl Stream<Item = anyhow::Result<EventEnvelope>> + Send + 'static {
     try_stream! {
-        let mut live = state.feed.subscribe();
-        let mut watermark = state.watermark.subscribe();
-        let db = state.db.clone();
-        let tenant = caller.tenant_id;
-        let mut last = match after {
-            Some(a) => a,
-            None => max_seq(&db).await?,
-        };
-        let top = max_seq(&db).await?;
-        if top > last {
-            for e in events_between(&db, tenant, &filter, last, top).await? {
+        let (position, mut hub) = state.hub.join();
+        let from = watch.after.or(watch.replay_call.then_some(0));
+        if let Some(from) = from.filter(|f| *f < position) {
+            for e in events_between(&state.db, watch.tenant, &watch.filter, from, position).await? {
                 yield e;
             }
-            last = top;
         }
+        let mut last = position.max(watch.after.unwrap_or(0));
         loop {
-            let step = tokio::select! {
-                received = live.recv() => Step::Live(received),
-                changed = watermark.changed() => match changed {
-                    Ok(()) => Step::Watermark(*watermark.borrow_and_update()),
-                    Err(_) => Step::Closed,
-                },
+            let item = match hub.recv().await {
+                Ok(item) => item,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
             };
-            let upto = match step {
-                Step::Live(Ok(e)) if e.seq <= last => continue,
-                Step::Live(Ok(e)) if e.seq == last + 1 => {
-                    last = e.seq;
-                    if filter.matches(tenant, &e) {
-                        yield Arc::unwrap_or_clone(e);
-                    }
-                    continue;
-                }
-                // A jump ahead: fill the gap from the database, but never past what it holds,
-                // so a stray message (another deployment on the same channel) moves nothing.
-                Step::Live(Ok(e)) => e.seq.min(max_seq(&db).await?),
-                Step::Live(Err(RecvError::Lagged(_))) => max_seq(&db).await?,
-                Step::Live(Err(RecvError::Closed)) | Step::Closed => break,
-                Step::Watermark(top) if top <= last => continue,
-                Step::Watermark(top) => top,
-            };
-            for e in events_between(&db, tenant, &filter, last, upto).await? {
-                yield e;
+            if item.seq <= last {
+                continue;
             }
-            last = last.max(upto);
+            if item.prev > last {
+                for e in events_between(&state.db, watch.tenant, &watch.filter, last, item.prev).await? {
+                    yield e;
+                }
+            }
+            if let Some(e) = &item.event {
+                if watch.filter.matches(watch.tenant, e) {
+                    yield e.clone();
+                }
+            }
+            last = item.seq;
         }
     }
-}
-
-enum Step {
-    Live(Result<Arc<EventEnvelope>, RecvError>),
-    Watermark(i64),
-    Closed,
 }
 
 /// Publishes this instance's view of the last committed position, so subscribers notice events

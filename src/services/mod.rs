@@ -4,4 +4,5 @@
 pub mod auth;
 pub mod calls;
 pub mod events;
+pub mod live;
 pub mod stats;

@@ -329,10 +329,9 @@ async fn tenants_cannot_see_or_touch_each_others_calls() {
     // B is an admin: it may do everything, but only in its own tenant.
     let (_, b) = tenant_with(&app, "tenant-b", "ADMIN").await;
 
-    let events = "subscription { callEvents { callId kind } }";
+    let events = "subscription { callEvents(after: \"0\") { callId kind } }";
     let mut sub_a = app.subscribe(&a, events, json!({})).await;
     let mut sub_b = app.subscribe(&b, events, json!({})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (status, body) = app.submit(&a, short_call(), "audio/wav", json!({})).await;
     assert_eq!(status, 200, "{body:#}");
@@ -654,9 +653,8 @@ async fn legacy_graphql_ws_protocol_works() {
         .await;
     let ack = ws.recv(Duration::from_secs(5)).await.expect("an answer");
     assert_eq!(ack["type"], "connection_ack", "{ack}");
-    ws.send(json!({ "id": "1", "type": "start", "payload": { "query": "subscription { callEvents { callId kind status } }" } }))
+    ws.send(json!({ "id": "1", "type": "start", "payload": { "query": "subscription { callEvents(after: \"0\") { callId kind status } }" } }))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let id = app.submit_ok(short_call(), json!({})).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let data = loop {
@@ -700,7 +698,11 @@ async fn websockets_without_connection_init_are_closed_after_the_timeout() {
     .await;
     // A connection that initialises in time stays open past the timeout.
     let mut live = app
-        .subscribe(ADMIN_KEY, "subscription { callEvents { kind } }", json!({}))
+        .subscribe(
+            ADMIN_KEY,
+            "subscription { callEvents(after: \"0\") { kind } }",
+            json!({}),
+        )
         .await;
 
     let mut idle = Subscription::connect(&app.addr, "graphql-transport-ws").await;

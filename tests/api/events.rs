@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use voicegraph::services::auth::{Caller, Role};
-use voicegraph::services::events::{self, EventFilter};
+use voicegraph::services::events::{self, EventFilter, Watch};
 use voicegraph::startup::Roles;
 
 use crate::helpers::*;
@@ -25,7 +24,10 @@ async fn collect_until(sub: &mut Subscription, n: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_to_completed_and_replay_from_a_cursor() {
     let app = TestApp::spawn().await;
-    let mut live = app.subscribe(ADMIN_KEY, EVENTS, json!({})).await;
+    // A fresh database: replaying from the start is "from now", with no race against the submit.
+    let mut live = app
+        .subscribe(ADMIN_KEY, EVENTS, json!({ "after": "0" }))
+        .await;
     let id = app.submit_ok(short_call(), json!({})).await;
     let first = collect_until(&mut live, 3).await;
     let kinds: Vec<_> = first.iter().map(|e| e["kind"].as_str().unwrap()).collect();
@@ -97,23 +99,12 @@ async fn call_updated_follows_one_call() {
     .await;
     let a = app.submit_ok(short_call(), json!({})).await;
     let b = app.submit_ok(short_call(), json!({})).await;
-    // The subscription starts from now: wait until the relay has sequenced both SUBMITTED events.
-    for _ in 0..100 {
-        let d = app
-            .gql_ok(
-                "query($id: ID!) { call(id: $id) { events { kind } } }",
-                json!({ "id": b }),
-            )
-            .await;
-        if !d["call"]["events"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Subscribing replays the call's own events first, so acting right after subscribing (no
+    // wait, no sleep) loses nothing: SUBMITTED comes whether or not it was sequenced yet.
     let mut sub = app
         .subscribe(
             ADMIN_KEY,
-            "subscription($id: ID!) { callUpdated(id: $id) { kind status callId } }",
+            "subscription($id: ID!) { callUpdated(id: $id) { kind status callId cursor } }",
             json!({ "id": a }),
         )
         .await;
@@ -123,11 +114,12 @@ async fn call_updated_follows_one_call() {
         token.clone(),
         Duration::from_secs(5),
     ));
+    let s = sub.next_data(Duration::from_secs(30)).await["callUpdated"].clone();
     let p = sub.next_data(Duration::from_secs(30)).await["callUpdated"].clone();
     let c = sub.next_data(Duration::from_secs(30)).await["callUpdated"].clone();
     assert_eq!(
-        (p["kind"].as_str(), c["kind"].as_str()),
-        (Some("PROCESSING"), Some("COMPLETED"))
+        (s["kind"].as_str(), p["kind"].as_str(), c["kind"].as_str()),
+        (Some("SUBMITTED"), Some("PROCESSING"), Some("COMPLETED"))
     );
     assert_eq!(c["callId"], a.as_str());
     app.wait_status(&b, "COMPLETED", 30).await;
@@ -148,6 +140,20 @@ async fn call_updated_follows_one_call() {
         err["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
         "{err}"
     );
+    // With a cursor, only what came after it: resuming after SUBMITTED gives the other two.
+    let mut resumed = app
+        .subscribe(
+            ADMIN_KEY,
+            "subscription($id: ID!, $after: String) { callUpdated(id: $id, after: $after) { kind } }",
+            json!({ "id": a, "after": s["cursor"] }),
+        )
+        .await;
+    let kinds = [
+        resumed.next_data(Duration::from_secs(10)).await["callUpdated"]["kind"].clone(),
+        resumed.next_data(Duration::from_secs(10)).await["callUpdated"]["kind"].clone(),
+    ];
+    assert_eq!(kinds, [json!("PROCESSING"), json!("COMPLETED")]);
+    assert!(resumed.recv(Duration::from_millis(300)).await.is_none());
     token.cancel();
     worker.await.unwrap();
 }
@@ -172,13 +178,13 @@ async fn a_lagging_subscriber_catches_up_from_the_database() {
         .unwrap()
         .parse()
         .unwrap();
-    let caller = Caller {
-        tenant_id: tenant,
-        role: Role::Viewer,
-        key_id: None,
-        platform_admin: false,
+    let watch = Watch {
+        tenant,
+        filter: EventFilter::default(),
+        after: None,
+        replay_call: false,
     };
-    let stream = events::stream(app.state.clone(), caller, EventFilter::default(), None);
+    let stream = events::stream(app.state.clone(), watch);
     futures::pin_mut!(stream);
     // Start it (it subscribes on first poll), then stop reading.
     assert!(
@@ -257,11 +263,10 @@ async fn a_stray_event_far_ahead_does_not_swallow_real_ones() {
     let mut sub = app
         .subscribe(
             ADMIN_KEY,
-            "subscription { callEvents { kind cursor callId } }",
+            "subscription { callEvents(after: \"0\") { kind cursor callId } }",
             json!({}),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let stray = voicegraph::domain::EventEnvelope {
         seq: 1_000_000,
         id: 1_000_000,

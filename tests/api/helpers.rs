@@ -199,6 +199,7 @@ impl TestApp {
             .client
             .post(self.url("/graphql"))
             .bearer_auth(key)
+            .header("apollo-require-preflight", "true")
             .multipart(form)
             .send()
             .await

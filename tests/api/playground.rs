@@ -92,6 +92,7 @@ async fn every_example_operation_executes() {
                     app.client
                         .post(app.url("/graphql"))
                         .bearer_auth(ADMIN_KEY)
+                        .header("apollo-require-preflight", "true")
                         .multipart(form)
                         .send()
                         .await

@@ -52,7 +52,7 @@ async fn the_production_stack_runs_the_whole_flow() {
     let mut sub = app
         .subscribe(
             ADMIN_KEY,
-            "subscription { callEvents { kind cursor callId call { status } } }",
+            "subscription { callEvents(after: \"0\") { kind cursor callId call { status } } }",
             json!({}),
         )
         .await;

@@ -1,0 +1,198 @@
+//! GraphQL over Server-Sent Events, the graphql-sse protocol's "distinct connections" mode: a
+//! `POST` (or `GET`) with `Accept: text/event-stream` answers with a stream of `next` events
+//! and a final `complete`. Same auth, cursors, shared groups and limits as the WebSocket; a
+//! comment line every ping interval keeps proxies from cutting an idle stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::parser::types::OperationType;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, BoxStream};
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::graphql::{caller_from_headers, error_response, json_params, read_body};
+use super::HttpState;
+use crate::graphql::documents::Params;
+use crate::graphql::live::{is_request_error, operation_type, result_json, LiveItem};
+use crate::graphql::loaders::Loaders;
+use crate::services::auth::Caller;
+
+/// `POST /graphql` with `Accept: text/event-stream`: the request in a JSON body.
+pub async fn post(state: HttpState, headers: HeaderMap, body: Body) -> Response {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            "a graphql-sse request is a JSON body: send Content-Type: application/json",
+        );
+    }
+    let caller = match required_caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let bytes = match read_body(body, state.app.settings.max_request_bytes).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let params = match json_params(&bytes) {
+        Ok((mut p, false)) => p.remove(0),
+        Ok((_, true)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "a graphql-sse request carries one operation, not a batch",
+            )
+        }
+        Err(r) => return *r,
+    };
+    stream_response(state, caller, params).await
+}
+
+/// `GET /graphql` with `Accept: text/event-stream`: the request in the query string.
+pub async fn get(state: HttpState, headers: HeaderMap, query: &str) -> Response {
+    let caller = match required_caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match Params::from_query_string(query) {
+        Ok(params) => stream_response(state, caller, params).await,
+        Err(msg) => error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg),
+    }
+}
+
+async fn required_caller(state: &HttpState, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
+    match caller_from_headers(&state.app, headers).await? {
+        Some(c) => Ok(c),
+        None => Err(Box::new(error_response(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "authentication required: send Authorization: Bearer <API key or JWT>",
+        ))),
+    }
+}
+
+fn event(name: &str, data: &str) -> Bytes {
+    if data.is_empty() {
+        Bytes::from(format!("event: {name}\ndata:\n\n"))
+    } else {
+        Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+    }
+}
+
+async fn stream_response(state: HttpState, caller: Caller, params: Params) -> Response {
+    let items: BoxStream<'static, LiveItem> =
+        match state.documents.resolve(params, Some(&caller)).await {
+            Err(e) => stream::iter([LiveItem::Error(Arc::from(
+                serde_json::json!([e.to_json()]).to_string(),
+            ))])
+            .boxed(),
+            Ok(mut request) => match operation_type(&mut request) {
+                Some(OperationType::Subscription) => {
+                    state.live.subscribe(caller.clone(), request).boxed()
+                }
+                _ => {
+                    let app = &state.app;
+                    let request = request
+                        .data(Loaders::new(&app.db, app.settings.loader_delay, true))
+                        .data(caller.clone());
+                    let resp = state.schema.execute(request).await;
+                    let item = if is_request_error(&resp) {
+                        LiveItem::Error(Arc::from(
+                            serde_json::to_string(&resp.errors).unwrap_or_default(),
+                        ))
+                    } else {
+                        LiveItem::Next(Arc::from(result_json(&resp)))
+                    };
+                    stream::iter([item]).boxed()
+                }
+            },
+        };
+    let app = state.app.clone();
+    let expiry = caller.expires_at.map(|exp| {
+        Instant::now()
+            + (exp - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+    });
+    let body = async_stream::stream! {
+        let _open = StreamGauge::new(app.metrics.clone());
+        let mut items = items;
+        let keepalive = app.settings.ws_ping_interval;
+        let shutdown = app.shutdown.clone();
+        // An empty comment first, so that every client sees the stream open at once.
+        yield Ok::<Bytes, Infallible>(Bytes::from_static(b":\n\n"));
+        // A server going away ends the stream without `complete`, so that the client retries
+        // (on another instance) and resumes from its last cursor.
+        let mut complete = true;
+        loop {
+            let until = expiry.map_or(Instant::now() + keepalive, |e| e.min(Instant::now() + keepalive));
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    complete = false;
+                    break;
+                }
+                item = items.next() => match item {
+                    Some(LiveItem::Next(payload)) => yield Ok(event("next", &payload)),
+                    // graphql-sse reports refusals as a `next` carrying the errors.
+                    Some(LiveItem::Error(errors)) => {
+                        yield Ok(event("next", &format!("{{\"errors\":{errors}}}")));
+                        break;
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(until) => {
+                    if expiry.is_some_and(|e| Instant::now() >= e) {
+                        let expired = serde_json::json!({ "errors": [{
+                            "message": "the token expired: subscribe again with a new one and resume from your last cursor",
+                            "extensions": { "code": "UNAUTHENTICATED" },
+                        }] });
+                        yield Ok(event("next", &expired.to_string()));
+                        break;
+                    }
+                    yield Ok(Bytes::from_static(b":\n\n"));
+                }
+            }
+        }
+        if complete {
+            yield Ok(event("complete", ""));
+        }
+    };
+    let mut response = (StatusCode::OK, Body::from_stream(body)).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Counts an open SSE stream while it lives.
+struct StreamGauge(Arc<crate::http::metrics::Metrics>);
+
+impl StreamGauge {
+    fn new(metrics: Arc<crate::http::metrics::Metrics>) -> Self {
+        metrics.sse_streams.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.sse_streams.dec();
+    }
+}
