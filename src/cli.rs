@@ -1,5 +1,5 @@
 //! The command line: `dev` (default, every role in one process), `serve`, `worker`, `relay`,
-//! `migrate` and `print-schema`.
+//! `migrate`, `print-schema`, `print-trusted-documents` and `submit`.
 
 use std::path::PathBuf;
 
@@ -32,6 +32,13 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Print the GraphQL schema (SDL).
     PrintSchema {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Print the trusted documents manifest of the playground's examples (JSON, SHA-256 of each
+    /// document to the document), for VOICEGRAPH_TRUSTED_DOCUMENTS.
+    PrintTrustedDocuments {
         /// Write to this file instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,

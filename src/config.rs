@@ -158,6 +158,7 @@ impl Layers {
             ws_read_buffer_bytes: self.parse("ws_read_buffer_bytes", 4096)?,
             ws_max_message_bytes: self.parse("ws_max_message_bytes", 64 * 1024)?,
             ws_max_subscriptions: self.parse("ws_max_subscriptions", 100)?,
+            subscription_buffer: self.parse("subscription_buffer", 256)?,
             cors_origins: self
                 .str("cors_origins")
                 .map(|v| {
@@ -275,6 +276,9 @@ pub struct Settings {
     pub ws_max_message_bytes: usize,
     /// Operations that may run at once on one WebSocket.
     pub ws_max_subscriptions: usize,
+    /// Results a shared subscription keeps for subscribers slow to take them; one further
+    /// behind catches up from the database.
+    pub subscription_buffer: usize,
     /// Browser origins allowed (CORS and WebSocket `Origin`); `*` allows any. Empty: localhost
     /// pages in development, none in production.
     pub cors_origins: Vec<String>,

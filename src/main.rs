@@ -28,6 +28,14 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if let Some(Command::PrintTrustedDocuments { output }) = &cli.command {
+        let manifest = voicegraph::http::playground::trusted_documents();
+        match output {
+            Some(path) => std::fs::write(path, manifest)?,
+            None => print!("{manifest}"),
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let Some(Command::Submit(args)) = cli.command {
         let completed = voicegraph::client::submit(args, &mut std::io::stdout()).await?;
         return Ok(if completed {
@@ -62,7 +70,9 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
             println!("migrations applied");
             return Ok(std::process::ExitCode::SUCCESS);
         }
-        Command::PrintSchema { .. } | Command::Submit(_) => unreachable!("handled above"),
+        Command::PrintSchema { .. }
+        | Command::PrintTrustedDocuments { .. }
+        | Command::Submit(_) => unreachable!("handled above"),
     };
     let listen = settings.listen.clone();
     let app = Application::build(settings, roles).await?;

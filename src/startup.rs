@@ -74,12 +74,14 @@ impl Application {
         } else {
             None
         };
+        // One token stops everything: the roles, and the sockets and streams they serve.
+        let shutdown = state.shutdown.clone();
         Ok(Self {
             listener,
             port,
             state,
             roles,
-            shutdown: CancellationToken::new(),
+            shutdown,
             generated_admin_key,
         })
     }
@@ -139,6 +141,15 @@ impl Application {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await?;
+            // WebSockets live outside the server once upgraded: give them a moment to send
+            // their going-away close frames.
+            let metrics = state.metrics.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while metrics.ws_connections.get() > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
         } else {
             shutdown.cancelled().await;
         }

@@ -23,10 +23,6 @@ use crate::services::events::{self, Watch as Spec};
 use crate::services::live::HubItem;
 use crate::state::AppState;
 
-/// Results a group keeps for members that are slow to take them; a member further behind
-/// replays from the database.
-const GROUP_BUFFER: usize = 256;
-
 /// Where a subscription resolver's events come from: set in the request's data by whoever
 /// executes it. Without one the resolver follows the instance's hub on its own.
 pub trait EventSource: Send + Sync {
@@ -219,7 +215,9 @@ impl Live {
             }
         }
         let (position, hub) = self.state.hub.join();
-        let (tx, rx) = broadcast::channel(GROUP_BUFFER);
+        // Results kept for members slow to take them; one further behind replays from the
+        // database.
+        let (tx, rx) = broadcast::channel(self.state.settings.subscription_buffer.max(1));
         let group = Arc::new(Group {
             key: key.clone(),
             caller,

@@ -14,6 +14,7 @@ mod limits;
 mod playground;
 mod production;
 mod queue_contract;
+mod realtime;
 mod scale_out;
 mod secrets;
 mod worker;
