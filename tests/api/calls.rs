@@ -115,6 +115,72 @@ async fn multipart_submission_is_analysed_and_every_field_resolves() {
     assert_eq!(n["node"]["status"], "COMPLETED");
 }
 
+/// `DateTime` accepts RFC 3339 with any offset and answers in UTC; anything else is
+/// BAD_USER_INPUT naming the format, in variables and in literals alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_times_are_normalised_to_utc_and_bad_ones_name_the_format() {
+    let app = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        |_| {},
+    )
+    .await;
+    let id = app
+        .submit_ok(
+            short_call(),
+            json!({ "startedAt": "2026-11-24T10:00:00+01:00" }),
+        )
+        .await;
+    let c = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { startedAt } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(c["call"]["startedAt"], "2026-11-24T09:00:00+00:00");
+    // Filters compare instants, whatever offset they are written with.
+    let started_after = |t: &'static str| {
+        let app = &app;
+        async move {
+            app.gql_ok(
+                "query($t: DateTime) { calls(filter: {startedAfter: $t}) { totalCount } }",
+                json!({ "t": t }),
+            )
+            .await["calls"]["totalCount"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    assert_eq!(started_after("2026-11-24T09:30:00+01:00").await, 1);
+    assert_eq!(started_after("2026-11-24T09:30:00Z").await, 0);
+
+    let (status, body) = app
+        .submit(
+            ADMIN_KEY,
+            short_call(),
+            "audio/wav",
+            json!({ "startedAt": "2026-11-24 09:00" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let literal = app
+        .gql(
+            "{ calls(filter: {createdAfter: \"2026-11-24T09:00:00\"}) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    for body in [body, literal] {
+        let err = &body["errors"][0];
+        assert_eq!(err["extensions"]["code"], "BAD_USER_INPUT", "{body}");
+        assert!(
+            err["message"].as_str().unwrap().contains("RFC 3339"),
+            "{body}"
+        );
+    }
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_upload_then_submit_by_key() {
     let app = TestApp::spawn().await;

@@ -15,5 +15,6 @@ mod playground;
 mod production;
 mod queue_contract;
 mod scale_out;
+mod schema;
 mod secrets;
 mod worker;

@@ -19,12 +19,17 @@ fn to_graphql(
     s.map(|r| r.map(CallEvent).map_err(|e| AppError::Internal(e).extend()))
 }
 
+/// Live call events, over WebSocket (`graphql-transport-ws`, or the legacy
+/// `graphql-ws`). Any role.
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
     /// Events of one call from now on.
     async fn call_updated(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "The call to follow (`Call.id`); NOT_FOUND when the tenant has no such call."
+        )]
         id: ID,
     ) -> Result<impl Stream<Item = Result<CallEvent>>> {
         let id = parse_id(&id)?;
@@ -49,7 +54,12 @@ impl SubscriptionRoot {
     async fn call_events(
         &self,
         ctx: &Context<'_>,
-        filter: Option<CallEventFilter>,
+        #[graphql(desc = "Which events; all of the tenant's when null.")] filter: Option<
+            CallEventFilter,
+        >,
+        #[graphql(
+            desc = "A `CallEvent.cursor` seen before: replay every later event, then go on live. Without it, events from now on. BAD_USER_INPUT when it is not a cursor."
+        )]
         after: Option<String>,
     ) -> Result<impl Stream<Item = Result<CallEvent>>> {
         let st = state(ctx).clone();
@@ -64,7 +74,12 @@ impl SubscriptionRoot {
             })
             .transpose()?;
         let f = filter.unwrap_or_default();
-        let kinds = f.kinds.unwrap_or_default();
+        let kinds: Vec<String> = f
+            .kinds
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| k.as_str().to_string())
+            .collect();
         if kinds.len() > 20 || kinds.iter().any(|k| k.len() > 32) {
             return Err(
                 AppError::bad_input("kinds: at most 20 names of at most 32 characters").extend(),
