@@ -127,7 +127,7 @@ impl Application {
         if let Some(listener) = listener {
             tasks.spawn(events::run_watermark(
                 state.clone(),
-                Duration::from_millis(500),
+                state.settings.watermark_poll,
                 shutdown.clone(),
             ));
             let schema = build_schema(Some(state.clone()));
