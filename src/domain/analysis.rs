@@ -56,10 +56,15 @@ pub struct Segment {
     pub sentiment: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The overall tone of a sentiment score, as the analyser labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, async_graphql::Enum)]
+#[graphql(name = "SentimentLabel")]
 pub enum SentimentLabel {
+    /// Mostly negative (the score is below zero, beyond the analyser's neutral band).
     Negative,
+    /// Neither clearly positive nor negative (the score is near zero).
     Neutral,
+    /// Mostly positive (the score is above zero, beyond the analyser's neutral band).
     Positive,
 }
 

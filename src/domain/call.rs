@@ -2,13 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where a call is in its life: `QUEUED` → `PROCESSING` → `COMPLETED` or `FAILED`; a retried
+/// call goes back to `QUEUED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, async_graphql::Enum)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[graphql(name = "CallStatus")]
 pub enum CallStatus {
+    /// Waiting for a worker: just submitted, retried, or between two attempts.
     Queued,
+    /// A worker is analysing the recording.
     Processing,
+    /// Analysed: the results (transcript, summary, sentiment, metrics) can be read.
     Completed,
+    /// Could not be analysed; `Call.error` says why and `retryCall` queues it again.
     Failed,
 }
 
@@ -36,12 +42,16 @@ impl CallStatus {
     }
 }
 
+/// Who placed the call, as the integrator submitted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, async_graphql::Enum)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[graphql(name = "CallDirection")]
 pub enum CallDirection {
+    /// A customer called in.
     Inbound,
+    /// The agent called out.
     Outbound,
+    /// Both ends are inside the organisation.
     Internal,
 }
 
@@ -63,16 +73,77 @@ impl CallDirection {
     }
 }
 
+// Stored in `call_events.kind`, and carried by `EventEnvelope.kind`, as the name `as_str` gives.
+/// What happened to a call; every event also gives the call's status right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, async_graphql::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(name = "CallEventKind")]
+pub enum CallEventKind {
+    /// The call was accepted by `submitCall` and queued for analysis (status `QUEUED`).
+    Submitted,
+    /// A worker started an attempt to analyse the call (status `PROCESSING`); it comes again
+    /// for every attempt.
+    Processing,
+    /// The analysis is stored: transcript, summary, sentiment and metrics can be read now
+    /// (status `COMPLETED`).
+    Completed,
+    /// An attempt failed for a reason that may pass; the call is queued again and retried
+    /// automatically after a delay (status `QUEUED`, `error` says why).
+    Retrying,
+    /// The call failed for good: the recording cannot be analysed or every attempt failed
+    /// (status `FAILED`, `error` says why). `retryCall` can queue it again.
+    Failed,
+    /// `retryCall` queued a FAILED call again (status `QUEUED`).
+    Retried,
+    /// `tagCall` added tags (the status is unchanged).
+    Tagged,
+    /// `deleteCall` removed the call; its other events are gone and `CallEvent.call` is null
+    /// (the status is the one the call had).
+    Deleted,
+}
+
+impl CallEventKind {
+    pub const ALL: [Self; 8] = [
+        Self::Submitted,
+        Self::Processing,
+        Self::Completed,
+        Self::Retrying,
+        Self::Failed,
+        Self::Retried,
+        Self::Tagged,
+        Self::Deleted,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "SUBMITTED",
+            Self::Processing => "PROCESSING",
+            Self::Completed => "COMPLETED",
+            Self::Retrying => "RETRYING",
+            Self::Failed => "FAILED",
+            Self::Retried => "RETRIED",
+            Self::Tagged => "TAGGED",
+            Self::Deleted => "DELETED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// Kinds of call events, as stored in `call_events.kind`.
 pub mod event_kind {
-    pub const SUBMITTED: &str = "SUBMITTED";
-    pub const PROCESSING: &str = "PROCESSING";
-    pub const COMPLETED: &str = "COMPLETED";
-    pub const RETRYING: &str = "RETRYING";
-    pub const FAILED: &str = "FAILED";
-    pub const RETRIED: &str = "RETRIED";
-    pub const TAGGED: &str = "TAGGED";
-    pub const DELETED: &str = "DELETED";
+    use super::CallEventKind;
+
+    pub const SUBMITTED: &str = CallEventKind::Submitted.as_str();
+    pub const PROCESSING: &str = CallEventKind::Processing.as_str();
+    pub const COMPLETED: &str = CallEventKind::Completed.as_str();
+    pub const RETRYING: &str = CallEventKind::Retrying.as_str();
+    pub const FAILED: &str = CallEventKind::Failed.as_str();
+    pub const RETRIED: &str = CallEventKind::Retried.as_str();
+    pub const TAGGED: &str = CallEventKind::Tagged.as_str();
+    pub const DELETED: &str = CallEventKind::Deleted.as_str();
 }
 
 /// A call event as it travels from the relay to every instance's subscribers.
@@ -93,4 +164,22 @@ pub struct EventEnvelope {
 pub struct JobMessage {
     pub tenant_id: uuid::Uuid,
     pub call_id: uuid::Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_round_trip_through_their_stored_names() {
+        for kind in CallEventKind::ALL {
+            assert_eq!(CallEventKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        assert_eq!(CallEventKind::parse("completed"), None);
+        assert_eq!(event_kind::RETRYING, "RETRYING");
+    }
 }

@@ -6,6 +6,7 @@ pub mod live;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
+pub mod scalars;
 pub mod subscription;
 pub mod types;
 
@@ -17,7 +18,8 @@ use async_graphql::extensions::{
 };
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{
-    Context, ErrorExtensions, Schema, ServerError, ServerResult, ValidationResult, Variables, ID,
+    Context, ErrorExtensions, SDLExportOptions, Schema, ServerError, ServerResult, Upload,
+    ValidationResult, Variables, ID,
 };
 
 use crate::error::AppError;
@@ -33,7 +35,8 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
         query::QueryRoot::default(),
         mutation::MutationRoot::default(),
         subscription::SubscriptionRoot,
-    );
+    )
+    .override_input_type_description::<Upload>(UPLOAD_DESCRIPTION);
     if let Some(state) = state {
         let s = &state.settings;
         builder = builder
@@ -50,9 +53,15 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
     builder.finish()
 }
 
-/// The SDL clients rely on (`voicegraph print-schema`).
+/// async-graphql's own says only "A multipart file upload".
+const UPLOAD_DESCRIPTION: &str = "A file sent with the request, as the GraphQL multipart request \
+spec (see `@specifiedBy`) describes: a `multipart/form-data` POST whose `operations` part holds \
+the request with `null` for this value, whose `map` part maps a file part onto it, and whose \
+file part holds the bytes. Input only.";
+
+/// The SDL clients rely on (`voicegraph print-schema`), with the scalars' `@specifiedBy` URLs.
 pub fn sdl() -> String {
-    build_schema(None).sdl()
+    build_schema(None).sdl_with_options(SDLExportOptions::new().include_specified_by())
 }
 
 /// The request's DataLoaders (per HTTP request, caching) or the schema's (subscriptions).

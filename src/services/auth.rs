@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
 
+/// What an API key may do. Each mutation, and each query not open to every role, names the roles
+/// it allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, async_graphql::Enum)]
 #[graphql(name = "Role")]
 pub enum Role {

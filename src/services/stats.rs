@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use entities::calls;
 use sea_orm::{EntityTrait, QueryFilter, QuerySelect};
 
-use crate::domain::{CallMetrics, CallStatus};
+use crate::domain::{CallMetrics, CallStatus, SentimentLabel};
 use crate::error::AppResult;
 use crate::services::auth::{Caller, Permission};
 use crate::services::calls::CallFilter;
@@ -28,7 +28,7 @@ pub struct DayStats {
 pub struct Stats {
     pub total: i64,
     pub by_status: Vec<(CallStatus, i64)>,
-    pub by_sentiment: Vec<(String, i64)>,
+    pub by_sentiment: Vec<(SentimentLabel, i64)>,
     pub total_duration_ms: i64,
     pub measured_calls: i64,
     pub talk_time: Vec<(String, i64)>,
@@ -73,7 +73,7 @@ pub async fn call_stats(
 fn aggregate(rows: Vec<Row>) -> Stats {
     let mut s = Stats::default();
     let mut by_status: BTreeMap<&'static str, (CallStatus, i64)> = BTreeMap::new();
-    let mut by_sentiment: BTreeMap<String, i64> = BTreeMap::new();
+    let mut by_sentiment: BTreeMap<&'static str, (SentimentLabel, i64)> = BTreeMap::new();
     let mut talk: Vec<(String, i64)> = Vec::new();
     let mut days: BTreeMap<NaiveDate, DayStats> = BTreeMap::new();
     for (created, status, duration, score, label, metrics) in rows {
@@ -103,8 +103,14 @@ fn aggregate(rows: Vec<Row>) -> Stats {
             day.sentiment_sum += score;
             day.sentiment_n += 1;
         }
-        if let Some(label) = label {
-            *by_sentiment.entry(label).or_default() += 1;
+        if let Some(stored) = label {
+            // Labels are written from `SentimentLabel` only; a row with another one is counted
+            // as neutral rather than dropped, so that the counts still add up.
+            let label = SentimentLabel::parse(&stored).unwrap_or_else(|| {
+                tracing::warn!(label = %stored, "unknown stored sentiment label; counted as NEUTRAL");
+                SentimentLabel::Neutral
+            });
+            by_sentiment.entry(label.as_str()).or_insert((label, 0)).1 += 1;
         }
         if let Some(m) = metrics.and_then(|m| serde_json::from_value::<CallMetrics>(m).ok()) {
             s.silence_ms += m.silence_ms;
@@ -119,7 +125,7 @@ fn aggregate(rows: Vec<Row>) -> Stats {
         }
     }
     s.by_status = by_status.into_values().collect();
-    s.by_sentiment = by_sentiment.into_iter().collect();
+    s.by_sentiment = by_sentiment.into_values().collect();
     s.talk_time = talk;
     s.daily = days.into_values().collect();
     s
@@ -191,6 +197,30 @@ mod tests {
         assert_eq!(
             s.by_status,
             vec![(CallStatus::Completed, 2), (CallStatus::Failed, 1)]
+        );
+        assert_eq!(
+            s.by_sentiment,
+            vec![(SentimentLabel::Negative, 1), (SentimentLabel::Positive, 1)]
+        );
+    }
+
+    #[test]
+    fn an_unknown_stored_label_counts_as_neutral() {
+        let day: DateTime<Utc> = "2026-01-01T10:00:00Z".parse().unwrap();
+        let row = |label: &str| {
+            (
+                day,
+                "COMPLETED".to_string(),
+                None,
+                Some(0.0),
+                Some(label.to_string()),
+                None,
+            )
+        };
+        let s = aggregate(vec![row("NEUTRAL"), row("MIXED"), row("POSITIVE")]);
+        assert_eq!(
+            s.by_sentiment,
+            vec![(SentimentLabel::Neutral, 2), (SentimentLabel::Positive, 1)]
         );
     }
 }

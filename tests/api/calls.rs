@@ -115,6 +115,72 @@ async fn multipart_submission_is_analysed_and_every_field_resolves() {
     assert_eq!(n["node"]["status"], "COMPLETED");
 }
 
+/// `DateTime` accepts RFC 3339 with any offset and answers in UTC; anything else is
+/// BAD_USER_INPUT naming the format, in variables and in literals alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_times_are_normalised_to_utc_and_bad_ones_name_the_format() {
+    let app = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        |_| {},
+    )
+    .await;
+    let id = app
+        .submit_ok(
+            short_call(),
+            json!({ "startedAt": "2026-11-24T10:00:00+01:00" }),
+        )
+        .await;
+    let c = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { startedAt } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(c["call"]["startedAt"], "2026-11-24T09:00:00+00:00");
+    // Filters compare instants, whatever offset they are written with.
+    let started_after = |t: &'static str| {
+        let app = &app;
+        async move {
+            app.gql_ok(
+                "query($t: DateTime) { calls(filter: {startedAfter: $t}) { totalCount } }",
+                json!({ "t": t }),
+            )
+            .await["calls"]["totalCount"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    assert_eq!(started_after("2026-11-24T09:30:00+01:00").await, 1);
+    assert_eq!(started_after("2026-11-24T09:30:00Z").await, 0);
+
+    let (status, body) = app
+        .submit(
+            ADMIN_KEY,
+            short_call(),
+            "audio/wav",
+            json!({ "startedAt": "2026-11-24 09:00" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let literal = app
+        .gql(
+            "{ calls(filter: {createdAfter: \"2026-11-24T09:00:00\"}) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    for body in [body, literal] {
+        let err = &body["errors"][0];
+        assert_eq!(err["extensions"]["code"], "BAD_USER_INPUT", "{body}");
+        assert!(
+            err["message"].as_str().unwrap().contains("RFC 3339"),
+            "{body}"
+        );
+    }
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_upload_then_submit_by_key() {
     let app = TestApp::spawn().await;
@@ -527,7 +593,32 @@ async fn a_page_of_100_costs_the_same_statements_as_a_page_of_2() {
     )
     .await;
     let q = "query($n: Int!) { calls(first: $n) { edges { node { id tags transcript { segments { speaker startMs } } events { kind call { id } } } } } }";
-    app.gql_ok(q, json!({ "n": 1 })).await; // warm-up: the key's last-used time is written once a minute
+    // The instance reads the event watermark once at start (the poll above keeps it from doing
+    // so again); wait for that read, which completes before the value is published, so that it
+    // is not counted below.
+    let mut watermark = app.state.watermark.subscribe();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        watermark.wait_for(|top| *top > 0),
+    )
+    .await
+    .expect("the watermark is read at start")
+    .unwrap();
+    // A request writes its key's last-used time when that is over a minute old. Refresh it
+    // now, so that no request measured below crosses the minute and writes it (the submissions
+    // above can take about that long on a loaded machine).
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    entities::api_keys::Entity::update_many()
+        .col_expr(
+            entities::api_keys::Column::LastUsedAt,
+            Expr::value(chrono::Utc::now()),
+        )
+        .filter(entities::api_keys::Column::RevokedAt.is_null())
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    app.gql_ok(q, json!({ "n": 1 })).await; // warm-up
     let s0 = app.statements();
     let two = app.gql_ok(q, json!({ "n": 2 })).await;
     let s1 = app.statements();

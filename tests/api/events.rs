@@ -286,3 +286,49 @@ async fn a_stray_event_far_ahead_does_not_swallow_real_ones() {
     }
     assert_eq!(kinds, ["SUBMITTED", "PROCESSING", "COMPLETED"]);
 }
+
+/// `kinds` takes `CallEventKind` values, filters replayed and live events alike, and refuses a
+/// kind that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_events_filter_by_kind() {
+    let app = TestApp::spawn().await;
+    let id = app.submit_ok(short_call(), json!({})).await;
+    app.wait_status(&id, "COMPLETED", 30).await;
+    // From the start: SUBMITTED is replayed, PROCESSING and COMPLETED are left out (whether
+    // they are replayed or still arrive live), and the later TAGGED arrives live.
+    let mut sub = app
+        .subscribe(
+            ADMIN_KEY,
+            "subscription($after: String) { callEvents(after: $after, filter: {kinds: [SUBMITTED, TAGGED]}) { kind callId } }",
+            json!({ "after": "0" }),
+        )
+        .await;
+    let first = sub.next_data(Duration::from_secs(30)).await["callEvents"].clone();
+    assert_eq!(first, json!({ "kind": "SUBMITTED", "callId": id }));
+    app.gql_ok(
+        "mutation($id: ID!) { tagCall(id: $id, tags: [\"seen\"]) { id } }",
+        json!({ "id": id }),
+    )
+    .await;
+    let second = sub.next_data(Duration::from_secs(30)).await["callEvents"].clone();
+    assert_eq!(second, json!({ "kind": "TAGGED", "callId": id }));
+    assert!(sub.recv(Duration::from_millis(500)).await.is_none());
+
+    // A kind that does not exist is refused, where a string filter silently matched nothing.
+    let mut unknown = app
+        .subscribe(
+            ADMIN_KEY,
+            "subscription { callEvents(filter: {kinds: [FINISHED]}) { kind } }",
+            json!({}),
+        )
+        .await;
+    let err = unknown.recv(Duration::from_secs(5)).await.unwrap();
+    assert!(err["payload"]["data"].is_null(), "{err}");
+    assert!(
+        err["payload"]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"CallEventKind\" does not contain the value \"FINISHED\""),
+        "{err}"
+    );
+}

@@ -16,5 +16,6 @@ mod production;
 mod queue_contract;
 mod realtime;
 mod scale_out;
+mod schema;
 mod secrets;
 mod worker;

@@ -13,11 +13,12 @@ pub struct AdminMutation;
 
 #[Object]
 impl AdminMutation {
-    /// Creates a tenant (platform admin only).
+    /// Creates a tenant. The platform admin only (FORBIDDEN otherwise). BAD_USER_INPUT for an
+    /// invalid name.
     async fn create_tenant(
         &self,
         ctx: &Context<'_>,
-        input: CreateTenantInput,
+        #[graphql(desc = "The new tenant's name.")] input: CreateTenantInput,
     ) -> Result<CreateTenantPayload> {
         let t = auth::create_tenant(&state(ctx).db, caller(ctx)?, &input.name)
             .await
@@ -25,11 +26,14 @@ impl AdminMutation {
         Ok(CreateTenantPayload { tenant: t.into() })
     }
 
-    /// Creates an API key; its secret is returned once and never again.
+    /// Creates an API key and returns its secret, once and never again. ADMIN only, for its own
+    /// tenant; the platform admin for any tenant (FORBIDDEN otherwise). The new key is never a
+    /// platform admin. BAD_USER_INPUT for an invalid name or tenant id; NOT_FOUND for an unknown
+    /// tenant.
     async fn create_api_key(
         &self,
         ctx: &Context<'_>,
-        input: CreateApiKeyInput,
+        #[graphql(desc = "The key's tenant, role and name.")] input: CreateApiKeyInput,
     ) -> Result<CreateApiKeyPayload> {
         let tenant = input.tenant_id.as_ref().map(parse_id).transpose()?;
         let (key, secret) = auth::create_api_key(
@@ -47,8 +51,15 @@ impl AdminMutation {
         })
     }
 
-    /// Revokes an API key; it stops working at once.
-    async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<ApiKey> {
+    /// Revokes an API key and returns it: from then on, requests with it fail with
+    /// UNAUTHENTICATED. Revoking a revoked key changes nothing. ADMIN only, for keys of its own
+    /// tenant; the platform admin for any key. NOT_FOUND when there is no such key (or it
+    /// belongs to another tenant).
+    async fn revoke_api_key(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The key's id (`ApiKey.id`, not its secret).")] id: ID,
+    ) -> Result<ApiKey> {
         let id = parse_id(&id)?;
         Ok(auth::revoke_api_key(&state(ctx).db, caller(ctx)?, id)
             .await

@@ -44,10 +44,14 @@ async fn read_upload(
 
 #[Object]
 impl CallsMutation {
-    /// A signed URL to upload a recording to, before `submitCall(input: {recordingKey})`.
+    /// The first step of submitting a recording by key, for files too large to send inline: a
+    /// signed URL to upload the file to, then `submitCall(input: {recordingKey})`. ADMIN and
+    /// INTEGRATOR. BAD_USER_INPUT for a content type that is not accepted or a size outside 1
+    /// byte to the recording limit.
     async fn create_recording_upload(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "The file to upload: its content type and exact size.")]
         input: CreateRecordingUploadInput,
     ) -> Result<RecordingUpload> {
         let (key, put) = calls::create_recording_upload(
@@ -68,15 +72,20 @@ impl CallsMutation {
                 .into_iter()
                 .map(|(name, value)| HttpHeader { name, value })
                 .collect(),
-            expires_at: put.expires_at,
+            expires_at: put.expires_at.into(),
         })
     }
 
-    /// Submits a call for analysis: a `recording` upload or a `recordingKey`, plus metadata.
+    /// Submits a call for analysis: a `recording` upload or a `recordingKey`, plus metadata. The
+    /// recording is checked (size, type, decodable audio) before anything is stored; the call
+    /// starts `QUEUED` and moves on by itself: follow it with the `callUpdated` or `callEvents`
+    /// subscription, or poll `call`. ADMIN and INTEGRATOR. BAD_USER_INPUT for invalid input or
+    /// recording (including both or neither of `recording` and `recordingKey`); CONFLICT when
+    /// `idempotencyKey` was used for a different recording.
     async fn submit_call(
         &self,
         ctx: &Context<'_>,
-        input: SubmitCallInput,
+        #[graphql(desc = "The call and its recording.")] input: SubmitCallInput,
     ) -> Result<SubmitCallPayload> {
         let st = state(ctx);
         let who = caller(ctx)?;
@@ -100,7 +109,7 @@ impl CallsMutation {
             from: input.from,
             to: input.to,
             agent: input.agent,
-            started_at: input.started_at,
+            started_at: input.started_at.map(Into::into),
             tags: input.tags,
             metadata: input.metadata.map(|j| j.0),
             channels: input.channels,
@@ -117,8 +126,14 @@ impl CallsMutation {
         })
     }
 
-    /// Queues a FAILED call again.
-    async fn retry_call(&self, ctx: &Context<'_>, id: ID) -> Result<Call> {
+    /// Queues a `FAILED` call for analysis again (a `RETRIED` event; the call is `QUEUED` and its
+    /// `error` cleared) and returns it. ADMIN and INTEGRATOR. NOT_FOUND when the tenant has no
+    /// such call; CONFLICT when it is not `FAILED`.
+    async fn retry_call(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The call's id (`Call.id`).")] id: ID,
+    ) -> Result<Call> {
         let id = parse_id(&id)?;
         Ok(Call(
             calls::retry_call(state(ctx), caller(ctx)?, id)
@@ -127,8 +142,18 @@ impl CallsMutation {
         ))
     }
 
-    /// Adds tags to a call.
-    async fn tag_call(&self, ctx: &Context<'_>, id: ID, tags: Vec<String>) -> Result<Call> {
+    /// Adds tags to a call and returns it; its tags stay and repeats are ignored (a `TAGGED`
+    /// event). ADMIN, INTEGRATOR and ANALYST. BAD_USER_INPUT for an invalid tag or more than 50
+    /// in all; NOT_FOUND when the tenant has no such call.
+    async fn tag_call(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The call's id (`Call.id`).")] id: ID,
+        #[graphql(
+            desc = "Tags to add: each 1 to 64 characters of letters, digits, spaces and `- _ . : /`."
+        )]
+        tags: Vec<String>,
+    ) -> Result<Call> {
         let id = parse_id(&id)?;
         Ok(Call(
             calls::tag_call(state(ctx), caller(ctx)?, id, tags)
@@ -137,8 +162,14 @@ impl CallsMutation {
         ))
     }
 
-    /// Deletes a call: its rows, recording and results.
-    async fn delete_call(&self, ctx: &Context<'_>, id: ID) -> Result<DeleteCallPayload> {
+    /// Deletes a call for good: the call, its segments and its events at once, its recording and
+    /// results shortly after. Subscribers get a `DELETED` event. ADMIN and INTEGRATOR. NOT_FOUND
+    /// when the tenant has no such call.
+    async fn delete_call(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The call's id (`Call.id`).")] id: ID,
+    ) -> Result<DeleteCallPayload> {
         let uuid = parse_id(&id)?;
         calls::delete_call(state(ctx), caller(ctx)?, uuid)
             .await

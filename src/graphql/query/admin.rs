@@ -12,7 +12,7 @@ pub struct AdminQuery;
 
 #[Object]
 impl AdminQuery {
-    /// The caller: tenant, role and whether it is the platform admin.
+    /// The caller: tenant, role and whether it is the platform admin. Any role.
     async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
         let c = caller(ctx)?;
         let tenant = auth::get_tenant(&state(ctx).db, c, c.tenant_id)
@@ -25,7 +25,8 @@ impl AdminQuery {
         })
     }
 
-    /// The tenant's API keys (admin).
+    /// The API keys of the caller's tenant, oldest first, revoked ones included (see
+    /// `revokedAt`). ADMIN only (FORBIDDEN otherwise).
     async fn api_keys(&self, ctx: &Context<'_>) -> Result<Vec<ApiKey>> {
         Ok(auth::list_api_keys(&state(ctx).db, caller(ctx)?)
             .await

@@ -10,9 +10,9 @@ use crate::graphql::{caller, loaders, parse_id, state};
 use crate::services::calls::{self, Order, OrderField, PageArgs};
 use async_graphql::ErrorExtensions;
 
-/// Anything with a global id.
+/// Anything with a global id (Relay); fetch one with `node(id:)`. Today every node is a `Call`.
 #[derive(Interface)]
-#[graphql(field(name = "id", ty = "ID"))]
+#[graphql(field(name = "id", ty = "ID", desc = "The object's global id."))]
 pub enum Node {
     Call(Call),
 }
@@ -46,8 +46,13 @@ async fn prefetch(ctx: &Context<'_>, page: &[(String, entities::calls::Model)]) 
 
 #[Object]
 impl CallsQuery {
-    /// A call of the caller's tenant, or null.
-    async fn call(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Call>> {
+    /// One call of the caller's tenant; null when the tenant has no call with this id. Any role.
+    async fn call(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The call's id (`Call.id`); BAD_USER_INPUT when it is not a valid ID.")]
+        id: ID,
+    ) -> Result<Option<Call>> {
         let id = parse_id(&id)?;
         Ok(calls::get_call(&state(ctx).db, caller(ctx)?, id)
             .await
@@ -55,7 +60,12 @@ impl CallsQuery {
             .map(Call))
     }
 
-    /// Calls, newest first unless `orderBy` says otherwise. `first`/`last` at most the page-size limit (100).
+    /// The tenant's calls, a page at a time (a Relay cursor connection): newest first unless
+    /// `orderBy` says otherwise. Page forward with `first` and `after` (the previous page's
+    /// `endCursor`), or backward with `last` and `before`; without either, the first 20. Pages
+    /// hold at most the page-size limit (100 unless configured). Any role. BAD_USER_INPUT for
+    /// `first` with `last`, a size outside 0 to the limit, an invalid cursor or an invalid
+    /// filter.
     #[graphql(
         complexity = "(first.or(last).unwrap_or(20).clamp(0, 1000) as usize) * child_complexity + 1"
     )]
@@ -63,11 +73,26 @@ impl CallsQuery {
     async fn calls(
         &self,
         ctx: &Context<'_>,
-        filter: Option<CallFilter>,
+        #[graphql(desc = "Which calls; all of the tenant's when null.")] filter: Option<CallFilter>,
+        #[graphql(
+            desc = "The order; default newest first (`{field: CREATED_AT, direction: DESC}`)."
+        )]
         order_by: Option<CallOrder>,
+        #[graphql(
+            desc = "Forward paging: at most this many calls (0 to the page-size limit), after `after` or from the start. Not together with `last`; default 20 when neither is given."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "Forward paging: start after this cursor (`pageInfo.endCursor` or an edge's `cursor` from the same `orderBy`)."
+        )]
         after: Option<String>,
+        #[graphql(
+            desc = "Backward paging: at most this many calls (0 to the page-size limit), the ones just before `before` or at the end. Not together with `first`."
+        )]
         last: Option<i32>,
+        #[graphql(
+            desc = "Backward paging: end before this cursor (`pageInfo.startCursor` or an edge's `cursor` from the same `orderBy`)."
+        )]
         before: Option<String>,
     ) -> Result<CallConnection> {
         let filter: calls::CallFilter = filter.unwrap_or_default().into();
@@ -111,8 +136,14 @@ impl CallsQuery {
         })
     }
 
-    /// Fetches any object by its global id.
-    async fn node(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Node>> {
+    /// Fetches an object by its global id (Relay); null when the caller's tenant has none with
+    /// this id. Any role.
+    async fn node(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "A global id, e.g. `Call.id`; BAD_USER_INPUT when it is not a valid ID.")]
+        id: ID,
+    ) -> Result<Option<Node>> {
         let parsed: AppResult<uuid::Uuid> = id
             .parse()
             .map_err(|_| AppError::bad_input("id is not a valid ID"));

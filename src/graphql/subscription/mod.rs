@@ -42,6 +42,8 @@ fn parse_cursor(after: Option<String>) -> Result<Option<i64>> {
         .transpose()
 }
 
+/// Live call events, over WebSocket (`graphql-transport-ws`, or the legacy
+/// `graphql-ws`). Any role.
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
     /// The events of one call. Without `after`, the call's events so far come first, then every
@@ -52,9 +54,12 @@ impl SubscriptionRoot {
     async fn call_updated(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The call to follow.")] id: ID,
         #[graphql(
-            desc = "Resume after this event `cursor` (replays every later event of the call first)."
+            desc = "The call to follow (`Call.id`); NOT_FOUND when the tenant has no such call."
+        )]
+        id: ID,
+        #[graphql(
+            desc = "A `CallEvent.cursor` of this call seen before: replay its later events, then go on live. Without it, the call's events so far come first. BAD_USER_INPUT when it is not a cursor."
         )]
         after: Option<String>,
     ) -> Result<impl Stream<Item = Result<CallEvent>>> {
@@ -89,11 +94,11 @@ impl SubscriptionRoot {
     async fn call_events(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "Only events matching all of the given criteria.")] filter: Option<
+        #[graphql(desc = "Which events; all of the tenant's when null.")] filter: Option<
             CallEventFilter,
         >,
         #[graphql(
-            desc = "Resume after this event `cursor`: every later event is replayed first. `\"0\"` replays the whole history."
+            desc = "A `CallEvent.cursor` seen before: replay every later event, then go on live (`\"0\"` replays the whole history). Without it, events from now on. BAD_USER_INPUT when it is not a cursor."
         )]
         after: Option<String>,
     ) -> Result<impl Stream<Item = Result<CallEvent>>> {
@@ -101,7 +106,12 @@ impl SubscriptionRoot {
         who.require(Permission::ReadCalls).map_err(|e| e.extend())?;
         let after = parse_cursor(after)?;
         let f = filter.unwrap_or_default();
-        let kinds = f.kinds.unwrap_or_default();
+        let kinds: Vec<String> = f
+            .kinds
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| k.as_str().to_string())
+            .collect();
         if kinds.len() > 20 || kinds.iter().any(|k| k.len() > 32) {
             return Err(
                 AppError::bad_input("kinds: at most 20 names of at most 32 characters").extend(),

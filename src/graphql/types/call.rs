@@ -1,11 +1,14 @@
 //! `Call`, its recording, transcript, metrics and events.
 
 use async_graphql::{ComplexObject, Context, Object, Result, SimpleObject, ID};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use entities::calls;
 
-use crate::domain::{CallDirection, CallMetrics, CallStatus, EventEnvelope, SentimentLabel};
+use crate::domain::{
+    CallDirection, CallEventKind, CallMetrics, CallStatus, EventEnvelope, SentimentLabel,
+};
 use crate::error::AppError;
+use crate::graphql::scalars::{Json, Timestamp};
 use crate::graphql::{caller, loaders, state, url_expiry};
 use async_graphql::ErrorExtensions;
 
@@ -16,35 +19,38 @@ fn json_list(v: &serde_json::Value) -> Vec<String> {
     serde_json::from_value(v.clone()).unwrap_or_default()
 }
 
-/// Sentiment of a call or segment.
+/// The overall sentiment of what was said in a call: a score and its label.
 #[derive(SimpleObject, Clone)]
 pub struct Sentiment {
-    /// From -1 (negative) to 1 (positive).
+    /// From -1 (negative) through 0 (neutral) to 1 (positive).
     pub score: f64,
-    /// `NEGATIVE`, `NEUTRAL` or `POSITIVE`.
-    pub label: String,
+    /// The score's label.
+    pub label: SentimentLabel,
 }
 
-/// Speech time of one speaker.
+/// Speech time of one speaker in a call.
 #[derive(SimpleObject, Clone)]
 pub struct SpeakerTime {
+    /// The speaker's name: the name of their channel (see `Call.channels`).
     pub speaker: String,
+    /// Their speech time, in milliseconds.
     pub ms: i64,
 }
 
-/// Talk-time metrics.
+/// How the talking in a call was shared, measured from the audio. Durations are in milliseconds.
 #[derive(SimpleObject, Clone)]
 #[graphql(name = "CallMetrics")]
 pub struct CallMetricsGql {
-    /// Speech time per speaker, in channel order.
+    /// Speech time per speaker, in channel order (left first).
     pub talk_time: Vec<SpeakerTime>,
-    /// Time no one speaks.
+    /// Time in which no one speaks, in milliseconds.
     pub silence_ms: i64,
-    /// Time two speakers speak at once.
+    /// Time in which two speakers speak at once, in milliseconds.
     pub overlap_ms: i64,
-    /// Times a speaker started while another was mid-turn.
+    /// How many times a speaker started while another was mid-turn.
     pub interruptions: i64,
-    /// Longest stretch one speaker held the floor alone.
+    /// Longest stretch one speaker held the floor alone, in milliseconds (their own short pauses
+    /// do not end it).
     pub longest_monologue_ms: i64,
 }
 
@@ -67,16 +73,23 @@ impl From<CallMetrics> for CallMetricsGql {
     }
 }
 
-/// One stretch of speech.
+/// One stretch of speech by one speaker, as detected in the audio.
 #[derive(SimpleObject, Clone)]
 pub struct Segment {
+    /// The speaker's name: the name of the segment's channel (see `Call.channels`).
     pub speaker: String,
-    /// 0 = left (or mono), 1 = right.
+    /// The audio channel the speech was heard on: 0 = left (or the only channel of a mono
+    /// recording), 1 = right.
     pub channel: i32,
+    /// Start, in milliseconds from the beginning of the recording.
     pub start_ms: i64,
+    /// End, in milliseconds from the beginning of the recording; never before `startMs`.
     pub end_ms: i64,
+    /// What was said, from the submitted transcript; null when no transcript was submitted or
+    /// none of it fell on this segment.
     pub text: Option<String>,
-    /// Sentiment score of the segment's text, from -1 to 1.
+    /// Sentiment score of the segment's text, from -1 (negative) to 1 (positive); null when it
+    /// has no text.
     pub sentiment: Option<f64>,
 }
 
@@ -85,16 +98,21 @@ pub struct Transcript {
     call: calls::Model,
 }
 
+/// What was said in a call: the text, when a transcript was submitted, and the speech segments
+/// detected in the audio.
 #[Object]
 impl Transcript {
-    /// Plain text, when a transcript was submitted or produced.
+    /// The transcript as plain text, one utterance per line (`Speaker: words` where the speaker
+    /// is known); null when no transcript was submitted.
     async fn text(&self) -> Option<&str> {
         self.call.transcript_text.as_deref()
     }
+    /// BCP-47 language tag of the call, as submitted (`SubmitCallInput.language`, else the
+    /// transcript's); null when none was given.
     async fn language(&self) -> Option<&str> {
         self.call.language.as_deref()
     }
-    /// Speech segments in time order.
+    /// Speech segments in time order (by start, then channel).
     async fn segments(&self, ctx: &Context<'_>) -> Result<Vec<Segment>> {
         Ok(loaders(ctx)
             .segments
@@ -105,11 +123,14 @@ impl Transcript {
     }
 }
 
-/// A short-lived link to download an object.
+/// A signed, short-lived link to download a file. Anyone holding it can download the file until
+/// `expiresAt`, without an API key: hand it to a browser or player, do not store it.
 #[derive(SimpleObject)]
 pub struct SignedUrl {
+    /// The link, for an HTTP GET.
     pub url: String,
-    pub expires_at: DateTime<Utc>,
+    /// When the link stops working.
+    pub expires_at: Timestamp,
 }
 
 async fn signed(ctx: &Context<'_>, key: &str, expires_in: Option<i32>) -> Result<SignedUrl> {
@@ -120,7 +141,10 @@ async fn signed(ctx: &Context<'_>, key: &str, expires_in: Option<i32>) -> Result
         .presign_get(key, expiry)
         .await
         .map_err(|e| AppError::Internal(e).extend())?;
-    Ok(SignedUrl { url, expires_at })
+    Ok(SignedUrl {
+        url,
+        expires_at: expires_at.into(),
+    })
 }
 
 /// The stored recording.
@@ -130,59 +154,91 @@ pub struct Recording {
     bytes: Option<i64>,
 }
 
+/// The stored recording of a call.
 #[Object]
 impl Recording {
+    /// The recording's MIME type, e.g. `audio/wav`: the type it was submitted with, or the one
+    /// detected from its bytes when it came without one (or as `application/octet-stream`).
     async fn content_type(&self) -> Option<&str> {
         self.content_type.as_deref()
     }
+    /// Size of the recording, in bytes.
     async fn byte_size(&self) -> Option<i64> {
         self.bytes
     }
-    /// A short-lived URL to download the recording. `expiresIn` in seconds (default 900, at most 86400).
-    async fn url(&self, ctx: &Context<'_>, expires_in: Option<i32>) -> Result<String> {
+    /// A signed link to download the recording (see `SignedUrl`).
+    async fn url(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(
+            desc = "How long the link works, in seconds: 1 to 86400 (BAD_USER_INPUT otherwise). Default: the server's URL lifetime, 900 unless configured."
+        )]
+        expires_in: Option<i32>,
+    ) -> Result<String> {
         Ok(signed(ctx, &self.key, expires_in).await?.url)
     }
     /// The same link with its expiry time.
-    async fn download(&self, ctx: &Context<'_>, expires_in: Option<i32>) -> Result<SignedUrl> {
+    async fn download(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(
+            desc = "How long the link works, in seconds: 1 to 86400 (BAD_USER_INPUT otherwise). Default: the server's URL lifetime, 900 unless configured."
+        )]
+        expires_in: Option<i32>,
+    ) -> Result<SignedUrl> {
         signed(ctx, &self.key, expires_in).await
     }
 }
 
+/// A submitted call: what the integrator sent and, once the call is `COMPLETED`, the results of
+/// its analysis. Result fields are null (or empty lists) until then.
 #[Object]
 impl Call {
+    /// The call's id (a UUID), also its global id for `node`.
     pub async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }
-    /// The integrator's own id for the call.
+    /// The integrator's own id for the call, as submitted (`CallFilter.externalId` finds it);
+    /// null when none was given.
     async fn external_id(&self) -> Option<&str> {
         self.0.external_id.as_deref()
     }
+    /// Where the call is in its life; each change also arrives as a `CallEvent`.
     async fn status(&self) -> CallStatus {
         CallStatus::parse(&self.0.status).unwrap_or(CallStatus::Queued)
     }
+    /// Who placed the call, as submitted; null when not given.
     async fn direction(&self) -> Option<CallDirection> {
         self.0.direction.as_deref().and_then(CallDirection::parse)
     }
+    /// The calling party (e.g. a phone number) exactly as submitted; null when not given.
     async fn from(&self) -> Option<&str> {
         self.0.from_number.as_deref()
     }
+    /// The called party (e.g. a phone number) exactly as submitted; null when not given.
     async fn to(&self) -> Option<&str> {
         self.0.to_number.as_deref()
     }
+    /// The agent's name or id, as submitted; null when not given.
     async fn agent(&self) -> Option<&str> {
         self.0.agent.as_deref()
     }
-    async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.0.started_at
+    /// When the call itself started, as submitted (not when it was submitted: see
+    /// `createdAt`); null when not given.
+    async fn started_at(&self) -> Option<Timestamp> {
+        self.0.started_at.map(Timestamp)
     }
-    /// Length of the recording in milliseconds.
+    /// Length of the recording in milliseconds: read from the file's headers at submission
+    /// (null when they do not state it), then measured from the audio once `COMPLETED`.
     async fn duration_ms(&self) -> Option<i64> {
         self.0.duration_ms
     }
-    /// Speaker names per channel as submitted.
+    /// Speaker names per channel as submitted, left first; null when none were given and the
+    /// defaults apply (stereo `agent` and `customer`, mono `speaker`).
     async fn channels(&self) -> Option<Vec<String>> {
         self.0.channels.as_ref().map(json_list)
     }
+    /// The stored recording; null only for a call with no recording on file.
     async fn recording(&self) -> Option<Recording> {
         self.0.recording_key.clone().map(|key| Recording {
             key,
@@ -190,18 +246,25 @@ impl Call {
             bytes: self.0.recording_bytes,
         })
     }
-    /// A short-lived URL to the full analysis as JSON, once the call is analysed.
+    /// A signed link to the full analysis as one JSON document (see `SignedUrl`); null until
+    /// the call is `COMPLETED`.
     async fn result_url(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "How long the link works, in seconds: 1 to 86400 (BAD_USER_INPUT otherwise). Default: the server's URL lifetime, 900 unless configured."
+        )]
         expires_in: Option<i32>,
     ) -> Result<Option<String>> {
         Ok(self.result_download(ctx, expires_in).await?.map(|s| s.url))
     }
-    /// The results link with its expiry time, once the call is analysed.
+    /// The results link with its expiry time; null until the call is `COMPLETED`.
     async fn result_download(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "How long the link works, in seconds: 1 to 86400 (BAD_USER_INPUT otherwise). Default: the server's URL lifetime, 900 unless configured."
+        )]
         expires_in: Option<i32>,
     ) -> Result<Option<SignedUrl>> {
         match &self.0.result_key {
@@ -209,41 +272,59 @@ impl Call {
             None => Ok(None),
         }
     }
-    /// Transcript and speech segments, once the call is analysed.
+    /// Transcript and speech segments; null until the call is `COMPLETED`.
     async fn transcript(&self) -> Option<Transcript> {
         (self.0.status == CallStatus::Completed.as_str()).then(|| Transcript {
             call: self.0.clone(),
         })
     }
+    /// A short summary of the call written by the analyser; null until the call is
+    /// `COMPLETED`.
     async fn summary(&self) -> Option<&str> {
         self.0.summary.as_deref()
     }
+    /// Overall sentiment of what was said; null until the call is `COMPLETED`, and when there
+    /// was no text to score (no transcript).
     async fn sentiment(&self) -> Option<Sentiment> {
         let score = self.0.sentiment_score?;
-        let label = self
-            .0
-            .sentiment_label
-            .clone()
-            .unwrap_or_else(|| SentimentLabel::Neutral.as_str().into());
+        // Labels are written from `SentimentLabel` only. A missing one (a score without a label)
+        // is neutral, as before; an unknown one (another version's) is logged and neutral too,
+        // rather than failing the whole call.
+        let label = match self.0.sentiment_label.as_deref() {
+            None => SentimentLabel::Neutral,
+            Some(stored) => SentimentLabel::parse(stored).unwrap_or_else(|| {
+                tracing::warn!(call = %self.0.id, label = stored, "unknown stored sentiment label; answered NEUTRAL");
+                SentimentLabel::Neutral
+            }),
+        };
         Some(Sentiment { score, label })
     }
+    /// Topics the analyser found in the transcript; empty until the call is `COMPLETED`, and
+    /// when it found none.
     async fn topics(&self) -> Vec<String> {
         json_list(&self.0.topics)
     }
+    /// Follow-ups promised or asked for in the call, as the analyser found them; empty until the
+    /// call is `COMPLETED`, and when there are none.
     async fn action_items(&self) -> Vec<String> {
         json_list(&self.0.action_items)
     }
+    /// Talk-time metrics measured from the audio; null until the call is `COMPLETED`.
     async fn metrics(&self) -> Option<CallMetricsGql> {
         let m: CallMetrics = serde_json::from_value(self.0.metrics.clone()?).ok()?;
         Some(m.into())
     }
+    /// Tags from `submitCall` and `tagCall`, in the order they were first added, without
+    /// duplicates (at most 50).
     async fn tags(&self) -> Vec<String> {
         json_list(&self.0.tags)
     }
-    async fn metadata(&self) -> Option<async_graphql::Json<serde_json::Value>> {
-        self.0.metadata.clone().map(async_graphql::Json)
+    /// The JSON object submitted as `metadata`, unchanged; null when none was given.
+    async fn metadata(&self) -> Option<Json> {
+        self.0.metadata.clone().map(Json)
     }
-    /// Everything that happened to the call, oldest first.
+    /// Everything that happened to the call, oldest first. An event is listed once the relay
+    /// has given it its stream position (`cursor`), normally within a moment of the change.
     async fn events(&self, ctx: &Context<'_>) -> Result<Vec<CallEvent>> {
         Ok(loaders(ctx)
             .events
@@ -255,52 +336,76 @@ impl Call {
             .map(CallEvent)
             .collect())
     }
-    /// Which analyser produced the results.
+    /// Which analyser produced the results: `local`, or `gemini:<model>`; null until the call is
+    /// `COMPLETED`.
     async fn analyzer(&self) -> Option<&str> {
         self.0.analyzer.as_deref()
     }
-    /// Why the last attempt failed.
+    /// Why the last failed attempt failed; null when none has. Set with a `RETRYING` or
+    /// `FAILED` event; cleared when the call completes or `retryCall` queues it again.
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
     }
+    /// Analysis attempts started so far: 0 until a worker first picks the call up; every retry
+    /// and redelivery counts.
     async fn attempts(&self) -> i32 {
         self.0.attempts
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    /// When the call was submitted.
+    async fn created_at(&self) -> Timestamp {
+        self.0.created_at.into()
     }
-    async fn updated_at(&self) -> DateTime<Utc> {
-        self.0.updated_at
+    /// When anything about the call last changed: status, results or tags.
+    async fn updated_at(&self) -> Timestamp {
+        self.0.updated_at.into()
     }
-    async fn completed_at(&self) -> Option<DateTime<Utc>> {
-        self.0.completed_at
+    /// When the results were stored; null until the call is `COMPLETED`.
+    async fn completed_at(&self) -> Option<Timestamp> {
+        self.0.completed_at.map(Timestamp)
     }
 }
 
 /// Something that happened to a call.
 pub struct CallEvent(pub EventEnvelope);
 
+/// Something that happened to a call, as `Call.events` lists it and the subscriptions deliver it.
 #[Object]
 impl CallEvent {
+    /// The event's id, unique across tenants: a client can drop an event whose id it has seen.
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }
-    /// Position in the event stream; pass it as `after` to resume a subscription.
+    /// The event's position in the event stream, a decimal integer that grows by one per event
+    /// (across tenants, so a tenant sees gaps). Pass the last one seen as `callEvents(after:)`
+    /// to resume without missing or repeating an event.
     async fn cursor(&self) -> String {
         self.0.seq.to_string()
     }
-    /// `SUBMITTED`, `PROCESSING`, `COMPLETED`, `RETRYING`, `FAILED`, `RETRIED`, `TAGGED` or `DELETED`.
-    async fn kind(&self) -> &str {
-        &self.0.kind
+    /// What happened.
+    async fn kind(&self) -> CallEventKind {
+        // Kinds are written from `CallEventKind` only. One this version does not know (written by
+        // a newer version during a rolling deploy) is logged and answered with the kind its status
+        // implies, so that a client's state follows the call's status and the field stays valid.
+        CallEventKind::parse(&self.0.kind).unwrap_or_else(|| {
+            tracing::warn!(event = self.0.id, kind = %self.0.kind, "unknown call event kind; answered from its status");
+            match self.0.status {
+                CallStatus::Queued => CallEventKind::Submitted,
+                CallStatus::Processing => CallEventKind::Processing,
+                CallStatus::Completed => CallEventKind::Completed,
+                CallStatus::Failed => CallEventKind::Failed,
+            }
+        })
     }
-    /// The call's status after the event.
+    /// The call's status right after the event.
     async fn status(&self) -> CallStatus {
         self.0.status
     }
+    /// The call the event is about; still set after the call has been deleted.
     async fn call_id(&self) -> ID {
         ID(self.0.call_id.to_string())
     }
-    /// The call as it is now; null once it has been deleted.
+    /// The call as it is now (not as it was at the event); null once it has been deleted.
+    /// UNAUTHENTICATED without credentials.
     async fn call(&self, ctx: &Context<'_>) -> Result<Option<Call>> {
         caller(ctx)?;
         Ok(loaders(ctx)
@@ -310,17 +415,26 @@ impl CallEvent {
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?
             .map(Call))
     }
-    async fn at(&self) -> DateTime<Utc> {
-        self.0.at
+    /// When it happened (when the change was written).
+    async fn at(&self) -> Timestamp {
+        self.0.at.into()
     }
 }
 
-/// Relay page info.
+/// Where a page sits in the listing (Relay `PageInfo`).
 #[derive(SimpleObject)]
 pub struct PageInfo {
+    /// Whether calls follow this page. Exact when paging forward (`first`/`after`); when
+    /// paging backward (`last`/`before`) it is true whenever `before` was given.
     pub has_next_page: bool,
+    /// Whether calls precede this page. Exact when paging backward; when paging forward it is
+    /// true whenever `after` was given.
     pub has_previous_page: bool,
+    /// The first call's cursor (pass it as `before` for the previous page); null when the page
+    /// is empty.
     pub start_cursor: Option<String>,
+    /// The last call's cursor (pass it as `after` for the next page); null when the page is
+    /// empty.
     pub end_cursor: Option<String>,
 }
 
@@ -329,21 +443,27 @@ pub struct CallEdge {
     pub node: calls::Model,
 }
 
+/// One call of a page, with its cursor.
 #[Object]
 impl CallEdge {
+    /// An opaque position in the listing: pass it as `after` or `before` to page from this
+    /// call. It is only meaningful with the same `orderBy`.
     async fn cursor(&self) -> &str {
         &self.cursor
     }
+    /// The call.
     async fn node(&self) -> Call {
         Call(self.node.clone())
     }
 }
 
-/// A page of calls (Relay connection).
+/// A page of calls (a Relay cursor connection).
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct CallConnection {
+    /// The page's calls with their cursors, in the requested order.
     pub edges: Vec<CallEdge>,
+    /// Cursors of the page's ends and whether more calls lie beyond them.
     pub page_info: PageInfo,
     #[graphql(skip)]
     pub filter: crate::services::calls::CallFilter,
@@ -351,10 +471,11 @@ pub struct CallConnection {
 
 #[ComplexObject]
 impl CallConnection {
+    /// The page's calls without their cursors, in the requested order.
     async fn nodes(&self) -> Vec<Call> {
         self.edges.iter().map(|e| Call(e.node.clone())).collect()
     }
-    /// Calls matching the filter, over all pages.
+    /// How many calls match the filter, across all pages (counted when asked for).
     async fn total_count(&self, ctx: &Context<'_>) -> Result<u64> {
         crate::services::calls::count_calls(state(ctx), caller(ctx)?, &self.filter)
             .await
