@@ -323,9 +323,14 @@ async fn call_events_filter_by_kind() {
         )
         .await;
     let err = unknown.recv(Duration::from_secs(5)).await.unwrap();
-    assert!(err["payload"]["data"].is_null(), "{err}");
+    // Refused before it starts: an `error` message carrying the validation errors.
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(
+        err["payload"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+        "{err}"
+    );
     assert!(
-        err["payload"]["errors"][0]["message"]
+        err["payload"][0]["message"]
             .as_str()
             .unwrap()
             .contains("\"CallEventKind\" does not contain the value \"FINISHED\""),
