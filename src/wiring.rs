@@ -24,6 +24,8 @@ use crate::adapters::sqs::SqsQueue;
 use crate::config::{AnalyzerKind, Layers, Settings};
 use crate::http::metrics::Metrics;
 use crate::ports::{Analyzer, BlobStore, EventFeed, EventPublisher, JobQueue};
+use crate::services::auth::Authenticator;
+use crate::services::jwt::JwtVerifier;
 use crate::state::{AppState, Realtime};
 
 /// Which database, as chosen by `VOICEGRAPH_DATABASE_URL`.
@@ -260,9 +262,15 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         }
     };
 
+    let auth = Arc::new(Authenticator::new(
+        db.clone(),
+        JwtVerifier::from_settings(&settings)?,
+    ));
+
     Ok(AppState {
         settings: Arc::new(settings),
         db,
+        auth,
         queue,
         publisher,
         feed,

@@ -19,7 +19,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use super::HttpState;
 use crate::error::AppError;
 use crate::graphql::loaders::Loaders;
-use crate::services::auth::{self, Caller};
+use crate::services::auth::Caller;
 use crate::state::AppState;
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
@@ -50,7 +50,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
         _ => Err(Box::new(error_response(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
-            "the Authorization header must be `Bearer <API key>`",
+            "the Authorization header must be `Bearer <API key or JWT>`",
         ))),
     }
 }
@@ -64,7 +64,7 @@ async fn caller_from_headers(
     let Some(token) = bearer(headers)? else {
         return Ok(None);
     };
-    match auth::authenticate(&app.db, &token).await {
+    match app.auth.authenticate(&token).await {
         Ok(c) => Ok(Some(c)),
         Err(AppError::Internal(e)) => {
             let id = uuid::Uuid::new_v4();
@@ -306,7 +306,7 @@ async fn websocket(
         .on_upgrade(move |socket| async move {
             let initialised = Arc::new(AtomicBool::new(false));
             let flag = initialised.clone();
-            let db = app.db.clone();
+            let auth = app.auth.clone();
             let mut data = Data::default();
             if let Some(c) = header_caller.clone() {
                 data.insert(c);
@@ -318,7 +318,8 @@ async fn websocket(
                     let mut data = Data::default();
                     match token_from_init(&payload) {
                         Some(token) => {
-                            let caller = auth::authenticate(&db, &token)
+                            let caller = auth
+                                .authenticate(&token)
                                 .await
                                 .map_err(|e| async_graphql::Error::new(e.to_string()))?;
                             data.insert(caller);

@@ -177,6 +177,8 @@ async fn a_lagging_subscriber_catches_up_from_the_database() {
         role: Role::Viewer,
         key_id: None,
         platform_admin: false,
+        expires_at: None,
+        subject: None,
     };
     let stream = events::stream(app.state.clone(), caller, EventFilter::default(), None);
     futures::pin_mut!(stream);
