@@ -179,11 +179,6 @@ impl Authenticator {
         }
     }
 
-    /// The JWT verifier, when JWT sign-in is configured.
-    pub fn jwt(&self) -> Option<&JwtVerifier> {
-        self.jwt.as_ref()
-    }
-
     /// The caller a bearer token stands for; anything else is `UNAUTHENTICATED` with the reason.
     pub async fn authenticate(&self, token: &str) -> AppResult<Caller> {
         let token = token.trim();

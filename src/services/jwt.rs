@@ -3,7 +3,6 @@
 //! unknown `kid` at a bounded rate, refreshed periodically), and the tenant and role claims.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,11 +136,6 @@ impl JwtVerifier {
         }))
     }
 
-    /// The JWKS cache, when keys come from a JWKS URL.
-    pub fn jwks(&self) -> Option<&JwksCache> {
-        self.jwks.as_ref()
-    }
-
     fn accepted(&self) -> Vec<(Accepted, &'static str)> {
         let mut out = Vec::new();
         if self.hs256.is_some() {
@@ -172,10 +166,11 @@ impl JwtVerifier {
                 names.join(", ")
             )));
         };
+        let jwks_key;
         let (key, alg) = match source {
             Accepted::Hs256 => (
                 self.hs256
-                    .clone()
+                    .as_ref()
                     .expect("HS256 is accepted only with a secret"),
                 Algorithm::HS256,
             ),
@@ -186,7 +181,8 @@ impl JwtVerifier {
                         "the token header has no `kid`: keys from the JWKS are chosen by key id",
                     ));
                 };
-                let found = jwks.key(kid).await?;
+                jwks_key = jwks.key(kid).await?;
+                let found = &*jwks_key;
                 if found.alg.name() != header.alg {
                     return Err(unauthenticated(format!(
                         "algorithm not allowed: the token says {} but JWKS key {} is an {} key",
@@ -195,10 +191,10 @@ impl JwtVerifier {
                         found.alg.name()
                     )));
                 }
-                (found.key.clone(), found.alg.algorithm())
+                (&found.key, found.alg.algorithm())
             }
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation(alg))
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation(alg))
             .map_err(|e| self.refusal(e))?;
         self.claims(&data.claims)
     }
@@ -372,6 +368,12 @@ pub struct JwksKey {
     key: DecodingKey,
 }
 
+impl std::fmt::Debug for JwksKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksKey").field("alg", &self.alg).finish()
+    }
+}
+
 /// One key id of the JWKS: a usable key, or why it cannot be used.
 type KeyEntry = Result<Arc<JwksKey>, String>;
 
@@ -487,12 +489,6 @@ enum Step {
     Fetch,
 }
 
-impl std::fmt::Debug for JwksKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwksKey").field("alg", &self.alg).finish()
-    }
-}
-
 impl CacheState {
     fn may_fetch(&self, now: Instant, min_refresh: Duration) -> bool {
         self.last_attempt
@@ -545,7 +541,6 @@ pub struct JwksCache {
     refresh: Duration,
     state: Mutex<CacheState>,
     fetching: tokio::sync::Mutex<()>,
-    fetches: AtomicU64,
 }
 
 impl JwksCache {
@@ -568,13 +563,7 @@ impl JwksCache {
             refresh,
             state: Mutex::new(CacheState::default()),
             fetching: tokio::sync::Mutex::new(()),
-            fetches: AtomicU64::new(0),
         })
-    }
-
-    /// Fetches started so far (successful or not).
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     fn step(&self, kid: &str, fetch_allowed: bool) -> (Step, u64) {
@@ -614,7 +603,6 @@ impl JwksCache {
     async fn refetch(&self) {
         let started = Instant::now();
         self.state.lock().expect("JWKS cache lock").last_attempt = Some(started);
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.fetch().await;
         let mut state = self.state.lock().expect("JWKS cache lock");
         state.generation += 1;

@@ -815,3 +815,20 @@ async fn cache_control_max_age_shortens_the_refresh() {
         "removed after max-age",
     );
 }
+
+/// API keys are recognised by their prefix, so a bootstrap key without it could never sign in.
+#[tokio::test]
+async fn a_bootstrap_key_without_the_api_key_prefix_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = crate::helpers::layers(dir.path());
+    l.set("bootstrap_admin_key", "platform-admin-secret");
+    let err = voicegraph::startup::Application::build(l.settings().unwrap(), SERVE)
+        .await
+        .err()
+        .expect("the app refuses to start");
+    assert!(
+        err.to_string()
+            .contains("VOICEGRAPH_BOOTSTRAP_ADMIN_KEY must start with `vg_`"),
+        "{err}"
+    );
+}
