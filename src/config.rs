@@ -130,6 +130,16 @@ impl Layers {
                 .unwrap_or_else(|| "https://generativelanguage.googleapis.com".into()),
             bootstrap_admin_key: secret("bootstrap_admin_key"),
             jwt_hs256_secret: secret("jwt_hs256_secret"),
+            jwt_jwks_url: self.str("jwt_jwks_url"),
+            jwt_issuer: self.str("jwt_issuer"),
+            jwt_audience: self.str("jwt_audience"),
+            jwt_leeway: Duration::from_secs(self.parse("jwt_leeway_secs", 10)?),
+            jwt_tenant_claim: self
+                .str("jwt_tenant_claim")
+                .unwrap_or_else(|| "tenant".into()),
+            jwt_role_claim: self.str("jwt_role_claim").unwrap_or_else(|| "role".into()),
+            jwt_jwks_min_refresh: Duration::from_secs(self.parse("jwt_jwks_min_refresh_secs", 30)?),
+            jwt_jwks_refresh: Duration::from_secs(self.parse("jwt_jwks_refresh_secs", 600)?),
             blob_signing_key: secret("blob_signing_key"),
             log_format: match self.str("log_format").as_deref() {
                 Some("json") => LogFormat::Json,
@@ -237,8 +247,25 @@ pub struct Settings {
     pub gemini_base_url: String,
     /// Platform-admin API key created at first start with no tenants.
     pub bootstrap_admin_key: Option<SecretString>,
-    /// HS256 secret for frontend JWTs.
+    /// HS256 secret for frontend JWTs (at least 32 bytes); unset: HS256 tokens are refused.
     pub jwt_hs256_secret: Option<SecretString>,
+    /// The identity provider's JWKS (RS256/ES256 keys); unset: RS256/ES256 tokens are refused.
+    pub jwt_jwks_url: Option<String>,
+    /// The `iss` every JWT must carry, when set.
+    pub jwt_issuer: Option<String>,
+    /// The audience every JWT's `aud` must contain, when set.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on a JWT's `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+    /// The JWT claim holding the tenant's id (may be a namespaced URL, e.g. `https://example.com/tenant`).
+    pub jwt_tenant_claim: String,
+    /// The JWT claim holding the role (`admin`, `integrator`, `analyst` or `viewer`).
+    pub jwt_role_claim: String,
+    /// Shortest time between two JWKS fetches, however many tokens name unknown keys.
+    pub jwt_jwks_min_refresh: Duration,
+    /// How long fetched JWKS keys are used before the set is fetched again (a shorter
+    /// `Cache-Control: max-age` wins), so that removed keys stop working.
+    pub jwt_jwks_refresh: Duration,
     /// HMAC key for the directory blob store's signed URLs; default: generated once into the data dir.
     pub blob_signing_key: Option<SecretString>,
     /// `text` or `json` logs (json by default in production).

@@ -66,6 +66,14 @@ impl Application {
             .bootstrap_admin_key
             .as_ref()
             .map(|k| k.expose_secret().to_string());
+        // Only tokens with the API-key prefix are looked up as keys.
+        anyhow::ensure!(
+            admin_key
+                .as_deref()
+                .is_none_or(|k| k.starts_with(auth::API_KEY_PREFIX)),
+            "VOICEGRAPH_BOOTSTRAP_ADMIN_KEY must start with `{}`, like every API key",
+            auth::API_KEY_PREFIX
+        );
         let state = wiring::build_state(settings, &public_url).await?;
         let generated_admin_key = if admin_key.is_some() || !production {
             auth::bootstrap(&state.db, admin_key.as_deref())

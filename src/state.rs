@@ -10,12 +10,15 @@ use crate::adapters::local::blobs::FsBlobStore;
 use crate::config::Settings;
 use crate::http::metrics::Metrics;
 use crate::ports::{Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue};
+use crate::services::auth::Authenticator;
 use crate::services::live::EventHub;
 
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: DatabaseConnection,
+    /// Turns bearer tokens (API keys, JWTs) into callers.
+    pub auth: Arc<Authenticator>,
     pub queue: Arc<dyn JobQueue>,
     pub publisher: Arc<dyn EventPublisher>,
     pub feed: Arc<dyn EventFeed>,

@@ -25,6 +25,8 @@ use crate::adapters::sqs::SqsQueue;
 use crate::config::{AnalyzerKind, Layers, Settings};
 use crate::http::metrics::Metrics;
 use crate::ports::{Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue};
+use crate::services::auth::Authenticator;
+use crate::services::jwt::JwtVerifier;
 use crate::services::live::EventHub;
 use crate::state::{AppState, Realtime};
 
@@ -272,9 +274,15 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         }
     };
 
+    let auth = Arc::new(Authenticator::new(
+        db.clone(),
+        JwtVerifier::from_settings(&settings)?,
+    ));
+
     Ok(AppState {
         settings: Arc::new(settings),
         db,
+        auth,
         queue,
         publisher,
         feed,

@@ -19,7 +19,7 @@ use crate::error::AppError;
 use crate::graphql::documents::{DocumentError, Params};
 use crate::graphql::live::{is_request_error, operation_type, result_json};
 use crate::graphql::loaders::Loaders;
-use crate::services::auth::{self, Caller};
+use crate::services::auth::Caller;
 use crate::state::AppState;
 
 pub const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
@@ -58,7 +58,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
 
 /// The caller of a token (an API key or a JWT).
 pub async fn authenticate(app: &AppState, token: &str) -> Result<Caller, AppError> {
-    auth::authenticate(&app.db, token).await
+    app.auth.authenticate(token).await
 }
 
 /// The response that refuses a request whose credentials failed.

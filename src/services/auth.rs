@@ -1,7 +1,11 @@
-//! Who is calling: API keys (random, shown once, stored as SHA-256), tenants, roles, and the
-//! platform admin created from the bootstrap key at first start.
+//! Who is calling: the `Authenticator` (API keys, random, shown once, stored as SHA-256, beside
+//! end users' JWTs), tenants, roles, and the platform admin created from the bootstrap key at
+//! first start.
 
-use chrono::Utc;
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
 use entities::{api_keys, tenants};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -12,6 +16,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
+use crate::services::jwt::{self, JwtVerifier};
+
+/// Every API key starts with this; tokens that do not are never looked up as keys.
+pub const API_KEY_PREFIX: &str = "vg_";
 
 /// What an API key may do. Each mutation, and each query not open to every role, names the roles
 /// it allows.
@@ -68,9 +76,9 @@ pub struct Caller {
     pub key_id: Option<Uuid>,
     /// May create tenants and keys in any tenant.
     pub platform_admin: bool,
-    /// When the credentials stop being valid (a JWT's `exp`); `None` for API keys.
-    pub expires_at: Option<chrono::DateTime<Utc>>,
-    /// The end user (a JWT's `sub`), if known.
+    /// When the credential stops being valid: a JWT's `exp` (API keys do not expire).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Who the identity provider says signed in: a JWT's `sub` (none for API keys).
     pub subject: Option<String>,
 }
 
@@ -152,6 +160,83 @@ pub async fn authenticate(db: &DatabaseConnection, token: &str) -> AppResult<Cal
         expires_at: None,
         subject: None,
     })
+}
+
+/// Resolves bearer tokens to callers: API keys (`vg_…`) by their hash, JWTs with the verifier
+/// the settings configure. Built once at start-up; remembers tenants already seen, so that a
+/// valid JWT costs no database round trip after the first.
+pub struct Authenticator {
+    db: DatabaseConnection,
+    jwt: Option<JwtVerifier>,
+    /// Tenants known to exist (tenants are never deleted, so this is never stale).
+    tenants: RwLock<HashSet<Uuid>>,
+}
+
+impl Authenticator {
+    pub fn new(db: DatabaseConnection, jwt: Option<JwtVerifier>) -> Self {
+        Self {
+            db,
+            jwt,
+            tenants: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// The caller a bearer token stands for; anything else is `UNAUTHENTICATED` with the reason.
+    pub async fn authenticate(&self, token: &str) -> AppResult<Caller> {
+        let token = token.trim();
+        if token.starts_with(API_KEY_PREFIX) {
+            return authenticate(&self.db, token).await;
+        }
+        if !jwt::looks_like_jwt(token) {
+            return Err(AppError::Unauthenticated(match self.jwt {
+                Some(_) => "expected an API key (`vg_…`) or a JWT".into(),
+                None => "expected an API key (`vg_…`)".into(),
+            }));
+        }
+        let Some(verifier) = &self.jwt else {
+            return Err(AppError::Unauthenticated(
+                "this server does not accept JWTs (no VOICEGRAPH_JWT_HS256_SECRET or VOICEGRAPH_JWT_JWKS_URL is set): use an API key (`vg_…`)".into(),
+            ));
+        };
+        let claims = verifier.verify(token).await.inspect_err(|e| {
+            tracing::debug!(reason = %e, "JWT refused");
+        })?;
+        if !self.tenant_exists(claims.tenant_id).await? {
+            tracing::debug!(tenant = %claims.tenant_id, "JWT refused: unknown tenant");
+            return Err(AppError::Unauthenticated(format!(
+                "unknown tenant {} (the token's tenant claim names no tenant of this service)",
+                claims.tenant_id
+            )));
+        }
+        Ok(Caller {
+            tenant_id: claims.tenant_id,
+            role: claims.role,
+            key_id: None,
+            platform_admin: false,
+            expires_at: Some(claims.expires_at),
+            subject: claims.subject,
+        })
+    }
+
+    async fn tenant_exists(&self, id: Uuid) -> AppResult<bool> {
+        if self
+            .tenants
+            .read()
+            .expect("tenant cache lock")
+            .contains(&id)
+        {
+            return Ok(true);
+        }
+        let exists = tenants::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .is_some();
+        // Only tenants that exist are remembered, so the set grows with real tenants only.
+        if exists {
+            self.tenants.write().expect("tenant cache lock").insert(id);
+        }
+        Ok(exists)
+    }
 }
 
 /// At first start (no tenants), creates tenant `default` and the platform-admin key. Returns the

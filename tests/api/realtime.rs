@@ -753,10 +753,7 @@ async fn subscriptions_and_operations_over_sse() {
     let mut live = Sse::new(Sse::open(&app, Some(ADMIN_KEY), q).await);
     assert!(live.next(Duration::from_millis(200)).await.is_none() || live.comments > 0);
     app.token.cancel();
-    loop {
-        match live.next(Duration::from_secs(10)).await {
-            Some((e, _)) => assert_ne!(e, "complete", "a shutdown is not a completion"),
-            None => break,
-        }
+    while let Some((e, _)) = live.next(Duration::from_secs(10)).await {
+        assert_ne!(e, "complete", "a shutdown is not a completion");
     }
 }
