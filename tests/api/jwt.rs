@@ -832,3 +832,137 @@ async fn a_bootstrap_key_without_the_api_key_prefix_is_refused_at_start() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Expiry on live connections.
+// ---------------------------------------------------------------------------------------------
+
+/// Reads until the server closes the socket; returns the close code (panics after `within`).
+async fn close_code(ws: &mut crate::helpers::Subscription, within: Duration) -> u16 {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, ws.ws.next()).await {
+            Err(_) => panic!("not closed within {within:?}"),
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ping\"") => {
+                ws.send(json!({ "type": "pong" })).await
+            }
+            Ok(Some(Ok(Message::Close(Some(f))))) => return f.code.into(),
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+async fn socket_with(app: &TestApp, token: &str) -> crate::helpers::Subscription {
+    let mut ws = crate::helpers::Subscription::connect(&app.addr, "graphql-transport-ws").await;
+    ws.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }))
+        .await;
+    let ack = ws.recv(Duration::from_secs(5)).await.expect("ack");
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    ws.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { callEvents(after: \"0\") { kind callId } }" } }))
+        .await;
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_jwt_ends_its_socket_unless_refreshed_in_band() {
+    let app = TestApp::spawn_with(Roles::ALL, |l| {
+        l.set("jwt_hs256_secret", SECRET)
+            .set("jwt_issuer", ISSUER)
+            .set("jwt_audience", AUDIENCE);
+    })
+    .await;
+    let tenant = create_tenant(&app, "expiring").await;
+    let other = create_tenant(&app, "other").await;
+    let short = |tenant: &str| hs256(&claims(tenant, "viewer", json!({ "exp": now() + 2 })));
+    let long = |tenant: &str, role: &str| hs256(&claims(tenant, role, json!({})));
+
+    // Not refreshed: closed with 4403 once the token expires (and not long before).
+    let started = Instant::now();
+    let mut plain = socket_with(&app, &short(&tenant)).await;
+    // Refreshed in band with a ping: stays, and keeps streaming.
+    let mut refreshed = socket_with(&app, &short(&tenant)).await;
+    refreshed
+        .send(json!({ "type": "ping", "payload": { "Authorization": format!("Bearer {}", long(&tenant, "viewer")) } }))
+        .await;
+    let pong = refreshed.recv(Duration::from_secs(5)).await.expect("pong");
+    assert_eq!(pong["type"], "pong", "{pong}");
+    // Refreshing for another tenant, or with a bad token, is refused.
+    let mut hijack = socket_with(&app, &short(&tenant)).await;
+    hijack
+        .send(json!({ "type": "ping", "payload": { "Authorization": format!("Bearer {}", long(&other, "viewer")) } }))
+        .await;
+    let mut garbage = socket_with(&app, &short(&tenant)).await;
+    garbage
+        .send(json!({ "type": "ping", "payload": { "Authorization": "Bearer not.a.jwt" } }))
+        .await;
+    let mut promoted = socket_with(&app, &short(&tenant)).await;
+    promoted
+        .send(json!({ "type": "ping", "payload": { "Authorization": format!("Bearer {}", long(&tenant, "admin")) } }))
+        .await;
+    assert_eq!(close_code(&mut hijack, Duration::from_secs(5)).await, 4403);
+    assert_eq!(close_code(&mut garbage, Duration::from_secs(5)).await, 4403);
+    assert_eq!(
+        close_code(&mut promoted, Duration::from_secs(5)).await,
+        4403
+    );
+
+    assert_eq!(close_code(&mut plain, Duration::from_secs(10)).await, 4403);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before the token expired",
+        started.elapsed()
+    );
+    // The refreshed one outlived the first token and still gets its tenant's events (the
+    // platform admin's call is in another tenant and does not show).
+    app.submit_ok(short_call(), json!({})).await;
+    assert!(
+        refreshed.recv(Duration::from_millis(500)).await.is_none(),
+        "another tenant's call leaked"
+    );
+    let mut key = app
+        .gql_ok(
+            "mutation($t: ID!) { createApiKey(input: {tenantId: $t, role: INTEGRATOR, name: \"i\"}) { secret } }",
+            json!({ "t": tenant }),
+        )
+        .await;
+    let key = key["createApiKey"]["secret"].take();
+    let (status, body) = app
+        .submit(key.as_str().unwrap(), short_call(), "audio/wav", json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mine = body["data"]["submitCall"]["call"]["id"].clone();
+    let e = refreshed.next_data(Duration::from_secs(10)).await;
+    assert_eq!(e["callEvents"]["callId"], mine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_jwt_ends_its_sse_stream() {
+    let app = hs256_app(|_| {}).await;
+    let tenant = create_tenant(&app, "sse").await;
+    let token = hs256(&claims(&tenant, "viewer", json!({ "exp": now() + 2 })));
+    let mut resp = app
+        .client
+        .post(app.url("/graphql"))
+        .header("accept", "text/event-stream")
+        .bearer_auth(&token)
+        .json(&json!({ "query": "subscription { callEvents { kind } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains("event: complete") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, resp.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            other => panic!("the stream did not end at expiry: {other:?} after {text:?}"),
+        }
+    }
+    assert!(text.contains("UNAUTHENTICATED"), "{text}");
+    assert!(text.contains("token expired"), "{text}");
+}
