@@ -380,7 +380,13 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
             };
             let mut requests = Vec::with_capacity(params.len());
             for p in params {
-                requests.push(state.documents.resolve(p, caller.as_ref()).await);
+                match state.documents.resolve(p, caller.as_ref()).await {
+                    // A request without a document is malformed, whatever the media type.
+                    Err(DocumentError::Invalid(msg)) if !batch => {
+                        return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg)
+                    }
+                    r => requests.push(r),
+                }
             }
             respond(kind, execute(&state, caller.as_ref(), requests).await, batch)
         }
@@ -496,6 +502,9 @@ pub async fn get_or_ws(
     };
     let mut request = match state.documents.resolve(params, caller.as_ref()).await {
         Ok(r) => r,
+        Err(DocumentError::Invalid(msg)) => {
+            return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg)
+        }
         Err(e) => return respond(kind, vec![Answer::Refused(e.to_json())], false),
     };
     // Only queries travel over GET (GraphQL-over-HTTP): they must have no side effects.

@@ -10,6 +10,7 @@ mod calls;
 mod client;
 mod events;
 mod feed_contract;
+mod http;
 mod jwt;
 mod limits;
 mod playground;
