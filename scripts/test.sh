@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command. Makes sure the real servers the tests talk to are up — Postgres, Redis and
 # the AWS APIs through moto's server (installed from PyPI, pinned) — then checks formatting and
-# lints and runs the whole suite, built once: on SQLite and again on Postgres.
+# lints and runs the whole suite, built once: on SQLite and again on Postgres, then the reference
+# GraphQL clients from npm (tests/node, installed from its lockfile) against the built binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (build)"
 cargo test --workspace --locked --lib --bins --tests --no-run
+cargo build --locked --bin voicegraph
+
+step "npm clients for tests/node (from its lockfile)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "Node.js and npm are needed for tests/node (Debian: apt-get install nodejs npm)" >&2
+    exit 1
+fi
+if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.package-lock.json 2>/dev/null; then
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 log=$(mktemp)
 trap 'kill $moto_pid 2>/dev/null || true; rm -f "$log"' EXIT
@@ -57,6 +68,13 @@ step "cargo test: every test, embedded database (SQLite)"
 cargo test --workspace --locked --lib --bins --tests -- --test-threads "$threads" --skip scale_out 2>&1 | tee -a "$log" || status=1
 step "cargo test: the integration suite again on Postgres"
 VOICEGRAPH_TEST_DB=postgres cargo test --locked --test api -- --test-threads "$threads" --skip scale_out 2>&1 | tee -a "$log" || status=1
+step "node: graphql-ws, graphql-sse, Apollo persisted queries, graphql-http audit"
+(cd tests/node && VOICEGRAPH_BIN="$PWD/../../target/debug/voicegraph" node --test --test-concurrency=1 --test-reporter=spec) 2>&1 \
+    | tee "$log.node" || status=1
+node_passed=$(grep -Eo '^ℹ pass [0-9]+' "$log.node" | grep -Eo '[0-9]+' || echo 0)
+node_failed=$(grep -Eo '^ℹ fail [0-9]+' "$log.node" | grep -Eo '[0-9]+' || echo 0)
+echo "test result: node clients. ${node_passed} passed; ${node_failed} failed" | tee -a "$log"
+rm -f "$log.node"
 step "cargo test: scale-out with separate processes (one at a time)"
 cargo test --locked --test api scale_out -- --test-threads 1 --nocapture 2>&1 | tee -a "$log" || status=1
 
