@@ -1054,6 +1054,7 @@ impl Api {
             .http
             .post(&self.url)
             .bearer_auth(ADMIN_KEY)
+            .header("apollo-require-preflight", "true")
             .multipart(form)
             .send()
             .await?

@@ -135,8 +135,8 @@ impl Application {
             }
         }
         if let Some(listener) = listener {
-            live::start(&state).await?;
-            tasks.spawn(live::run(state.clone(), shutdown.clone()));
+            let feed = live::start(&state).await?;
+            tasks.spawn(live::run(state.clone(), feed, shutdown.clone()));
             tasks.spawn(events::run_watermark(
                 state.clone(),
                 state.settings.watermark_poll,

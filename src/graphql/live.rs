@@ -231,7 +231,10 @@ impl Live {
             stop: CancellationToken::new(),
         });
         groups.insert(key, group.clone());
-        self.state.metrics.subscription_groups.inc();
+        self.state
+            .metrics
+            .subscription_groups
+            .set(groups.len() as i64);
         tokio::spawn(run_group(self.clone(), group.clone(), position, hub));
         (group, position, rx)
     }
@@ -247,7 +250,10 @@ impl Live {
                 .is_some_and(|g| Arc::ptr_eq(g, group))
             {
                 groups.remove(&group.key);
-                self.state.metrics.subscription_groups.dec();
+                self.state
+                    .metrics
+                    .subscription_groups
+                    .set(groups.len() as i64);
             }
             group.stop.cancel();
         }
@@ -260,7 +266,10 @@ impl Live {
             .is_some_and(|g| Arc::ptr_eq(g, group))
         {
             groups.remove(&group.key);
-            self.state.metrics.subscription_groups.dec();
+            self.state
+                .metrics
+                .subscription_groups
+                .set(groups.len() as i64);
         }
     }
 }

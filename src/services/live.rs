@@ -24,7 +24,6 @@ pub struct HubItem {
 
 struct Inner {
     position: i64,
-    started: bool,
     tx: broadcast::Sender<Arc<HubItem>>,
 }
 
@@ -40,7 +39,6 @@ impl EventHub {
         Self {
             inner: Mutex::new(Inner {
                 position: 0,
-                started: false,
                 tx,
             }),
         }
@@ -61,16 +59,10 @@ impl EventHub {
         self.lock().position
     }
 
-    /// Whether `start` has run: before it the position is not the database's.
-    pub fn is_started(&self) -> bool {
-        self.lock().started
-    }
-
     /// Sets the starting position (the database's last one); call once before serving.
     pub fn start_at(&self, position: i64) {
         let mut inner = self.lock();
         inner.position = position;
-        inner.started = true;
     }
 
     fn emit(&self, seq: i64, event: Option<EventEnvelope>) {
@@ -104,18 +96,26 @@ impl EventHub {
     }
 }
 
-/// Reads the last committed position and starts the hub there.
-pub async fn start(state: &AppState) -> anyhow::Result<()> {
+/// Listens to the feed, then reads the last committed position and starts the hub there (in
+/// that order, so that nothing published in between is missed). Call before serving; hand the
+/// receiver to [`run`].
+pub async fn start(
+    state: &AppState,
+) -> anyhow::Result<broadcast::Receiver<Arc<EventEnvelope>>> {
+    let live = state.feed.subscribe();
     let top = events::max_seq(&state.db).await?;
     state.hub.start_at(top);
-    Ok(())
+    Ok(live)
 }
 
 /// Runs the hub until `shutdown`: the live feed in order, gaps from the database, and the
 /// instance's watermark for what the feed never brought.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
+pub async fn run(
+    state: AppState,
+    mut live: broadcast::Receiver<Arc<EventEnvelope>>,
+    shutdown: CancellationToken,
+) {
     let hub = state.hub.clone();
-    let mut live = state.feed.subscribe();
     let mut watermark = state.watermark.subscribe();
     loop {
         let target = tokio::select! {
