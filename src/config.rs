@@ -165,7 +165,7 @@ impl Layers {
             ws_pong_timeout: Duration::from_millis(
                 self.parse::<u64>("ws_pong_timeout_ms", 10_000)?.max(10),
             ),
-            ws_read_buffer_bytes: self.parse("ws_read_buffer_bytes", 4096)?,
+            ws_read_buffer_bytes: self.parse("ws_read_buffer_bytes", 1024)?,
             ws_max_message_bytes: self.parse("ws_max_message_bytes", 64 * 1024)?,
             ws_max_subscriptions: self.parse("ws_max_subscriptions", 100)?,
             subscription_buffer: self.parse("subscription_buffer", 256)?,

@@ -42,6 +42,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings, roles: Roles) -> anyhow::Result<Self> {
+        // Purge freed pages in the background, so memory returns to the system after load.
+        if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+            tracing::warn!(error = %e, "jemalloc background threads are unavailable");
+        }
         let listener = if roles.serve {
             let l = TcpListener::bind(&settings.listen).await.map_err(|e| {
                 anyhow::anyhow!(

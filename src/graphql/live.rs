@@ -188,10 +188,8 @@ impl Live {
                 .data(SourceSlot(join.clone() as Arc<dyn EventSource>))
                 .data(caller),
         );
-        self.state.metrics.subscriptions.inc();
         LiveStream {
             inner: member(self.clone(), join, replay).boxed(),
-            metrics: self.state.metrics.clone(),
         }
     }
 
@@ -369,10 +367,7 @@ impl EventSource for Join {
                 .join(self.key.0.clone(), self.group_caller(), self.key.1.clone());
         let from = spec.after.or(spec.replay_call.then_some(0));
         *self.joined.lock().unwrap_or_else(|e| e.into_inner()) = Some(Joined {
-            membership: Membership {
-                live: self.live.clone(),
-                group,
-            },
+            membership: Membership::new(self.live.clone(), group),
             rx,
             skip_upto: position.max(spec.after.unwrap_or(0)),
         });
@@ -646,22 +641,30 @@ fn member(
     }
 }
 
-/// Leaves the group when the member's stream is dropped.
+/// A member of a group: counted as a live subscription from the moment it joined, and leaving
+/// the group when dropped.
 struct Membership {
     live: Arc<Live>,
     group: Arc<Group>,
 }
 
+impl Membership {
+    fn new(live: Arc<Live>, group: Arc<Group>) -> Self {
+        live.state.metrics.subscriptions.inc();
+        Self { live, group }
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
+        self.live.state.metrics.subscriptions.dec();
         self.live.leave(&self.group);
     }
 }
 
-/// A subscriber's stream of messages; counts itself in the metrics while it lives.
+/// A subscriber's stream of messages.
 pub struct LiveStream {
     inner: BoxStream<'static, LiveItem>,
-    metrics: Arc<crate::http::metrics::Metrics>,
 }
 
 impl futures::Stream for LiveStream {
@@ -671,11 +674,5 @@ impl futures::Stream for LiveStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<LiveItem>> {
         self.inner.poll_next_unpin(cx)
-    }
-}
-
-impl Drop for LiveStream {
-    fn drop(&mut self) {
-        self.metrics.subscriptions.dec();
     }
 }

@@ -22,7 +22,8 @@ pub struct Metrics {
     pub db_statements: IntCounter,
     pub ws_connections: IntGauge,
     pub sse_streams: IntGauge,
-    /// Live subscriptions of this instance (WebSocket and SSE).
+    /// Live subscriptions of this instance (WebSocket and SSE), from the moment they joined
+    /// their group.
     pub subscriptions: IntGauge,
     /// Shared executions: one per distinct (tenant, role, document, variables) being watched.
     pub subscription_groups: IntGauge,

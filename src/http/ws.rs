@@ -198,7 +198,9 @@ impl Connection {
                     match msg {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(c) = self.on_message(&mut socket, text.as_str()).await {
+                            // Boxed: handling a message (authentication, documents) is a large
+                            // future that an idle connection should not carry around.
+                            if let Err(c) = Box::pin(self.on_message(&mut socket, text.as_str())).await {
                                 break Some(c);
                             }
                         }
@@ -462,7 +464,8 @@ fn operation(state: HttpState, caller: Option<Caller>, payload: Value) -> BoxStr
             Ok(p) => p,
             Err(msg) => return refused("BAD_USER_INPUT", &msg),
         };
-        let mut request = match state.documents.resolve(params, caller.as_ref()).await {
+        // The big futures are boxed so that the finished stage costs a subscription nothing.
+        let mut request = match Box::pin(state.documents.resolve(params, caller.as_ref())).await {
             Ok(r) => r,
             Err(e) => {
                 return stream::iter([Out::Error(Arc::from(json!([e.to_json()]).to_string()))])
@@ -479,7 +482,7 @@ fn operation(state: HttpState, caller: Option<Caller>, payload: Value) -> BoxStr
                 if let Some(c) = caller {
                     request = request.data(c);
                 }
-                let resp = state.schema.execute(request).await;
+                let resp = Box::pin(state.schema.execute(request)).await;
                 let out = if is_request_error(&resp) {
                     Out::Error(Arc::from(
                         serde_json::to_string(&resp.errors).unwrap_or_default(),

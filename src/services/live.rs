@@ -37,10 +37,7 @@ impl EventHub {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
         Self {
-            inner: Mutex::new(Inner {
-                position: 0,
-                tx,
-            }),
+            inner: Mutex::new(Inner { position: 0, tx }),
         }
     }
 
@@ -99,9 +96,7 @@ impl EventHub {
 /// Listens to the feed, then reads the last committed position and starts the hub there (in
 /// that order, so that nothing published in between is missed). Call before serving; hand the
 /// receiver to [`run`].
-pub async fn start(
-    state: &AppState,
-) -> anyhow::Result<broadcast::Receiver<Arc<EventEnvelope>>> {
+pub async fn start(state: &AppState) -> anyhow::Result<broadcast::Receiver<Arc<EventEnvelope>>> {
     let live = state.feed.subscribe();
     let top = events::max_seq(&state.db).await?;
     state.hub.start_at(top);

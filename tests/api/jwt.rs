@@ -877,7 +877,8 @@ async fn an_expiring_jwt_ends_its_socket_unless_refreshed_in_band() {
     .await;
     let tenant = create_tenant(&app, "expiring").await;
     let other = create_tenant(&app, "other").await;
-    let short = |tenant: &str| hs256(&claims(tenant, "viewer", json!({ "exp": now() + 2 })));
+    // Valid for 2 to 3 s: long enough to refresh first on a slow machine.
+    let short = |tenant: &str| hs256(&claims(tenant, "viewer", json!({ "exp": now() + 3 })));
     let long = |tenant: &str, role: &str| hs256(&claims(tenant, role, json!({})));
 
     // Not refreshed: closed with 4403 once the token expires (and not long before).
@@ -912,7 +913,7 @@ async fn an_expiring_jwt_ends_its_socket_unless_refreshed_in_band() {
 
     assert_eq!(close_code(&mut plain, Duration::from_secs(10)).await, 4403);
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
+        started.elapsed() >= Duration::from_millis(1900),
         "closed after {:?}, before the token expired",
         started.elapsed()
     );
