@@ -42,21 +42,26 @@ pub struct RedisFanout {
 impl RedisFanout {
     /// Publishes on `channel` (one per deployment: [`CHANNEL`] unless configured).
     pub async fn connect(url: &str, channel: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("parsing the Redis URL")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(IO_TIMEOUT)
-            .set_response_timeout(IO_TIMEOUT)
-            .set_number_of_retries(2)
-            .set_max_delay(BACKOFF_MAX.as_millis() as u64);
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .context("connecting to Redis for publishing events")?;
         Ok(Self {
-            conn,
+            conn: connection_manager(url, "publishing events").await?,
             channel: channel.to_string(),
         })
     }
+}
+
+/// A connection that reconnects by itself, with bounded timeouts so that an unreachable Redis
+/// fails a command instead of holding it up.
+async fn connection_manager(url: &str, purpose: &str) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("parsing the Redis URL")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(IO_TIMEOUT)
+        .set_response_timeout(IO_TIMEOUT)
+        .set_number_of_retries(2)
+        .set_max_delay(BACKOFF_MAX.as_millis() as u64);
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .with_context(|| format!("connecting to Redis for {purpose}"))
 }
 
 #[async_trait]
@@ -235,18 +240,8 @@ impl RedisDocumentStore {
     /// Keys are `<prefix>:<hash>`; the prefix is the deployment's channel, so deployments that
     /// share a Redis keep their documents apart.
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("parsing the Redis URL")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(IO_TIMEOUT)
-            .set_response_timeout(IO_TIMEOUT)
-            .set_number_of_retries(2)
-            .set_max_delay(BACKOFF_MAX.as_millis() as u64);
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .context("connecting to Redis for persisted documents")?;
         Ok(Self {
-            conn,
+            conn: connection_manager(url, "persisted documents").await?,
             prefix: format!("{prefix}:apq"),
         })
     }

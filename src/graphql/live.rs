@@ -243,31 +243,23 @@ impl Live {
         inner.members = inner.members.saturating_sub(1);
         if inner.members == 0 {
             drop(inner);
-            if groups
-                .get(&group.key)
-                .is_some_and(|g| Arc::ptr_eq(g, group))
-            {
-                groups.remove(&group.key);
-                self.state
-                    .metrics
-                    .subscription_groups
-                    .set(groups.len() as i64);
-            }
+            Self::remove(&mut groups, group, &self.state);
             group.stop.cancel();
         }
     }
 
+    /// Takes an ended group out of the map, so that the next subscriber starts a new one.
     fn forget(&self, group: &Arc<Group>) {
-        let mut groups = self.groups();
+        Self::remove(&mut self.groups(), group, &self.state);
+    }
+
+    fn remove(groups: &mut HashMap<GroupKey, Arc<Group>>, group: &Arc<Group>, state: &AppState) {
         if groups
             .get(&group.key)
             .is_some_and(|g| Arc::ptr_eq(g, group))
         {
             groups.remove(&group.key);
-            self.state
-                .metrics
-                .subscription_groups
-                .set(groups.len() as i64);
+            state.metrics.subscription_groups.set(groups.len() as i64);
         }
     }
 }

@@ -147,19 +147,14 @@ impl Extension for AliasLimitExt {
             )
             .sum();
         if aliases > self.0 {
-            let mut e = ServerError::new(
+            let e = ServerError::new(
                 format!(
                     "the document has {aliases} aliases; at most {} are allowed",
                     self.0
                 ),
                 None,
             );
-            e.extensions = Some({
-                let mut x = async_graphql::ErrorExtensionValues::default();
-                x.set("code", "BAD_USER_INPUT");
-                x
-            });
-            return Err(e);
+            return Err(with_code(e, "BAD_USER_INPUT"));
         }
         Ok(doc)
     }
