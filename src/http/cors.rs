@@ -58,7 +58,6 @@ pub fn layer(settings: &Settings) -> CorsLayer {
             HeaderName::from_static("apollographql-client-name"),
             HeaderName::from_static("apollographql-client-version"),
         ])
-        .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
         .max_age(Duration::from_secs(600))
 }
 
