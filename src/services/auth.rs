@@ -56,7 +56,7 @@ impl Role {
     }
 }
 
-/// What a caller may do.
+/// What a caller may do; [`PERMISSIONS`] says who holds each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
     ReadCalls,
@@ -65,6 +65,87 @@ pub enum Permission {
     TagCalls,
     ManageCalls,
     ManageKeys,
+    ManageTenants,
+}
+
+/// One row of the permission table.
+pub struct PermissionRow {
+    pub permission: Permission,
+    /// The operations of the API it covers, as the README shows them.
+    pub operations: &'static str,
+    /// The roles that hold it, in their own tenant.
+    pub roles: &'static [Role],
+    /// Whether the platform admin holds it whatever its role.
+    pub platform_admin: bool,
+}
+
+/// Who may do what: the one table every service checks (through [`Caller::require`]) and the
+/// README renders ([`permission_table`]; a test keeps the two the same). Everything is within
+/// the caller's own tenant, except where the platform admin is named.
+pub const PERMISSIONS: &[PermissionRow] = &[
+    PermissionRow {
+        permission: Permission::ReadCalls,
+        operations:
+            "`call`, `calls`, `node`, `callUpdated`, `callEvents`, recording and result URLs",
+        roles: &[Role::Admin, Role::Integrator, Role::Analyst, Role::Viewer],
+        platform_admin: false,
+    },
+    PermissionRow {
+        permission: Permission::ReadStats,
+        operations: "`callStats`",
+        roles: &[Role::Admin, Role::Analyst],
+        platform_admin: false,
+    },
+    PermissionRow {
+        permission: Permission::SubmitCalls,
+        operations: "`createRecordingUpload`, `submitCall`",
+        roles: &[Role::Admin, Role::Integrator],
+        platform_admin: false,
+    },
+    PermissionRow {
+        permission: Permission::TagCalls,
+        operations: "`tagCall`",
+        roles: &[Role::Admin, Role::Integrator, Role::Analyst],
+        platform_admin: false,
+    },
+    PermissionRow {
+        permission: Permission::ManageCalls,
+        operations: "`retryCall`, `deleteCall`",
+        roles: &[Role::Admin, Role::Integrator],
+        platform_admin: false,
+    },
+    PermissionRow {
+        permission: Permission::ManageKeys,
+        operations: "`apiKeys`, `createApiKey`, `revokeApiKey` (the platform admin: in any tenant)",
+        roles: &[Role::Admin],
+        platform_admin: true,
+    },
+    PermissionRow {
+        permission: Permission::ManageTenants,
+        operations: "`createTenant`",
+        roles: &[],
+        platform_admin: true,
+    },
+];
+
+/// The permission table as Markdown, for the README.
+pub fn permission_table() -> String {
+    let roles = [Role::Admin, Role::Integrator, Role::Analyst, Role::Viewer];
+    let mut out = String::from(
+        "| operations | admin | integrator | analyst | viewer | platform admin |\n|---|---|---|---|---|---|\n",
+    );
+    let mark = |yes: bool| if yes { "✓" } else { "—" };
+    for row in PERMISSIONS {
+        out.push_str(&format!("| {} |", row.operations));
+        for role in roles {
+            out.push_str(&format!(" {} |", mark(row.roles.contains(&role))));
+        }
+        out.push_str(&format!(
+            " {} |\n",
+            mark(row.platform_admin || row.roles.contains(&Role::Admin))
+        ));
+    }
+    out
 }
 
 /// An authenticated caller. Every service call is made on behalf of one.
@@ -84,13 +165,12 @@ pub struct Caller {
 
 impl Caller {
     pub fn can(&self, p: Permission) -> bool {
-        use Permission::*;
-        match self.role {
-            Role::Admin => true,
-            Role::Integrator => matches!(p, ReadCalls | SubmitCalls | TagCalls | ManageCalls),
-            Role::Analyst => matches!(p, ReadCalls | ReadStats | TagCalls),
-            Role::Viewer => matches!(p, ReadCalls),
-        }
+        PERMISSIONS
+            .iter()
+            .find(|row| row.permission == p)
+            .is_some_and(|row| {
+                row.roles.contains(&self.role) || (row.platform_admin && self.platform_admin)
+            })
     }
 
     pub fn require(&self, p: Permission) -> AppResult<()> {
@@ -329,7 +409,7 @@ pub async fn create_tenant(
     caller: &Caller,
     name: &str,
 ) -> AppResult<tenants::Model> {
-    if !caller.platform_admin {
+    if !caller.can(Permission::ManageTenants) {
         return Err(AppError::Forbidden(
             "only the platform admin creates tenants".into(),
         ));

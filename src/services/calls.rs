@@ -269,12 +269,14 @@ pub async fn submit_call(
             .await?
         }
         Recording::Key(key) => {
-            if !key.starts_with(&upload_prefix(caller.tenant_id))
-                || !crate::adapters::local::blobs::valid_key(&key)
-            {
+            if !key.starts_with("uploads/") || !crate::adapters::local::blobs::valid_key(&key) {
                 return Err(AppError::bad_input(
-                    "recordingKey is not an upload of this tenant (use createRecordingUpload)",
+                    "recordingKey is not an upload key (use createRecordingUpload)",
                 ));
+            }
+            // Another tenant's upload is, for this caller, an upload that does not exist.
+            if !key.starts_with(&upload_prefix(caller.tenant_id)) {
+                return Err(AppError::not_found("upload"));
             }
             check_uploaded(state, key, max).await?
         }

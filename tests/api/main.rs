@@ -20,4 +20,5 @@ mod realtime;
 mod scale_out;
 mod schema;
 mod secrets;
+mod tenancy;
 mod worker;

@@ -120,9 +120,9 @@ pub struct SubmitCallInput {
     /// `CreateRecordingUploadInput.contentType` lists, or absent, and its bytes must decode as
     /// audio (BAD_USER_INPUT otherwise).
     pub recording: Option<Upload>,
-    /// The `recordingKey` from `createRecordingUpload`, once the file is uploaded. BAD_USER_INPUT
-    /// when it is not an upload of this tenant, nothing was uploaded there, or the bytes do not
-    /// decode as audio.
+    /// The `recordingKey` from `createRecordingUpload`, once the file is uploaded. NOT_FOUND for
+    /// another tenant's upload; BAD_USER_INPUT when it is not an upload key, nothing was uploaded
+    /// there, or the bytes do not decode as audio.
     pub recording_key: Option<String>,
     /// Your own id for the call, at most 200 characters.
     pub external_id: Option<String>,
