@@ -562,11 +562,11 @@ async fn recording_keys_must_be_real_uploads_of_the_callers_tenant() {
     let (status, _) = put(&upload.url, "audio/wav", short_call()).await;
     assert_eq!(status, 200);
 
-    // Another tenant cannot use it.
+    // Another tenant cannot use it: for that tenant, no such upload exists.
     let (_, other) = tenant_with_key(&app, "other", "INTEGRATOR").await;
     let body = submit_key(&app, &other, &upload.key).await;
-    let msg = expect_code(&body, "BAD_USER_INPUT");
-    assert!(msg.contains("recordingKey"), "{msg}");
+    let msg = expect_code(&body, "NOT_FOUND");
+    assert!(msg.contains("upload"), "{msg}");
 
     // Made-up keys.
     let own = tenant_id(&app, ADMIN_KEY).await;
