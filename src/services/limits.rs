@@ -35,9 +35,14 @@ impl Policy {
     }
 
     fn quota(&self) -> Quota {
+        // Absurd settings (a rate of 1e-30 or 1e30 per second) give a quota that refills never
+        // or at once, not a panic.
+        let period = Duration::try_from_secs_f64(self.burst as f64 / self.rate)
+            .unwrap_or(Duration::MAX)
+            .max(Duration::from_micros(1));
         Quota {
             limit: self.burst,
-            period: Duration::from_secs_f64(self.burst as f64 / self.rate),
+            period,
         }
     }
 
