@@ -426,6 +426,21 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_bursts_default_to_two_seconds_of_the_rate() {
+        let mut l = Layers::default();
+        l.set("rate_limit_rps", "2.5")
+            .set("tenant_rate_limit_burst", "7");
+        let s = l.settings().unwrap();
+        assert_eq!(s.rate_limit_burst, 5);
+        assert_eq!(s.tenant_rate_limit_burst, 7);
+        assert_eq!((s.max_sockets_per_key, s.trusted_proxy_hops), (100, 0));
+        let mut l = Layers::default();
+        l.set("rate_limit_rps", "-1");
+        let e = l.settings().unwrap_err().to_string();
+        assert!(e.contains("VOICEGRAPH_RATE_LIMIT_RPS"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let mut l = Layers::default();
         l.set("max_page_size", "lots");
