@@ -1292,6 +1292,14 @@ mod server {
         voicegraph::telemetry::init(LogFormat::Text);
         let data_dir = std::env::var(DATA_DIR_ENV).context(DATA_DIR_ENV)?;
         let mut layers = Layers::default();
+        // Thousands of sockets from one key and one address are the point here (the environment
+        // may still set limits).
+        layers
+            .set("max_sockets_per_key", "0")
+            .set("max_subscriptions_per_key", "0")
+            .set("address_rate_limit_rps", "0")
+            .set("rate_limit_rps", "0")
+            .set("tenant_rate_limit_rps", "0");
         layers.merge_env(std::env::vars());
         layers
             .set("data_dir", data_dir)

@@ -104,6 +104,21 @@ impl Layers {
             }
         };
         let secret = |k: &str| self.str(k).map(SecretString::from);
+        let rate_limit_rps: f64 = self.parse("rate_limit_rps", 100.0)?;
+        let tenant_rate_limit_rps: f64 = self.parse("tenant_rate_limit_rps", 500.0)?;
+        let address_rate_limit_rps: f64 = self.parse("address_rate_limit_rps", 20.0)?;
+        // A burst left unset is two seconds' worth of the rate.
+        let twice = |rps: f64| (rps * 2.0).ceil().max(1.0) as u64;
+        for (name, rps) in [
+            ("RATE_LIMIT_RPS", rate_limit_rps),
+            ("TENANT_RATE_LIMIT_RPS", tenant_rate_limit_rps),
+            ("ADDRESS_RATE_LIMIT_RPS", address_rate_limit_rps),
+        ] {
+            anyhow::ensure!(
+                rps.is_finite() && rps >= 0.0,
+                "VOICEGRAPH_{name} must be a number of requests per second, 0 or more"
+            );
+        }
         Ok(Settings {
             env,
             listen: self
@@ -187,6 +202,20 @@ impl Layers {
             event_buffer: self.parse("event_buffer", 4096)?,
             loader_delay: Duration::from_millis(self.parse("loader_delay_ms", 5)?),
             db_max_connections: self.parse("db_max_connections", 16)?,
+            rate_limit_rps,
+            rate_limit_burst: self.parse("rate_limit_burst", twice(rate_limit_rps))?,
+            tenant_rate_limit_rps,
+            tenant_rate_limit_burst: self
+                .parse("tenant_rate_limit_burst", twice(tenant_rate_limit_rps))?,
+            address_rate_limit_rps,
+            address_rate_limit_burst: self.parse("address_rate_limit_burst", 200)?,
+            auth_failures_per_minute: self.parse("auth_failures_per_minute", 30)?,
+            cost_budget_per_minute: self.parse("cost_budget_per_minute", 300_000)?,
+            tenant_cost_budget_per_minute: self
+                .parse("tenant_cost_budget_per_minute", 1_500_000)?,
+            max_sockets_per_key: self.parse("max_sockets_per_key", 100)?,
+            max_subscriptions_per_key: self.parse("max_subscriptions_per_key", 1000)?,
+            trusted_proxy_hops: self.parse("trusted_proxy_hops", 0)?,
             data_dir,
         })
     }
@@ -326,6 +355,33 @@ pub struct Settings {
     pub loader_delay: Duration,
     /// Largest database connection pool of this process.
     pub db_max_connections: u32,
+    /// Requests per second per key (API key, or JWT subject and tenant); operations sent on a
+    /// socket count too. 0 turns the limit off.
+    pub rate_limit_rps: f64,
+    /// Requests a key may send at once, above its rate (default: two seconds' worth).
+    pub rate_limit_burst: u64,
+    /// Requests per second per tenant, all its keys together; 0 turns the limit off.
+    pub tenant_rate_limit_rps: f64,
+    /// Requests a tenant may send at once (default: two seconds' worth).
+    pub tenant_rate_limit_burst: u64,
+    /// Requests per second without credentials, per client address; 0 turns the limit off.
+    pub address_rate_limit_rps: f64,
+    /// Requests without credentials one address may send at once.
+    pub address_rate_limit_burst: u64,
+    /// Failed authentications per client address per minute; past them, credentials from that
+    /// address are refused (429) until the failures age. 0 turns the lockout off.
+    pub auth_failures_per_minute: u64,
+    /// GraphQL cost (computed complexity) a key may spend per minute; 0 turns it off.
+    pub cost_budget_per_minute: u64,
+    /// GraphQL cost a tenant may spend per minute, all its keys together; 0 turns it off.
+    pub tenant_cost_budget_per_minute: u64,
+    /// WebSocket connections and SSE streams one key may hold open at once; 0: no cap.
+    pub max_sockets_per_key: u64,
+    /// Subscriptions one key may run at once (WebSocket and SSE); 0: no cap.
+    pub max_subscriptions_per_key: u64,
+    /// Proxies in front of the service that append to `X-Forwarded-For` (1 behind an ALB): the
+    /// client address is the entry this many from the right; 0 uses the peer address.
+    pub trusted_proxy_hops: usize,
 }
 
 impl Settings {
@@ -367,6 +423,21 @@ mod tests {
         assert!(s
             .database_url()
             .starts_with("sqlite://./data/voicegraph.db"));
+    }
+
+    #[test]
+    fn rate_limit_bursts_default_to_two_seconds_of_the_rate() {
+        let mut l = Layers::default();
+        l.set("rate_limit_rps", "2.5")
+            .set("tenant_rate_limit_burst", "7");
+        let s = l.settings().unwrap();
+        assert_eq!(s.rate_limit_burst, 5);
+        assert_eq!(s.tenant_rate_limit_burst, 7);
+        assert_eq!((s.max_sockets_per_key, s.trusted_proxy_hops), (100, 0));
+        let mut l = Layers::default();
+        l.set("rate_limit_rps", "-1");
+        let e = l.settings().unwrap_err().to_string();
+        assert!(e.contains("VOICEGRAPH_RATE_LIMIT_RPS"), "{e}");
     }
 
     #[test]

@@ -150,6 +150,8 @@ impl Application {
             let app = http::router(state.clone(), schema)?;
             tracing::info!(addr = %listener.local_addr()?, "serving GraphQL on /graphql and the playground on /");
             let stop = shutdown.clone();
+            // The peer's address reaches handlers for the limits counted per client address.
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await?;

@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::http::metrics::Metrics;
 use crate::ports::{Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue};
 use crate::services::auth::Authenticator;
+use crate::services::limits::Limits;
 use crate::services::live::EventHub;
 
 #[derive(Clone)]
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Where persisted GraphQL documents are shared between instances.
     pub documents: Arc<dyn DocumentStore>,
     pub metrics: Arc<Metrics>,
+    /// Rate limits, cost budgets and connection caps (counted in Redis or in process).
+    pub limits: Arc<Limits>,
 }
 
 /// The realtime queue (subscribed to the events topic) and where its events go.

@@ -16,17 +16,22 @@ use crate::adapters::database::DbDocumentStore;
 use crate::adapters::local::analyzer::LocalAnalyzer;
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::adapters::local::bus::InProcessBus;
+use crate::adapters::local::limiter::InProcessLimiter;
 use crate::adapters::local::queue::EmbeddedQueue;
 use crate::adapters::redis::{RedisDocumentStore, RedisFanout, RedisFeed};
+use crate::adapters::redis_limiter::{RedisLimiter, SLOT_LEASE};
 use crate::adapters::s3::S3BlobStore;
 use crate::adapters::secrets_manager;
 use crate::adapters::sns::SnsPublisher;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::{AnalyzerKind, Layers, Settings};
 use crate::http::metrics::Metrics;
-use crate::ports::{Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue};
+use crate::ports::{
+    Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue, RateLimiter,
+};
 use crate::services::auth::Authenticator;
 use crate::services::jwt::JwtVerifier;
+use crate::services::limits::{LimitMetrics, Limits};
 use crate::services::live::EventHub;
 use crate::state::{AppState, Realtime};
 
@@ -267,6 +272,24 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
     };
     let settings_event_buffer = settings.event_buffer;
 
+    // Counted in Redis when there is one, so that every instance sees the same counts.
+    let limiter: Arc<dyn RateLimiter> = match &settings.redis_url {
+        Some(url) => Arc::new(
+            RedisLimiter::connect(url, &settings.redis_channel, SLOT_LEASE, shutdown.clone())
+                .await
+                .context("VOICEGRAPH_REDIS_URL")?,
+        ),
+        None => Arc::new(InProcessLimiter::new()),
+    };
+    let limits = Arc::new(Limits::new(
+        limiter,
+        &settings,
+        LimitMetrics {
+            refused: metrics.rate_limited.clone(),
+            errors: metrics.rate_limiter_errors.clone(),
+        },
+    ));
+
     let analyzer: Arc<dyn Analyzer> = match settings.analyzer {
         AnalyzerKind::Local => Arc::new(LocalAnalyzer),
         AnalyzerKind::Gemini => {
@@ -296,5 +319,6 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         hub: Arc::new(EventHub::new(settings_event_buffer)),
         documents,
         metrics,
+        limits,
     })
 }

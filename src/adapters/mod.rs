@@ -4,6 +4,7 @@ pub mod aws;
 pub mod database;
 pub mod local;
 pub mod redis;
+pub mod redis_limiter;
 pub mod s3;
 pub mod secrets_manager;
 pub mod sns;

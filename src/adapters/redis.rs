@@ -51,7 +51,10 @@ impl RedisFanout {
 
 /// A connection that reconnects by itself, with bounded timeouts so that an unreachable Redis
 /// fails a command instead of holding it up.
-async fn connection_manager(url: &str, purpose: &str) -> anyhow::Result<ConnectionManager> {
+pub(crate) async fn connection_manager(
+    url: &str,
+    purpose: &str,
+) -> anyhow::Result<ConnectionManager> {
     let client = redis::Client::open(url).context("parsing the Redis URL")?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(IO_TIMEOUT)

@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod call;
+pub mod gcra;
 
 pub use analysis::*;
 pub use call::*;

@@ -1,6 +1,7 @@
 //! The GraphQL schema: queries, mutations and subscriptions merged from one file per area, with
-//! depth, complexity and alias limits, and introspection off in production.
+//! depth, complexity and alias limits, the cost budget, and introspection off in production.
 
+pub mod budget;
 pub mod documents;
 pub mod live;
 pub mod loaders;
@@ -44,6 +45,7 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
             .limit_depth(s.max_query_depth)
             .limit_complexity(s.max_query_complexity)
             .extension(AliasLimit(s.max_aliases))
+            .extension(budget::CostBudget)
             .data(Loaders::new(&state.db, s.loader_delay, false));
         if s.is_production() {
             builder = builder.disable_introspection().disable_suggestions();

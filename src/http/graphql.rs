@@ -14,12 +14,15 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
+use super::ratelimit::{admit, set_fields, Admitted, ClientAddr};
 use super::HttpState;
 use crate::error::AppError;
+use crate::graphql::budget::CostCharge;
 use crate::graphql::documents::{DocumentError, Params};
 use crate::graphql::live::{is_request_error, operation_type, result_json};
 use crate::graphql::loaders::Loaders;
 use crate::services::auth::Caller;
+use crate::services::limits::Refusal;
 use crate::state::AppState;
 
 pub const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
@@ -37,7 +40,8 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         .into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+/// The bearer token of the `Authorization` header; a header of another form is refused.
+pub(super) fn bearer(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -62,7 +66,7 @@ pub async fn authenticate(app: &AppState, token: &str) -> Result<Caller, AppErro
 }
 
 /// The response that refuses a request whose credentials failed.
-fn auth_failure(e: AppError) -> Box<Response> {
+pub(super) fn auth_failure(e: AppError) -> Box<Response> {
     Box::new(match e {
         AppError::Internal(e) => {
             let id = uuid::Uuid::new_v4();
@@ -75,21 +79,6 @@ fn auth_failure(e: AppError) -> Box<Response> {
         }
         e => error_response(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()),
     })
-}
-
-/// The caller named by the request's `Authorization` header; no header means anonymous (fields
-/// that need a caller then answer `UNAUTHENTICATED`), a bad one is refused outright.
-pub async fn caller_from_headers(
-    app: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<Caller>, Box<Response>> {
-    match bearer(headers)? {
-        Some(token) => authenticate(app, &token)
-            .await
-            .map(Some)
-            .map_err(auth_failure),
-        None => Ok(None),
-    }
 }
 
 /// The media types of the `Accept` header, without parameters, in the order given; `q=0` ones
@@ -206,28 +195,54 @@ fn respond(kind: ResponseType, answers: Vec<Answer>, batch: bool) -> Response {
     r
 }
 
-/// Executes each request with the HTTP request's DataLoaders (shared by a batch, caching).
+/// Executes each request with the HTTP request's DataLoaders (shared by a batch, caching), each
+/// charged to the caller's cost budget; answers with 429 when the budget refused every one.
 async fn execute(
     state: &HttpState,
-    caller: Option<&Caller>,
+    kind: ResponseType,
+    admitted: &Admitted,
     requests: Vec<Result<Request, DocumentError>>,
-) -> Vec<Answer> {
+    batch: bool,
+) -> Response {
     let app = &state.app;
     let loaders = Loaders::new(&app.db, app.settings.loader_delay, true);
     let mut answers = Vec::with_capacity(requests.len());
+    let mut refusals = Vec::with_capacity(requests.len());
     for r in requests {
         answers.push(match r {
             Ok(mut request) => {
-                request = request.data(loaders.clone());
-                if let Some(c) = caller {
+                let charge = CostCharge::new();
+                request = request.data(loaders.clone()).data(charge.clone());
+                if let Some(c) = &admitted.caller {
                     request = request.data(c.clone());
                 }
-                Answer::Executed(state.schema.execute(request).await)
+                let response = state.schema.execute(request).await;
+                refusals.push(charge.refusal());
+                Answer::Executed(response)
             }
-            Err(e) => Answer::Refused(e.to_json()),
+            Err(e) => {
+                refusals.push(None);
+                Answer::Refused(e.to_json())
+            }
         });
     }
-    answers
+    let mut response = respond(kind, answers, batch);
+    admitted.decorate(&mut response);
+    let refused: Option<Vec<Refusal>> = refusals.into_iter().collect();
+    if let Some(refused) = refused.filter(|r| !r.is_empty()) {
+        // Nothing ran: the client should wait as long as the longest refusal says.
+        let longest = refused
+            .iter()
+            .max_by_key(|r| r.retry_after.unwrap_or(std::time::Duration::MAX))
+            .unwrap_or(&refused[0]);
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let headers = response.headers_mut();
+        if let Some(secs) = longest.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        set_fields(headers, &longest.report);
+    }
+    response
 }
 
 /// Apollo's CSRF prevention: a request a browser would send cross-site without a preflight
@@ -346,12 +361,17 @@ pub fn json_params(bytes: &[u8]) -> Result<(Vec<Params>, bool), Box<Response>> {
 
 /// `POST /graphql`: JSON bodies or GraphQL multipart requests (file uploads); with
 /// `Accept: text/event-stream`, a graphql-sse stream.
-pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn post(
+    State(state): State<HttpState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if csrf_blocked(&headers) {
         return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", CSRF_MESSAGE);
     }
     if wants_event_stream(&headers) {
-        return super::sse::post(state, headers, body).await;
+        return super::sse::post(state, addr, headers, body).await;
     }
     let kind = match ResponseType::negotiate(&headers) {
         Ok(k) => k,
@@ -364,10 +384,11 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
             "request bodies must be UTF-8",
         );
     }
-    let caller = match caller_from_headers(&state.app, &headers).await {
-        Ok(c) => c,
+    let admitted = match admit(&state.app, &headers, addr).await {
+        Ok(a) => a,
         Err(r) => return *r,
     };
+    let caller = admitted.caller.as_ref();
     match media_type(&headers).as_deref() {
         Some(JSON) => {
             let bytes = match read_body(body, state.app.settings.max_request_bytes).await {
@@ -380,7 +401,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
             };
             let mut requests = Vec::with_capacity(params.len());
             for p in params {
-                match state.documents.resolve(p, caller.as_ref()).await {
+                match state.documents.resolve(p, caller).await {
                     // A request without a document is malformed, whatever the media type.
                     Err(DocumentError::Invalid(msg)) if !batch => {
                         return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg)
@@ -388,9 +409,9 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
                     r => requests.push(r),
                 }
             }
-            respond(kind, execute(&state, caller.as_ref(), requests).await, batch)
+            execute(&state, kind, &admitted, requests, batch).await
         }
-        Some("multipart/form-data") => multipart(state, kind, caller, headers, body).await,
+        Some("multipart/form-data") => multipart(state, kind, &admitted, headers, body).await,
         Some(other) => error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "BAD_USER_INPUT",
@@ -410,7 +431,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
 async fn multipart(
     state: HttpState,
     kind: ResponseType,
-    caller: Option<Caller>,
+    admitted: &Admitted,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -457,25 +478,27 @@ async fn multipart(
     };
     let requests = requests
         .into_iter()
-        .map(|r| state.documents.check(&r, caller.as_ref()).map(|()| r))
+        .map(|r| {
+            state
+                .documents
+                .check(&r, admitted.caller.as_ref())
+                .map(|()| r)
+        })
         .collect();
-    respond(
-        kind,
-        execute(&state, caller.as_ref(), requests).await,
-        is_batch,
-    )
+    execute(&state, kind, admitted, requests, is_batch).await
 }
 
 /// `GET /graphql`: a query in the query string, a WebSocket upgrade for subscriptions, or a
 /// graphql-sse stream.
 pub async fn get_or_ws(
     State(state): State<HttpState>,
+    addr: ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(ws) = ws {
-        return super::ws::upgrade(state, headers, ws).await;
+        return super::ws::upgrade(state, addr, headers, ws).await;
     }
     let query = query.unwrap_or_default();
     if query.len() > state.app.settings.max_request_bytes {
@@ -486,26 +509,34 @@ pub async fn get_or_ws(
         );
     }
     if wants_event_stream(&headers) {
-        return super::sse::get(state, headers, &query).await;
+        return super::sse::get(state, addr, headers, &query).await;
     }
     let kind = match ResponseType::negotiate(&headers) {
         Ok(k) => k,
         Err(r) => return *r,
     };
-    let caller = match caller_from_headers(&state.app, &headers).await {
-        Ok(c) => c,
+    let admitted = match admit(&state.app, &headers, addr).await {
+        Ok(a) => a,
         Err(r) => return *r,
     };
     let params = match Params::from_query_string(&query) {
         Ok(p) => p,
         Err(msg) => return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg),
     };
-    let mut request = match state.documents.resolve(params, caller.as_ref()).await {
+    let mut request = match state
+        .documents
+        .resolve(params, admitted.caller.as_ref())
+        .await
+    {
         Ok(r) => r,
         Err(DocumentError::Invalid(msg)) => {
             return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg)
         }
-        Err(e) => return respond(kind, vec![Answer::Refused(e.to_json())], false),
+        Err(e) => {
+            let mut r = respond(kind, vec![Answer::Refused(e.to_json())], false);
+            admitted.decorate(&mut r);
+            return r;
+        }
     };
     // Only queries travel over GET (GraphQL-over-HTTP): they must have no side effects.
     if let Some(ty) = operation_type(&mut request) {
@@ -520,9 +551,5 @@ pub async fn get_or_ws(
             return r;
         }
     }
-    respond(
-        kind,
-        execute(&state, caller.as_ref(), vec![Ok(request)]).await,
-        false,
-    )
+    execute(&state, kind, &admitted, vec![Ok(request)], false).await
 }

@@ -1,4 +1,5 @@
-//! Prometheus metrics: HTTP requests, jobs, SQL statements, WebSocket connections, queue depth.
+//! Prometheus metrics: HTTP requests, jobs, SQL statements, WebSocket connections, queue depth,
+//! rate-limit refusals.
 
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ pub struct Metrics {
     /// Database reads that replayed events to one subscriber (a cursor, or a lagging client).
     pub subscription_replays: IntCounter,
     pub queue_depth: IntGauge,
+    /// Requests, operations and connections refused by a rate limit or cap, by limit.
+    pub rate_limited: IntCounterVec,
+    /// Rate limiter failures that let a request through unlimited.
+    pub rate_limiter_errors: IntCounter,
 }
 
 impl Metrics {
@@ -83,6 +88,19 @@ impl Metrics {
         .expect("metric");
         let queue_depth =
             IntGauge::new("job_queue_depth", "Jobs waiting or leased").expect("metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests, operations and connections refused by a rate limit or cap",
+            ),
+            &["limit"],
+        )
+        .expect("metric");
+        let rate_limiter_errors = IntCounter::new(
+            "rate_limiter_errors_total",
+            "Rate limiter failures that let a request through unlimited",
+        )
+        .expect("metric");
         for m in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs.clone()),
@@ -95,6 +113,8 @@ impl Metrics {
             Box::new(hub_gap_reads.clone()),
             Box::new(subscription_replays.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(rate_limiter_errors.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -111,6 +131,8 @@ impl Metrics {
             hub_gap_reads,
             subscription_replays,
             queue_depth,
+            rate_limited,
+            rate_limiter_errors,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The axum router: GraphQL over HTTP (JSON, multipart, GET) and WebSocket, the playground,
-//! health, readiness, metrics, and the signed blob URLs of the directory store.
+//! health, readiness, metrics, and the signed blob URLs of the directory store; rate limits at
+//! its edge.
 
 pub mod blobs;
 pub mod cors;
@@ -7,6 +8,7 @@ pub mod graphql;
 pub mod health;
 pub mod metrics;
 pub mod playground;
+pub mod ratelimit;
 pub mod sse;
 pub mod ws;
 

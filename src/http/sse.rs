@@ -1,7 +1,9 @@
 //! GraphQL over Server-Sent Events, the graphql-sse protocol's "distinct connections" mode: a
 //! `POST` (or `GET`) with `Accept: text/event-stream` answers with a stream of `next` events
 //! and a final `complete`. Same auth, cursors, shared groups and limits as the WebSocket; a
-//! comment line every ping interval keeps proxies from cutting an idle stream.
+//! comment line every ping interval keeps proxies from cutting an idle stream. A stream counts
+//! among its key's sockets (and subscriptions); over a cap or the cost budget it is refused with
+//! 429 before it starts.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,15 +17,17 @@ use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::graphql::{caller_from_headers, error_response, json_params, read_body};
+use super::graphql::{error_response, json_params, read_body};
+use super::ratelimit::{admit, too_many_requests, Admitted, ClientAddr};
 use super::HttpState;
+use crate::graphql::budget::CostCharge;
 use crate::graphql::documents::Params;
 use crate::graphql::live::{is_request_error, operation_type, result_json, LiveItem};
 use crate::graphql::loaders::Loaders;
 use crate::services::auth::Caller;
 
 /// `POST /graphql` with `Accept: text/event-stream`: the request in a JSON body.
-pub async fn post(state: HttpState, headers: HeaderMap, body: Body) -> Response {
+pub async fn post(state: HttpState, addr: ClientAddr, headers: HeaderMap, body: Body) -> Response {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -39,7 +43,7 @@ pub async fn post(state: HttpState, headers: HeaderMap, body: Body) -> Response 
             "a graphql-sse request is a JSON body: send Content-Type: application/json",
         );
     }
-    let caller = match required_caller(&state, &headers).await {
+    let (admitted, caller) = match required_caller(&state, &headers, addr).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -58,24 +62,29 @@ pub async fn post(state: HttpState, headers: HeaderMap, body: Body) -> Response 
         }
         Err(r) => return *r,
     };
-    stream_response(state, caller, params).await
+    stream_response(state, &admitted, caller, params).await
 }
 
 /// `GET /graphql` with `Accept: text/event-stream`: the request in the query string.
-pub async fn get(state: HttpState, headers: HeaderMap, query: &str) -> Response {
-    let caller = match required_caller(&state, &headers).await {
+pub async fn get(state: HttpState, addr: ClientAddr, headers: HeaderMap, query: &str) -> Response {
+    let (admitted, caller) = match required_caller(&state, &headers, addr).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
     match Params::from_query_string(query) {
-        Ok(params) => stream_response(state, caller, params).await,
+        Ok(params) => stream_response(state, &admitted, caller, params).await,
         Err(msg) => error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &msg),
     }
 }
 
-async fn required_caller(state: &HttpState, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
-    match caller_from_headers(&state.app, headers).await? {
-        Some(c) => Ok(c),
+async fn required_caller(
+    state: &HttpState,
+    headers: &HeaderMap,
+    addr: ClientAddr,
+) -> Result<(Admitted, Caller), Box<Response>> {
+    let admitted = admit(&state.app, headers, addr).await?;
+    match admitted.caller.clone() {
+        Some(c) => Ok((admitted, c)),
         None => Err(Box::new(error_response(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
@@ -92,34 +101,65 @@ fn event(name: &str, data: &str) -> Bytes {
     }
 }
 
-async fn stream_response(state: HttpState, caller: Caller, params: Params) -> Response {
+/// Answers with the stream, or with 429 before it when the caller has too many streams open, too
+/// many subscriptions running, or no cost budget left for the operation.
+async fn stream_response(
+    state: HttpState,
+    admitted: &Admitted,
+    caller: Caller,
+    params: Params,
+) -> Response {
+    let limits = &state.app.limits;
+    let socket_slot = match limits.socket(&caller).await {
+        Ok(slot) => slot,
+        Err(r) => return too_many_requests(&r),
+    };
+    let charge = CostCharge::new();
+    let mut subscription_slot = None;
     let items: BoxStream<'static, LiveItem> =
         match state.documents.resolve(params, Some(&caller)).await {
             Err(e) => stream::iter([LiveItem::Error(Arc::from(
                 serde_json::json!([e.to_json()]).to_string(),
             ))])
             .boxed(),
-            Ok(mut request) => match operation_type(&mut request) {
-                Some(OperationType::Subscription) => {
-                    state.live.subscribe(caller.clone(), request).boxed()
+            Ok(request) => {
+                let mut request = request.data(charge.clone());
+                match operation_type(&mut request) {
+                    Some(OperationType::Subscription) => {
+                        match limits.subscription(&caller).await {
+                            Ok(slot) => subscription_slot = Some(slot),
+                            Err(r) => return too_many_requests(&r),
+                        }
+                        let mut items = state.live.subscribe(caller.clone(), request).peekable();
+                        // The operation is charged once it validated, before it runs; a document
+                        // that does not validate yields its errors without a charge.
+                        tokio::select! {
+                            _ = charge.charged() => {}
+                            _ = std::pin::Pin::new(&mut items).peek() => {}
+                        }
+                        items.boxed()
+                    }
+                    _ => {
+                        let app = &state.app;
+                        let request = request
+                            .data(Loaders::new(&app.db, app.settings.loader_delay, true))
+                            .data(caller.clone());
+                        let resp = state.schema.execute(request).await;
+                        let item = if is_request_error(&resp) {
+                            LiveItem::Error(Arc::from(
+                                serde_json::to_string(&resp.errors).unwrap_or_default(),
+                            ))
+                        } else {
+                            LiveItem::Next(Arc::from(result_json(&resp)))
+                        };
+                        stream::iter([item]).boxed()
+                    }
                 }
-                _ => {
-                    let app = &state.app;
-                    let request = request
-                        .data(Loaders::new(&app.db, app.settings.loader_delay, true))
-                        .data(caller.clone());
-                    let resp = state.schema.execute(request).await;
-                    let item = if is_request_error(&resp) {
-                        LiveItem::Error(Arc::from(
-                            serde_json::to_string(&resp.errors).unwrap_or_default(),
-                        ))
-                    } else {
-                        LiveItem::Next(Arc::from(result_json(&resp)))
-                    };
-                    stream::iter([item]).boxed()
-                }
-            },
+            }
         };
+    if let Some(r) = charge.refusal() {
+        return too_many_requests(&r);
+    }
     let app = state.app.clone();
     let expiry = caller.expires_at.map(|exp| {
         Instant::now()
@@ -129,6 +169,8 @@ async fn stream_response(state: HttpState, caller: Caller, params: Params) -> Re
     });
     let body = async_stream::stream! {
         let _open = StreamGauge::new(app.metrics.clone());
+        // The key's places, given back when the stream ends.
+        let _places = (socket_slot, subscription_slot);
         let mut items = items;
         let keepalive = app.settings.ws_ping_interval;
         let shutdown = app.shutdown.clone();
@@ -178,6 +220,7 @@ async fn stream_response(state: HttpState, caller: Caller, params: Params) -> Re
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    admitted.decorate(&mut response);
     response
 }
 

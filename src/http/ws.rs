@@ -2,7 +2,9 @@
 //! legacy `graphql-ws` one (subscriptions-transport-ws). Auth in `connection_init` (or on the
 //! upgrade request); the server pings on an interval and closes a client that stops answering;
 //! close codes as graphql-transport-ws defines them; a JWT's expiry ends the connection unless
-//! the client refreshed it in-band with a `ping` carrying a new `Authorization`.
+//! the client refreshed it in-band with a `ping` carrying a new `Authorization`. The connection
+//! is one of its key's capped sockets, each subscription one of its capped subscriptions, and
+//! each operation a request charged to the key's rate and cost budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +19,16 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
-use super::graphql::{authenticate, caller_from_headers};
+use super::ratelimit::{admit, authenticate_from, ClientAddr, Failure};
 use super::HttpState;
 use crate::error::AppError;
+use crate::graphql::budget::CostCharge;
 use crate::graphql::documents::Params;
 use crate::graphql::live::{is_request_error, operation_type, result_json, LiveItem};
 use crate::graphql::loaders::Loaders;
+use crate::ports::Slot;
 use crate::services::auth::Caller;
+use crate::services::limits::Refusal;
 
 pub const TRANSPORT_WS: &str = "graphql-transport-ws";
 pub const LEGACY_WS: &str = "graphql-ws";
@@ -65,14 +70,19 @@ fn invalid(why: &str) -> Close {
     close(4400, format!("Invalid message received: {why}"))
 }
 
-/// Upgrades `GET /graphql` to a WebSocket, after checking its origin and any token on the
-/// upgrade request itself.
-pub async fn upgrade(state: HttpState, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+/// Upgrades `GET /graphql` to a WebSocket, after checking its origin, any token on the upgrade
+/// request itself and the request rate.
+pub async fn upgrade(
+    state: HttpState,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if let Err(r) = super::cors::check_websocket_origin(&state.app.settings, &headers) {
         return *r;
     }
-    let header_caller = match caller_from_headers(&state.app, &headers).await {
-        Ok(c) => c,
+    let header_caller = match admit(&state.app, &headers, addr).await {
+        Ok(a) => a.caller,
         Err(r) => return *r,
     };
     let s = &state.app.settings;
@@ -94,7 +104,9 @@ pub async fn upgrade(state: HttpState, headers: HeaderMap, ws: WebSocketUpgrade)
                     Connection {
                         state,
                         protocol,
+                        addr,
                         caller: header_caller,
+                        socket_slot: None,
                         init_received: false,
                         acked: false,
                         subs: StreamMap::new(),
@@ -154,7 +166,10 @@ fn token_from_payload(payload: &Value) -> Option<String> {
 struct Connection {
     state: HttpState,
     protocol: Protocol,
+    addr: ClientAddr,
     caller: Option<Caller>,
+    /// This connection's place among its key's sockets, taken at `connection_init`.
+    socket_slot: Option<Slot>,
     init_received: bool,
     acked: bool,
     subs: StreamMap<Arc<str>, BoxStream<'static, Out>>,
@@ -317,19 +332,18 @@ impl Connection {
             return Err(invalid("the `connection_init` payload must be an object"));
         }
         match token_from_payload(&payload) {
-            Some(token) => match authenticate(&self.state.app, &token).await {
+            Some(token) => match authenticate_from(&self.state.app, &token, self.addr).await {
                 Ok(c) => self.caller = Some(c),
-                Err(AppError::Internal(e)) => {
+                Err(Failure::Auth(AppError::Internal(e))) => {
                     tracing::error!(error = ?e, "authenticating a WebSocket failed");
                     return Err(close(1011, "internal error while authenticating; retry"));
                 }
-                Err(e) => {
+                Err(Failure::Auth(e)) => {
                     let reason = format!("Forbidden: {e}");
-                    if self.protocol == Protocol::Legacy {
-                        let _ = send(socket, json!({"type": "connection_error", "payload": {"message": reason}}).to_string())
-                            .await;
-                    }
-                    return Err(close(4403, reason));
+                    return Err(refuse_init(self.protocol, socket, 4403, reason).await);
+                }
+                Err(Failure::Limited(r)) => {
+                    return Err(refuse_init(self.protocol, socket, 4429, r.message).await);
                 }
             },
             None if self.caller.is_some() => {}
@@ -338,6 +352,12 @@ impl Connection {
                     4403,
                     "Forbidden: send {\"Authorization\": \"Bearer <API key or JWT>\"} in connection_init",
                 ))
+            }
+        }
+        if let Some(caller) = &self.caller {
+            match self.state.app.limits.socket(caller).await {
+                Ok(slot) => self.socket_slot = Some(slot),
+                Err(r) => return Err(refuse_init(self.protocol, socket, 4429, r.message).await),
             }
         }
         self.acked = true;
@@ -364,12 +384,15 @@ impl Connection {
         if !self.acked {
             return Err(close(4401, "Unauthorized"));
         }
-        let new = authenticate(&self.state.app, &token).await.map_err(|e| {
-            close(
-                4403,
-                format!("Forbidden: the refreshed credentials failed: {e}"),
-            )
-        })?;
+        let new = authenticate_from(&self.state.app, &token, self.addr)
+            .await
+            .map_err(|e| match e {
+                Failure::Auth(e) => close(
+                    4403,
+                    format!("Forbidden: the refreshed credentials failed: {e}"),
+                ),
+                Failure::Limited(r) => close(4429, r.message),
+            })?;
         let same = self
             .caller
             .as_ref()
@@ -413,6 +436,15 @@ impl Connection {
                 .await
                 .map_err(|_| close(1011, "write failed"));
         }
+        // Each operation sent on the socket is a request of its key and tenant.
+        if let Some(caller) = &self.caller {
+            if let Err(r) = self.state.app.limits.request(caller).await {
+                return self
+                    .deliver(socket, id, refusal(&r))
+                    .await
+                    .map_err(|_| close(1011, "write failed"));
+            }
+        }
         let op = operation(self.state.clone(), self.caller.clone(), payload);
         self.subs.insert(id, op);
         Ok(())
@@ -452,12 +484,36 @@ impl Connection {
     }
 }
 
+/// Refuses a `connection_init` with a close code and reason (told first with `connection_error`
+/// on the legacy protocol, whose clients read that).
+async fn refuse_init(
+    protocol: Protocol,
+    socket: &mut WebSocket,
+    code: u16,
+    reason: String,
+) -> Close {
+    if protocol == Protocol::Legacy {
+        let _ = send(
+            socket,
+            json!({"type": "connection_error", "payload": {"message": reason}}).to_string(),
+        )
+        .await;
+    }
+    close(code, reason)
+}
+
 async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
     socket.send(Message::Text(Utf8Bytes::from(text))).await
 }
 
-/// One operation sent on the socket: a subscription through the shared live groups, anything
-/// else executed once; then `complete`.
+/// A rate limit's refusal of one operation.
+fn refusal(r: &Refusal) -> Out {
+    Out::Error(Arc::from(json!([r.to_json()]).to_string()))
+}
+
+/// One operation sent on the socket, charged to the caller's cost budget: a subscription (one of
+/// the key's capped subscriptions) through the shared live groups, anything else executed once;
+/// then `complete`.
 fn operation(state: HttpState, caller: Option<Caller>, payload: Value) -> BoxStream<'static, Out> {
     stream::once(async move {
         let params = match Params::from_json(payload) {
@@ -472,9 +528,22 @@ fn operation(state: HttpState, caller: Option<Caller>, payload: Value) -> BoxStr
                     .boxed()
             }
         };
+        request = request.data(CostCharge::new());
         match (operation_type(&mut request), caller) {
             (Some(OperationType::Subscription), Some(caller)) => {
-                state.live.subscribe(caller, request).map(Out::from).boxed()
+                let slot = match state.app.limits.subscription(&caller).await {
+                    Ok(slot) => slot,
+                    Err(r) => return stream::iter([refusal(&r)]).boxed(),
+                };
+                state
+                    .live
+                    .subscribe(caller, request)
+                    .map(move |item| {
+                        // The place is given back when the subscription's stream is dropped.
+                        let _held = &slot;
+                        Out::from(item)
+                    })
+                    .boxed()
             }
             (_, caller) => {
                 let app = &state.app;

@@ -135,3 +135,79 @@ pub trait DocumentStore: Send + Sync {
     /// Stores a document under its hash; storing one that is already there succeeds.
     async fn put(&self, hash: &str, document: &str) -> anyhow::Result<()>;
 }
+
+/// A quota: at most `limit` units at once, refilled evenly, `limit` units per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u64,
+    pub period: Duration,
+}
+
+/// One charge asked of a [`RateLimiter`]: `cost` units of `key`'s quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub key: String,
+    pub quota: Quota,
+    /// Units to charge; 0 only asks whether one unit is left, and charges nothing.
+    pub cost: u64,
+}
+
+/// What a [`RateLimiter`] decided for one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether this check's cost fits its quota now.
+    pub allowed: bool,
+    /// The quota's size.
+    pub limit: u64,
+    /// Units left: after the charge when every check of the call allowed it, else as they are.
+    pub remaining: u64,
+    /// Until the quota is whole again.
+    pub reset: Duration,
+    /// When refused: until the cost fits; `None` when it never will (it exceeds the quota).
+    pub retry_after: Option<Duration>,
+}
+
+/// Held while a connection or subscription counts against a cap; dropping it gives the place back.
+pub struct Slot(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Slot {
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(release)))
+    }
+
+    /// A slot that counts nowhere (a cap that is off, or a limiter that failed open).
+    pub fn free() -> Self {
+        Self(None)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Slot"
+        } else {
+            "Slot(free)"
+        })
+    }
+}
+
+/// Rate limits and caps counted where every instance sees them (Redis), or in this process.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Charges every check's cost to its key's quota if every check allows it, atomically and
+    /// all or nothing, and reports each check's decision (in the order given).
+    async fn check(&self, checks: &[Check]) -> anyhow::Result<Vec<Decision>>;
+    /// Takes one of at most `max` places under `key`, held until the slot is dropped; `None`
+    /// when all are taken. Places held by an instance that died are freed within a lease.
+    async fn acquire(&self, key: &str, max: u64) -> anyhow::Result<Option<Slot>>;
+    /// Places held under `key` now, on every instance.
+    async fn held(&self, key: &str) -> anyhow::Result<u64>;
+}

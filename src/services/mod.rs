@@ -1,10 +1,11 @@
 //! Use cases: submit, process, retry, tag, delete, query, stream events, manage keys,
-//! authenticate callers (API keys and JWTs). They take
+//! authenticate callers (API keys and JWTs), rate limits. They take
 //! the caller and the state, never axum or async-graphql types.
 
 pub mod auth;
 pub mod calls;
 pub mod events;
 pub mod jwt;
+pub mod limits;
 pub mod live;
 pub mod stats;

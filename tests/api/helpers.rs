@@ -84,7 +84,18 @@ pub fn layers(dir: &std::path::Path) -> Layers {
         .set("relay_poll_ms", "50")
         .set("watermark_poll_ms", "200")
         // Apps of parallel tests share one Redis; each deployment has its own channel.
-        .set("redis_channel", format!("vg-test:{}", uuid::Uuid::new_v4()));
+        .set("redis_channel", format!("vg-test:{}", uuid::Uuid::new_v4()))
+        // Tests send many requests from one key and one address; the limits' own tests (in
+        // `rate_limits`) set low ones.
+        .set("rate_limit_rps", "10000")
+        .set("tenant_rate_limit_rps", "10000")
+        .set("address_rate_limit_rps", "10000")
+        .set("address_rate_limit_burst", "20000")
+        .set("auth_failures_per_minute", "100000")
+        .set("cost_budget_per_minute", "100000000")
+        .set("tenant_cost_budget_per_minute", "100000000")
+        .set("max_sockets_per_key", "10000")
+        .set("max_subscriptions_per_key", "100000");
     l
 }
 
