@@ -2,9 +2,11 @@
 //! authenticate callers (API keys and JWTs). They take
 //! the caller and the state, never axum or async-graphql types.
 
+pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod events;
 pub mod jwt;
 pub mod live;
+pub mod revocation;
 pub mod stats;

@@ -4,6 +4,7 @@
 mod backends;
 mod helpers;
 
+mod audit;
 mod auth;
 mod blob_contract;
 mod calls;
@@ -17,7 +18,9 @@ mod playground;
 mod production;
 mod queue_contract;
 mod realtime;
+mod revocation;
 mod scale_out;
 mod schema;
 mod secrets;
+mod uploads;
 mod worker;
