@@ -199,6 +199,9 @@ impl Layers {
             job_retry_base: Duration::from_millis(self.parse("job_retry_base_ms", 2000)?),
             relay_poll: Duration::from_millis(self.parse("relay_poll_ms", 500)?),
             watermark_poll: Duration::from_millis(self.parse("watermark_poll_ms", 500)?),
+            revocation_poll: Duration::from_millis(
+                self.parse::<u64>("revocation_poll_ms", 1000)?.max(10),
+            ),
             event_buffer: self.parse("event_buffer", 4096)?,
             loader_delay: Duration::from_millis(self.parse("loader_delay_ms", 5)?),
             db_max_connections: self.parse("db_max_connections", 16)?,
@@ -349,6 +352,10 @@ pub struct Settings {
     pub relay_poll: Duration,
     /// How often an API instance checks for events its live feed did not bring.
     pub watermark_poll: Duration,
+    /// How often an API instance checks whether the API keys of its open WebSockets and SSE
+    /// streams were revoked (one statement per 500 keys, only while any are open); a revoked key's
+    /// connections end within this time on every instance.
+    pub revocation_poll: Duration,
     /// Events buffered per instance for slow subscribers before they catch up from the database.
     pub event_buffer: usize,
     /// How long a DataLoader collects keys before it queries: longer batches more, shorter answers sooner.

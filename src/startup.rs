@@ -146,6 +146,7 @@ impl Application {
                 state.settings.watermark_poll,
                 shutdown.clone(),
             ));
+            tasks.spawn(state.revocations.clone().run(shutdown.clone()));
             let schema = build_schema(Some(state.clone()));
             let app = http::router(state.clone(), schema)?;
             tracing::info!(addr = %listener.local_addr()?, "serving GraphQL on /graphql and the playground on /");

@@ -13,6 +13,7 @@ use crate::ports::{Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher
 use crate::services::auth::Authenticator;
 use crate::services::limits::Limits;
 use crate::services::live::EventHub;
+use crate::services::revocation::Revocations;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -37,6 +38,8 @@ pub struct AppState {
     pub watermark: Arc<watch::Sender<i64>>,
     /// This instance's ordered copy of the event sequence, read by every subscriber.
     pub hub: Arc<EventHub>,
+    /// The API keys of this instance's open WebSockets and SSE streams, checked for revocation.
+    pub revocations: Arc<Revocations>,
     /// Where persisted GraphQL documents are shared between instances.
     pub documents: Arc<dyn DocumentStore>,
     pub metrics: Arc<Metrics>,

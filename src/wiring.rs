@@ -33,6 +33,7 @@ use crate::services::auth::Authenticator;
 use crate::services::jwt::JwtVerifier;
 use crate::services::limits::{LimitMetrics, Limits};
 use crate::services::live::EventHub;
+use crate::services::revocation::Revocations;
 use crate::state::{AppState, Realtime};
 
 /// Which database, as chosen by `VOICEGRAPH_DATABASE_URL`.
@@ -302,6 +303,8 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         JwtVerifier::from_settings(&settings)?,
     ));
 
+    let revocations = Revocations::new(db.clone(), settings.revocation_poll);
+
     Ok(AppState {
         settings: Arc::new(settings),
         db,
@@ -317,6 +320,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         relay_wakeup: Arc::new(Notify::new()),
         watermark: Arc::new(watch::channel(0).0),
         hub: Arc::new(EventHub::new(settings_event_buffer)),
+        revocations,
         documents,
         metrics,
         limits,

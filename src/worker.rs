@@ -8,6 +8,7 @@ use chrono::Utc;
 use entities::{call_segments, calls};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -112,6 +113,25 @@ async fn analyse(
         .ok_or_else(|| {
             AnalyzeError::Permanent("the recording is missing from the blob store".into())
         })?;
+    // What is analysed is what was checked at submission: the stored copy is beyond every
+    // signed URL's reach, and its hash is verified here all the same.
+    if let Some(expected) = call.recording_sha256.clone() {
+        let path = file.path().to_path_buf();
+        let actual = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+            Ok(hex::encode(hasher.finalize()))
+        })
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(anyhow::Error::from)?;
+        if actual != expected {
+            return Err(AnalyzeError::Permanent(
+                "the stored recording is not the one checked at submission (its SHA-256 differs)"
+                    .into(),
+            ));
+        }
+    }
     let analysis = state
         .analyzer
         .analyze(

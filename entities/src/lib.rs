@@ -1,6 +1,7 @@
 //! SeaORM entities for voicegraph's tables. Plain data: no GraphQL derives, no business rules.
 
 pub mod api_keys;
+pub mod audit_log;
 pub mod call_events;
 pub mod call_segments;
 pub mod calls;

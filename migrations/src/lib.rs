@@ -4,6 +4,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_init;
 mod m20261201_000001_persisted_queries;
+mod m20261202_000001_audit_log;
+mod m20261202_000002_call_upload_key;
 
 pub struct Migrator;
 
@@ -13,6 +15,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_init::Migration),
             Box::new(m20261201_000001_persisted_queries::Migration),
+            Box::new(m20261202_000001_audit_log::Migration),
+            Box::new(m20261202_000002_call_upload_key::Migration),
         ]
     }
 }

@@ -1,10 +1,13 @@
 //! The S3 blob store: objects under `s3://bucket/prefix`, shared by SigV4 presigned URLs that S3
-//! itself checks (a presigned PUT binds the content type and length into its signature).
+//! itself checks (a presigned PUT binds the content type, the length and `If-None-Match: *`
+//! into its signature, so it uploads exactly one object of that type and size, and only where
+//! there is none).
 
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -188,6 +191,32 @@ impl BlobStore for S3BlobStore {
         Ok(())
     }
 
+    async fn copy(&self, from: &str, to: &str) -> anyhow::Result<bool> {
+        let source = self.object_key(from)?;
+        let dest = self.object_key(to)?;
+        // Keys are checked to hold only characters that need no URL-encoding. CopyObject copies
+        // up to 5 GB in one request, far above the recording size limit.
+        match self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&dest)
+            .copy_source(format!("{}/{source}", self.bucket))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("NoSuchKey") => Ok(false),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "S3 CopyObject {} to {}",
+                    self.location(&source),
+                    self.location(&dest)
+                )
+            }),
+        }
+    }
+
     async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String> {
         let object = self.object_key(key)?;
         let request = self
@@ -213,8 +242,9 @@ impl BlobStore for S3BlobStore {
             .with_context(|| format!("upload of {byte_size} bytes is too large"))?;
         let expires_at = Utc::now()
             + chrono::Duration::from_std(expires_in).unwrap_or(chrono::Duration::hours(1));
-        // Both headers are set on the request so that they become signed headers: S3 then
-        // refuses an upload of another type or length.
+        // The headers are set on the request so that they become signed headers: S3 then
+        // refuses an upload of another type or length, and (`If-None-Match: *`, a conditional
+        // write) one to a key that already holds an object, so the URL uploads once.
         let request = self
             .client
             .put_object()
@@ -222,6 +252,7 @@ impl BlobStore for S3BlobStore {
             .key(&object)
             .content_type(content_type)
             .content_length(length)
+            .if_none_match("*")
             .presigned(self.presigning(expires_in)?)
             .await
             .with_context(|| format!("presigning S3 PUT {}", self.location(&object)))?;

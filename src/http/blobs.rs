@@ -1,5 +1,6 @@
 //! The directory blob store's signed URLs: GET downloads, PUT uploads of exactly the signed type
-//! and length, streamed to a temporary file and moved into place only when complete.
+//! and length, streamed to a temporary file and moved into place only when complete, and only
+//! where no object is stored yet (an upload URL works once).
 
 use std::collections::HashMap;
 
@@ -98,6 +99,12 @@ pub async fn put(
         };
         return error_response(StatusCode::FORBIDDEN, "FORBIDDEN", &msg);
     }
+    // Refused before the body is read; a race with another upload is settled when committing.
+    match store.exists(&key).await {
+        Ok(false) => {}
+        Ok(true) => return used(),
+        Err(e) => return internal(e),
+    }
     let temp = store.temp_path();
     let result: anyhow::Result<Option<Response>> = async {
         if let Some(dir) = temp.parent() {
@@ -136,8 +143,12 @@ pub async fn put(
         }
         file.flush().await?;
         file.sync_all().await?;
-        store.commit_temp(&temp, &key).await?;
-        Ok(None)
+        drop(file);
+        if store.commit_temp_new(&temp, &key).await? {
+            Ok(None)
+        } else {
+            Ok(Some(used()))
+        }
     }
     .await;
     match result {
@@ -148,13 +159,26 @@ pub async fn put(
         }
         Err(e) => {
             let _ = tokio::fs::remove_file(&temp).await;
-            let id = uuid::Uuid::new_v4();
-            tracing::error!(error_id = %id, error = ?e, "storing upload failed");
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
-                &format!("internal error (error id {id})"),
-            )
+            internal(e)
         }
     }
+}
+
+/// A second upload with a URL that already uploaded (or an upload racing it).
+fn used() -> Response {
+    error_response(
+        StatusCode::CONFLICT,
+        "CONFLICT",
+        "this upload URL was already used: a signed upload URL uploads once; create another upload",
+    )
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    let id = uuid::Uuid::new_v4();
+    tracing::error!(error_id = %id, error = ?e, "storing upload failed");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+        &format!("internal error (error id {id})"),
+    )
 }

@@ -1,9 +1,10 @@
 //! GraphQL over Server-Sent Events, the graphql-sse protocol's "distinct connections" mode: a
 //! `POST` (or `GET`) with `Accept: text/event-stream` answers with a stream of `next` events
 //! and a final `complete`. Same auth, cursors, shared groups and limits as the WebSocket; a
-//! comment line every ping interval keeps proxies from cutting an idle stream. A stream counts
-//! among its key's sockets (and subscriptions); over a cap or the cost budget it is refused with
-//! 429 before it starts.
+//! comment line every ping interval keeps proxies from cutting an idle stream; a stream ends
+//! with an `UNAUTHENTICATED` error when its JWT expires or its API key is revoked. A stream
+//! counts among its key's sockets (and subscriptions); over a cap or the cost budget it is
+//! refused with 429 before it starts.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::graphql::documents::Params;
 use crate::graphql::live::{is_request_error, operation_type, result_json, LiveItem};
 use crate::graphql::loaders::Loaders;
 use crate::services::auth::Caller;
+use crate::services::revocation::until_revoked;
 
 /// `POST /graphql` with `Accept: text/event-stream`: the request in a JSON body.
 pub async fn post(state: HttpState, addr: ClientAddr, headers: HeaderMap, body: Body) -> Response {
@@ -161,6 +163,7 @@ async fn stream_response(
         return too_many_requests(&r);
     }
     let app = state.app.clone();
+    let watch = caller.key_id.map(|k| app.revocations.watch(k));
     let expiry = caller.expires_at.map(|exp| {
         Instant::now()
             + (exp - chrono::Utc::now())
@@ -184,6 +187,14 @@ async fn stream_response(
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     complete = false;
+                    break;
+                }
+                _ = until_revoked(watch.as_ref()) => {
+                    let revoked = serde_json::json!({ "errors": [{
+                        "message": "the API key was revoked",
+                        "extensions": { "code": "UNAUTHENTICATED" },
+                    }] });
+                    yield Ok(event("next", &revoked.to_string()));
                     break;
                 }
                 item = items.next() => match item {

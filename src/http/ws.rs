@@ -2,9 +2,11 @@
 //! legacy `graphql-ws` one (subscriptions-transport-ws). Auth in `connection_init` (or on the
 //! upgrade request); the server pings on an interval and closes a client that stops answering;
 //! close codes as graphql-transport-ws defines them; a JWT's expiry ends the connection unless
-//! the client refreshed it in-band with a `ping` carrying a new `Authorization`. The connection
-//! is one of its key's capped sockets, each subscription one of its capped subscriptions, and
-//! each operation a request charged to the key's rate and cost budget.
+//! the client refreshed it in-band with a `ping` carrying a new `Authorization`; revoking the
+//! API key it signed in with ends it (4403) on every instance within the revocation check
+//! interval, and each new operation on it checks the key first. The connection is one of its
+//! key's capped sockets, each subscription one of its capped subscriptions, and each operation
+//! a request charged to the key's rate and cost budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +29,10 @@ use crate::graphql::documents::Params;
 use crate::graphql::live::{is_request_error, operation_type, result_json, LiveItem};
 use crate::graphql::loaders::Loaders;
 use crate::ports::Slot;
-use crate::services::auth::Caller;
+use crate::services::auth::{self, Caller};
 use crate::services::limits::Refusal;
+use crate::services::revocation::{until_revoked, KeyWatch};
+use crate::state::AppState;
 
 pub const TRANSPORT_WS: &str = "graphql-transport-ws";
 pub const LEGACY_WS: &str = "graphql-ws";
@@ -101,18 +105,21 @@ pub async fn upgrade(
             metrics.ws_connections.inc();
             match protocol {
                 Some(protocol) => {
-                    Connection {
+                    let mut connection = Connection {
                         state,
                         protocol,
                         addr,
-                        caller: header_caller,
+                        caller: None,
                         socket_slot: None,
+                        watch: None,
                         init_received: false,
                         acked: false,
                         subs: StreamMap::new(),
+                    };
+                    if let Some(caller) = header_caller {
+                        connection.set_caller(caller);
                     }
-                    .serve(socket)
-                    .await
+                    connection.serve(socket).await
                 }
                 None => {
                     let mut socket = socket;
@@ -170,12 +177,43 @@ struct Connection {
     caller: Option<Caller>,
     /// This connection's place among its key's sockets, taken at `connection_init`.
     socket_slot: Option<Slot>,
+    /// Ends when the caller's API key is revoked (none for JWT callers).
+    watch: Option<KeyWatch>,
     init_received: bool,
     acked: bool,
     subs: StreamMap<Arc<str>, BoxStream<'static, Out>>,
 }
 
+const REVOKED: &str = "Forbidden: the API key was revoked";
+
+/// Whether the connection's API key (its id, and whether its watch already ended) was revoked,
+/// asked of the database as every HTTP request does, so that no operation starts after a
+/// revocation, even before the next revocation check reaches this instance.
+async fn key_revoked(app: &AppState, watched: Option<(uuid::Uuid, bool)>) -> anyhow::Result<bool> {
+    let Some((key, revoked)) = watched else {
+        return Ok(false);
+    };
+    if revoked {
+        return Ok(true);
+    }
+    let active = auth::active_keys(&app.db, &[key]).await?;
+    if !active.contains(&key) {
+        app.revocations.revoked_here(key);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 impl Connection {
+    /// Signs the connection in as `caller`, watching its API key for revocation.
+    fn set_caller(&mut self, caller: Caller) {
+        let same_key = self.watch.as_ref().map(KeyWatch::key_id) == caller.key_id;
+        if !same_key {
+            self.watch = caller.key_id.map(|k| self.state.app.revocations.watch(k));
+        }
+        self.caller = Some(caller);
+    }
+
     /// When the caller's credentials expire (a JWT's `exp`), as an instant of this clock.
     fn expiry(&self) -> Option<Instant> {
         let exp = self.caller.as_ref()?.expires_at?;
@@ -206,6 +244,9 @@ impl Connection {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     break Some(close(1001, "going away: the server is restarting; reconnect and resume from your last cursor"));
+                }
+                _ = until_revoked(self.watch.as_ref()) => {
+                    break Some(close(4403, REVOKED));
                 }
                 msg = socket.recv() => {
                     // Anything from the client shows it is alive.
@@ -333,7 +374,7 @@ impl Connection {
         }
         match token_from_payload(&payload) {
             Some(token) => match authenticate_from(&self.state.app, &token, self.addr).await {
-                Ok(c) => self.caller = Some(c),
+                Ok(c) => self.set_caller(c),
                 Err(Failure::Auth(AppError::Internal(e))) => {
                     tracing::error!(error = ?e, "authenticating a WebSocket failed");
                     return Err(close(1011, "internal error while authenticating; retry"));
@@ -403,7 +444,7 @@ impl Connection {
                 "Forbidden: a refreshed token must be for the same tenant and role",
             ));
         }
-        self.caller = Some(new);
+        self.set_caller(new);
         Ok(())
     }
 
@@ -425,6 +466,23 @@ impl Connection {
             return Err(close(4409, format!("Subscriber for {id} already exists")));
         }
         let id: Arc<str> = Arc::from(id);
+        let watched = self.watch.as_ref().map(|w| (w.key_id(), w.is_revoked()));
+        match key_revoked(&self.state.app, watched).await {
+            Ok(false) => {}
+            Ok(true) => return Err(close(4403, REVOKED)),
+            Err(e) => {
+                let error_id = uuid::Uuid::new_v4();
+                tracing::error!(error_id = %error_id, error = ?e, "checking a WebSocket's API key failed");
+                let errors = json!([{
+                    "message": format!("internal error (error id {error_id})"),
+                    "extensions": { "code": "INTERNAL", "errorId": error_id.to_string() },
+                }]);
+                return self
+                    .deliver(socket, id, Out::Error(Arc::from(errors.to_string())))
+                    .await
+                    .map_err(|_| close(1011, "write failed"));
+            }
+        }
         let max = self.state.app.settings.ws_max_subscriptions;
         if self.subs.len() >= max {
             let errors = json!([{

@@ -86,9 +86,17 @@ pub trait BlobStore: Send + Sync {
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
     /// Deleting an absent object succeeds.
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
+    /// Copies the object at `from` to `to`, replacing any object there, inside the store (the
+    /// bytes do not pass through this process where the backend can avoid it). The copy is a
+    /// separate object: writing `from` later does not change it. `Ok(false)` when there is no
+    /// object at `from`.
+    async fn copy(&self, from: &str, to: &str) -> anyhow::Result<bool>;
     /// A URL anyone can GET for `expires_in`.
     async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String>;
-    /// A URL to PUT exactly `byte_size` bytes of `content_type` at `key` within `expires_in`.
+    /// A URL to PUT exactly `byte_size` bytes of `content_type` at `key` within `expires_in`,
+    /// with the headers it returns. It works once: a PUT to a key that already holds an object
+    /// is refused, so a second upload with the URL (or one racing the first) cannot replace
+    /// what the first stored while it is there.
     async fn presign_put(
         &self,
         key: &str,

@@ -10,12 +10,13 @@ use entities::{api_keys, tenants};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, Set, TransactionTrait,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
+use crate::services::audit::{self, AuditAction};
 use crate::services::jwt::{self, JwtVerifier};
 
 /// Every API key starts with this; tokens that do not are never looked up as keys.
@@ -66,6 +67,7 @@ pub enum Permission {
     ManageCalls,
     ManageKeys,
     ManageTenants,
+    ReadAuditLog,
 }
 
 /// One row of the permission table.
@@ -117,6 +119,12 @@ pub const PERMISSIONS: &[PermissionRow] = &[
     PermissionRow {
         permission: Permission::ManageKeys,
         operations: "`apiKeys`, `createApiKey`, `revokeApiKey` (the platform admin: in any tenant)",
+        roles: &[Role::Admin],
+        platform_admin: true,
+    },
+    PermissionRow {
+        permission: Permission::ReadAuditLog,
+        operations: "`auditLog` (the platform admin: of any tenant)",
         roles: &[Role::Admin],
         platform_admin: true,
     },
@@ -343,13 +351,31 @@ pub async fn bootstrap(
         }
         .insert(&txn)
         .await?;
-        insert_key(
+        audit::record(
+            &txn,
+            tenant.id,
+            None,
+            AuditAction::TenantCreated,
+            tenant.id,
+            serde_json::json!({ "name": tenant.name }),
+        )
+        .await?;
+        let key = insert_key(
             &txn,
             tenant.id,
             "bootstrap admin",
             Role::Admin,
             true,
             &secret,
+        )
+        .await?;
+        audit::record(
+            &txn,
+            tenant.id,
+            None,
+            AuditAction::ApiKeyCreated,
+            key.id,
+            key_details(&key),
         )
         .await?;
         txn.commit().await?;
@@ -415,13 +441,35 @@ pub async fn create_tenant(
         ));
     }
     let name = validate_name(name, "name")?;
-    Ok(tenants::ActiveModel {
+    let txn = db.begin().await?;
+    let tenant = tenants::ActiveModel {
         id: Set(Uuid::new_v4()),
         name: Set(name),
         created_at: Set(Utc::now()),
     }
-    .insert(db)
-    .await?)
+    .insert(&txn)
+    .await?;
+    audit::record(
+        &txn,
+        tenant.id,
+        Some(caller),
+        AuditAction::TenantCreated,
+        tenant.id,
+        serde_json::json!({ "name": tenant.name }),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(tenant)
+}
+
+/// What the audit log keeps of a key: never its hash.
+fn key_details(key: &api_keys::Model) -> serde_json::Value {
+    serde_json::json!({
+        "name": key.name,
+        "role": key.role,
+        "prefix": key.prefix,
+        "platformAdmin": key.platform_admin,
+    })
 }
 
 pub async fn get_tenant(
@@ -462,10 +510,23 @@ pub async fn create_api_key(
         return Err(AppError::not_found("tenant"));
     }
     let secret = generate_key();
-    let key = insert_key(db, tenant_id, &name, role, false, &secret).await?;
+    let txn = db.begin().await?;
+    let key = insert_key(&txn, tenant_id, &name, role, false, &secret).await?;
+    audit::record(
+        &txn,
+        tenant_id,
+        Some(caller),
+        AuditAction::ApiKeyCreated,
+        key.id,
+        key_details(&key),
+    )
+    .await?;
+    txn.commit().await?;
     Ok((key, secret))
 }
 
+/// Revokes a key: every request with it fails from the next one on, on every instance. The
+/// sockets and streams it opened end through `services::revocation`.
 pub async fn revoke_api_key(
     db: &DatabaseConnection,
     caller: &Caller,
@@ -480,9 +541,50 @@ pub async fn revoke_api_key(
     if key.revoked_at.is_some() {
         return Ok(key);
     }
-    let mut active: api_keys::ActiveModel = key.into();
-    active.revoked_at = Set(Some(Utc::now()));
-    Ok(active.update(db).await?)
+    let txn = db.begin().await?;
+    // Only the first of concurrent revocations changes the row, and only it is recorded.
+    let now = Utc::now();
+    let changed = api_keys::Entity::update_many()
+        .col_expr(api_keys::Column::RevokedAt, Expr::value(now))
+        .filter(api_keys::Column::Id.eq(id))
+        .filter(api_keys::Column::RevokedAt.is_null())
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    if changed > 0 {
+        audit::record(
+            &txn,
+            key.tenant_id,
+            Some(caller),
+            AuditAction::ApiKeyRevoked,
+            key.id,
+            serde_json::json!({ "name": key.name, "role": key.role }),
+        )
+        .await?;
+    }
+    txn.commit().await?;
+    api_keys::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| AppError::not_found("API key"))
+}
+
+/// Which of `ids` are keys that still work (not revoked); the others were revoked (or never
+/// existed). One statement per 500 ids.
+pub async fn active_keys(db: &DatabaseConnection, ids: &[Uuid]) -> anyhow::Result<HashSet<Uuid>> {
+    let mut active = HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let found: Vec<Uuid> = api_keys::Entity::find()
+            .select_only()
+            .column(api_keys::Column::Id)
+            .filter(api_keys::Column::Id.is_in(chunk.iter().copied()))
+            .filter(api_keys::Column::RevokedAt.is_null())
+            .into_tuple()
+            .all(db)
+            .await?;
+        active.extend(found);
+    }
+    Ok(active)
 }
 
 pub async fn list_api_keys(

@@ -1,6 +1,8 @@
 //! Call use cases: presigned uploads, submission (idempotent, transactional outbox), retry, tags,
 //! deletion, lookup and listing with filters and keyset pagination. Every query is scoped to the
-//! caller's tenant.
+//! caller's tenant. A recording is checked once, where no URL can write: an upload is copied to
+//! the call's own key at submission and checked and hashed there, and the call is analysed and
+//! served from that copy.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -21,7 +23,9 @@ use crate::domain::{
 use crate::error::{AppError, AppResult};
 use crate::ports::PresignedPut;
 use crate::services::auth::{Caller, Permission};
-use crate::services::events::{enqueue_blob_delete, enqueue_job, record_event};
+use crate::services::events::{
+    enqueue_blob_delete, enqueue_blob_delete_at, enqueue_job, record_event,
+};
 use crate::state::AppState;
 
 /// Content types accepted for recordings (the bytes are checked too).
@@ -204,6 +208,19 @@ fn upload_prefix(tenant: Uuid) -> String {
     format!("uploads/{tenant}/")
 }
 
+/// Where a call's recording is stored: a key no signed URL can write.
+fn recording_key(tenant: Uuid, call: Uuid) -> String {
+    format!("recordings/{tenant}/{call}")
+}
+
+/// How long after its submission an upload is kept: past the end of its URL's lifetime (with a
+/// margin for clock skew), so that the URL can never upload there again (each upload URL works
+/// once, and only where no object is stored).
+fn upload_retention(url_expiry: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(url_expiry).unwrap_or(chrono::Duration::hours(1))
+        + chrono::Duration::minutes(1)
+}
+
 pub async fn create_recording_upload(
     state: &AppState,
     caller: &Caller,
@@ -254,19 +271,14 @@ pub async fn submit_call(
     let max = state.settings.max_recording_bytes;
 
     let call_id = Uuid::new_v4();
-    let checked = match recording {
+    let recording_key = recording_key(caller.tenant_id, call_id);
+    let (checked, upload_key) = match recording {
         Recording::Bytes { data, content_type } => {
             let ct = match content_type {
                 Some(ct) => check_content_type(&ct)?,
                 None => "application/octet-stream".into(),
             };
-            check_bytes(
-                data,
-                ct,
-                format!("recordings/{}/{call_id}", caller.tenant_id),
-                max,
-            )
-            .await?
+            (check_bytes(data, ct, max).await?, None)
         }
         Recording::Key(key) => {
             if !key.starts_with("uploads/") || !crate::adapters::local::blobs::valid_key(&key) {
@@ -278,7 +290,22 @@ pub async fn submit_call(
             if !key.starts_with(&upload_prefix(caller.tenant_id)) {
                 return Err(AppError::not_found("upload"));
             }
-            check_uploaded(state, key, max).await?
+            // Repeating the submission of an upload answers with the call it made (its bytes
+            // were pinned then), even after the upload itself was removed.
+            if let Some(idem) = &idempotency_key {
+                if let Some(existing) =
+                    find_by_idempotency(&state.db, caller.tenant_id, idem).await?
+                {
+                    if existing.upload_key.as_deref() == Some(key.as_str()) {
+                        return Ok((existing, true));
+                    }
+                }
+            }
+            if let Some(other) = find_by_upload(&state.db, caller.tenant_id, &key).await? {
+                return Err(already_submitted(&other));
+            }
+            let checked = copy_uploaded(state, &key, &recording_key, max).await?;
+            (checked, Some(key))
         }
     };
     let Checked {
@@ -286,7 +313,6 @@ pub async fn submit_call(
         sha,
         size,
         declared_type,
-        recording_key,
         inline,
     } = checked;
     let recording_type = if declared_type == "application/octet-stream" {
@@ -301,9 +327,18 @@ pub async fn submit_call(
     } else {
         declared_type
     };
-    let store_inline = inline.is_some();
+    // From here on the object at `recording_key` (the upload's copy, or the inline bytes once
+    // stored) belongs to this submission: it is removed again unless the call is created.
+    let discard = || async {
+        if let Err(e) = state.blobs.delete(&recording_key).await {
+            tracing::warn!(key = %recording_key, error = %format!("{e:#}"), "removing an unused recording failed");
+        }
+    };
     if let Some(key) = &idempotency_key {
         if let Some(existing) = find_by_idempotency(&state.db, caller.tenant_id, key).await? {
+            if upload_key.is_some() {
+                discard().await;
+            }
             return same_recording(existing, &sha);
         }
     }
@@ -352,6 +387,7 @@ pub async fn submit_call(
         created_at: Set(now),
         updated_at: Set(now),
         completed_at: Set(None),
+        upload_key: Set(upload_key.clone()),
     }
     .insert(&txn)
     .await;
@@ -359,15 +395,21 @@ pub async fn submit_call(
         Ok(call) => call,
         Err(e) => {
             drop(txn);
-            // Two submissions with one key raced: the other one won.
+            discard().await;
+            // Two submissions with one idempotency key, or of one upload, raced: the other won.
             if let Some(key) = &idempotency_key {
                 if let Some(existing) =
                     find_by_idempotency(&state.db, caller.tenant_id, key).await?
                 {
-                    if store_inline {
-                        let _ = state.blobs.delete(&recording_key).await;
+                    if existing.upload_key.is_some() && existing.upload_key == upload_key {
+                        return Ok((existing, true));
                     }
                     return same_recording(existing, &sha);
+                }
+            }
+            if let Some(key) = &upload_key {
+                if let Some(other) = find_by_upload(&state.db, caller.tenant_id, key).await? {
+                    return Err(already_submitted(&other));
                 }
             }
             return Err(e.into());
@@ -390,6 +432,14 @@ pub async fn submit_call(
         },
     )
     .await?;
+    if let Some(key) = upload_key {
+        enqueue_blob_delete_at(
+            &txn,
+            vec![key],
+            now + upload_retention(state.settings.url_expiry),
+        )
+        .await?;
+    }
     txn.commit().await?;
     state.relay_wakeup.notify_one();
     tracing::info!(call = %call_id, tenant = %caller.tenant_id, bytes = size, "call submitted");
@@ -402,8 +452,7 @@ struct Checked {
     sha: String,
     size: u64,
     declared_type: String,
-    recording_key: String,
-    /// The bytes to store, for an inline upload; uploads by key are already stored.
+    /// The bytes to store, for an inline upload; an upload's copy is already stored.
     inline: Option<Bytes>,
 }
 
@@ -420,12 +469,7 @@ fn check_size(size: u64, max: u64) -> AppResult<()> {
 }
 
 /// Checks a recording sent inline: size, then a decode of its first packets.
-async fn check_bytes(
-    data: Bytes,
-    declared_type: String,
-    recording_key: String,
-    max: u64,
-) -> AppResult<Checked> {
+async fn check_bytes(data: Bytes, declared_type: String, max: u64) -> AppResult<Checked> {
     check_size(data.len() as u64, max)?;
     let probe_bytes = data.clone();
     let (info, sha) = tokio::task::spawn_blocking(move || {
@@ -439,24 +483,44 @@ async fn check_bytes(
         sha,
         size: data.len() as u64,
         declared_type,
-        recording_key,
         inline: Some(data),
     })
 }
 
-/// Checks a recording uploaded to `key`: streamed to a temporary file, never held in memory.
-async fn check_uploaded(state: &AppState, key: String, max: u64) -> AppResult<Checked> {
-    if let Some(size) = state.blobs.size(&key).await? {
-        check_size(size, max)?;
+/// Copies the upload at `upload_key` to `recording_key`, where no URL can write, and checks the
+/// copy: what is checked is what the call is analysed from, whatever happens to the upload
+/// afterwards. The copy is removed again when it fails the check.
+async fn copy_uploaded(
+    state: &AppState,
+    upload_key: &str,
+    recording_key: &str,
+    max: u64,
+) -> AppResult<Checked> {
+    let nothing =
+        || AppError::bad_input("nothing was uploaded at recordingKey (or it was already deleted)");
+    // Refuses an oversized upload before copying it.
+    match state.blobs.size(upload_key).await? {
+        Some(size) => check_size(size, max)?,
+        None => return Err(nothing()),
     }
+    if !state.blobs.copy(upload_key, recording_key).await? {
+        return Err(nothing());
+    }
+    let checked = check_stored(state, recording_key, max).await;
+    if checked.is_err() {
+        let _ = state.blobs.delete(recording_key).await;
+    }
+    checked
+}
+
+/// Checks a stored recording: streamed to a temporary file, never held in memory.
+async fn check_stored(state: &AppState, key: &str, max: u64) -> AppResult<Checked> {
     let file = tempfile::NamedTempFile::new().map_err(anyhow::Error::from)?;
     let size = state
         .blobs
-        .download(&key, file.path())
+        .download(key, file.path())
         .await?
-        .ok_or_else(|| {
-            AppError::bad_input("nothing was uploaded at recordingKey (or it was already deleted)")
-        })?;
+        .ok_or_else(|| anyhow::anyhow!("the copy of an upload at {key} is missing"))?;
     check_size(size, max)?;
     let (info, sha) = tokio::task::spawn_blocking(move || -> AppResult<(AudioInfo, String)> {
         let info =
@@ -473,9 +537,27 @@ async fn check_uploaded(state: &AppState, key: String, max: u64) -> AppResult<Ch
         sha,
         size,
         declared_type: "application/octet-stream".into(),
-        recording_key: key,
         inline: None,
     })
+}
+
+fn already_submitted(other: &calls::Model) -> AppError {
+    AppError::Conflict(format!(
+        "recordingKey was already submitted, as call {}: an upload makes one call (create another upload for another call)",
+        other.id
+    ))
+}
+
+async fn find_by_upload(
+    db: &DatabaseConnection,
+    tenant: Uuid,
+    upload_key: &str,
+) -> AppResult<Option<calls::Model>> {
+    Ok(calls::Entity::find()
+        .filter(calls::Column::TenantId.eq(tenant))
+        .filter(calls::Column::UploadKey.eq(upload_key))
+        .one(db)
+        .await?)
 }
 
 fn same_recording(existing: calls::Model, sha: &str) -> AppResult<(calls::Model, bool)> {

@@ -88,6 +88,21 @@ pub async fn enqueue_blob_delete<C: ConnectionTrait>(txn: &C, keys: Vec<String>)
     Ok(())
 }
 
+/// Queues blob deletions through the outbox for no earlier than `at` (e.g. once the signed URL
+/// that could write them has expired).
+pub async fn enqueue_blob_delete_at<C: ConnectionTrait>(
+    txn: &C,
+    keys: Vec<String>,
+    at: chrono::DateTime<Utc>,
+) -> AppResult<()> {
+    if !keys.is_empty() {
+        let mut row = outbox_row(DEST_BLOB_DELETE, serde_json::json!({ "keys": keys }));
+        row.available_at = Set(at);
+        row.insert(txn).await?;
+    }
+    Ok(())
+}
+
 /// Gives every committed, unsequenced event the next positions of the global sequence. The
 /// sequencer row is locked first, so concurrent relays commit in the order of the numbers they
 /// hand out and a reader never sees position n+1 before n.

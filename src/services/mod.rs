@@ -2,10 +2,12 @@
 //! authenticate callers (API keys and JWTs), rate limits. They take
 //! the caller and the state, never axum or async-graphql types.
 
+pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod events;
 pub mod jwt;
 pub mod limits;
 pub mod live;
+pub mod revocation;
 pub mod stats;

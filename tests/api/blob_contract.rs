@@ -263,6 +263,69 @@ pub async fn contract_presign_put(
     store.delete(&k).await.expect("delete");
 }
 
+/// A presigned PUT uploads once: a second upload with the URL, of the same bytes or others, is
+/// refused while the first is stored, and the first stays.
+pub async fn contract_presign_put_once(store: &dyn BlobStore, http: &reqwest::Client) {
+    let bytes = payload(4_000);
+    let k = key("once.wav");
+    let put = store
+        .presign_put(&k, "audio/wav", 4_000, Duration::from_secs(300))
+        .await
+        .expect("presign_put");
+    let status = upload(http, &put, &put.headers, bytes.clone()).await;
+    assert!(status.is_success(), "upload refused with {status}");
+    for again in [bytes.clone(), Bytes::from(vec![0u8; 4_000])] {
+        let status = upload(http, &put, &put.headers, again).await;
+        assert!(
+            status.is_client_error(),
+            "a second upload with the URL must be refused, got {status}"
+        );
+    }
+    assert_eq!(store.get(&k).await.expect("get"), Some(bytes));
+    store.delete(&k).await.expect("delete");
+}
+
+/// `copy` makes a separate object with the same bytes (replacing what was at the destination),
+/// which later writes to the source do not change; a missing source is `false` and creates
+/// nothing; invalid keys are errors.
+pub async fn contract_copy(store: &dyn BlobStore, _http: &reqwest::Client) {
+    let from = key("upload.wav");
+    let to = key("recording.wav");
+    let bytes = payload(2 * 1024 * 1024 + 3);
+    store
+        .put(&from, bytes.clone(), "audio/wav")
+        .await
+        .expect("put");
+    store
+        .put(&to, Bytes::from_static(b"old"), "audio/wav")
+        .await
+        .expect("put destination");
+    assert!(store.copy(&from, &to).await.expect("copy"), "copied");
+    assert_eq!(store.get(&to).await.expect("get copy"), Some(bytes.clone()));
+    assert_eq!(
+        store.size(&to).await.expect("size"),
+        Some(bytes.len() as u64)
+    );
+
+    store
+        .put(&from, Bytes::from_static(b"replaced"), "audio/wav")
+        .await
+        .expect("overwrite source");
+    store.delete(&from).await.expect("delete source");
+    assert_eq!(
+        store.get(&to).await.expect("get copy"),
+        Some(bytes),
+        "the copy does not follow its source"
+    );
+
+    let nowhere = key("nowhere.wav");
+    assert!(!store.copy(&from, &nowhere).await.expect("copy missing"));
+    assert_eq!(store.get(&nowhere).await.expect("get"), None);
+    assert!(store.copy("../x", &nowhere).await.is_err());
+    assert!(store.copy(&to, "a//b").await.is_err());
+    store.delete(&to).await.expect("delete copy");
+}
+
 /// Keys that could escape the store's root or alias another key are errors everywhere.
 pub async fn contract_invalid_keys(store: &dyn BlobStore, _http: &reqwest::Client) {
     let minute = Duration::from_secs(60);
@@ -351,6 +414,18 @@ async fn fs_presign_put() {
 }
 
 #[tokio::test]
+async fn fs_presign_put_once() {
+    let app = TestApp::spawn().await;
+    contract_presign_put_once(&*app.state.blobs, &app.client).await;
+}
+
+#[tokio::test]
+async fn fs_copy() {
+    let app = TestApp::spawn().await;
+    contract_copy(&*app.state.blobs, &app.client).await;
+}
+
+#[tokio::test]
 async fn fs_invalid_keys() {
     let app = TestApp::spawn().await;
     contract_invalid_keys(&*app.state.blobs, &app.client).await;
@@ -411,6 +486,35 @@ async fn s3_presign_put() {
     let _ = crate::require!(backends::aws_endpoint());
     let (store, _) = s3_store().await;
     contract_presign_put(&store, &reqwest::Client::new(), s3_signatures()).await;
+}
+
+#[tokio::test]
+async fn s3_presign_put_once() {
+    let _ = crate::require!(backends::aws_endpoint());
+    let (store, _) = s3_store().await;
+    contract_presign_put_once(&store, &reqwest::Client::new()).await;
+    // S3 itself refuses the second upload: the URL's signature covers `If-None-Match: *`,
+    // which the client is told to send.
+    let put = store
+        .presign_put(&key("x.wav"), "audio/wav", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let signed = query(&put.url)["X-Amz-SignedHeaders"].clone();
+    assert!(signed.split(';').any(|h| h == "if-none-match"), "{signed}");
+    assert!(
+        put.headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("if-none-match") && v == "*"),
+        "{:?}",
+        put.headers
+    );
+}
+
+#[tokio::test]
+async fn s3_copy() {
+    let _ = crate::require!(backends::aws_endpoint());
+    let (store, _) = s3_store().await;
+    contract_copy(&store, &reqwest::Client::new()).await;
 }
 
 #[tokio::test]

@@ -135,6 +135,29 @@ impl TestApp {
         }
     }
 
+    /// Starts a second instance on this one's data dir and database, on its own port, as a
+    /// second server behind a load balancer would run.
+    pub async fn spawn_beside(&self, roles: Roles, tweak: impl FnOnce(&mut Layers)) -> Self {
+        let mut l = layers(self.dir.path());
+        tweak(&mut l);
+        let app = Application::build(l.settings().expect("settings"), roles)
+            .await
+            .expect("app builds");
+        let addr = format!("127.0.0.1:{}", app.port());
+        let state = app.state().clone();
+        let token = app.shutdown_token();
+        let handle = tokio::spawn(app.run_until_stopped());
+        Self {
+            addr,
+            state,
+            client: reqwest::Client::new(),
+            // The data dir stays the first instance's; this one is only a placeholder.
+            dir: tempfile::tempdir().expect("temp dir"),
+            token,
+            handle: Some(handle),
+        }
+    }
+
     /// Stops the app and gives back its data dir.
     pub async fn stop(mut self) -> tempfile::TempDir {
         self.token.cancel();

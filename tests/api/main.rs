@@ -4,6 +4,7 @@
 mod backends;
 mod helpers;
 
+mod audit;
 mod auth;
 mod blob_contract;
 mod calls;
@@ -19,8 +20,10 @@ mod production;
 mod queue_contract;
 mod rate_limits;
 mod realtime;
+mod revocation;
 mod scale_out;
 mod schema;
 mod secrets;
 mod tenancy;
+mod uploads;
 mod worker;

@@ -31,7 +31,7 @@ async fn raw(ws: &mut Subscription, timeout: Duration) -> Option<Message> {
 
 /// Reads until the server closes; returns the close code and reason (panics on a timeout or an
 /// end without a close frame).
-async fn close_code(ws: &mut Subscription, within: Duration) -> (u16, String) {
+pub(crate) async fn close_code(ws: &mut Subscription, within: Duration) -> (u16, String) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -363,7 +363,7 @@ async fn subscribers_of_one_document_share_one_execution() {
 }
 
 /// A tenant with one key of `role`; returns (tenant id, key).
-async fn tenant_key(app: &TestApp, name: &str, role: &str) -> (String, String) {
+pub(crate) async fn tenant_key(app: &TestApp, name: &str, role: &str) -> (String, String) {
     let t = app
         .gql_ok(
             "mutation($n: String!) { createTenant(input: {name: $n}) { tenant { id } } }",
@@ -630,14 +630,14 @@ async fn websockets_from_foreign_origins_are_refused() {
 // ---------------------------------------------------------------------------------------------
 
 /// An SSE stream's events as (event, data) pairs; comments counted apart.
-struct Sse {
+pub(crate) struct Sse {
     resp: reqwest::Response,
     buf: String,
     comments: usize,
 }
 
 impl Sse {
-    async fn open(app: &TestApp, key: Option<&str>, body: Value) -> reqwest::Response {
+    pub(crate) async fn open(app: &TestApp, key: Option<&str>, body: Value) -> reqwest::Response {
         let mut req = app
             .client
             .post(app.url("/graphql"))
@@ -649,7 +649,7 @@ impl Sse {
         req.send().await.unwrap()
     }
 
-    fn new(resp: reqwest::Response) -> Self {
+    pub(crate) fn new(resp: reqwest::Response) -> Self {
         Self {
             resp,
             buf: String::new(),
@@ -658,7 +658,7 @@ impl Sse {
     }
 
     /// The next event, or `None` when the stream ended (or nothing came in time).
-    async fn next(&mut self, timeout: Duration) -> Option<(String, String)> {
+    pub(crate) async fn next(&mut self, timeout: Duration) -> Option<(String, String)> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             while let Some(end) = self.buf.find("\n\n") {

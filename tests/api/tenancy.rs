@@ -257,6 +257,25 @@ async fn no_operation_reaches_another_tenant() {
                         &others,
                     )
                     .await;
+                probe
+                    .check(
+                        key,
+                        "auditLog",
+                        "{ auditLog(first: 100) { entries { tenantId target details actor { keyId } } } }",
+                        json!({}),
+                        &others,
+                    )
+                    .await;
+                ids_tried += 1;
+                probe
+                    .check(
+                        key,
+                        "auditLog",
+                        "query($t: ID) { auditLog(tenantId: $t) { entries { tenantId target details } } }",
+                        json!({ "t": v.id }),
+                        &others,
+                    )
+                    .await;
                 // Every id of the other tenant, in every field that takes one.
                 for id in &v.calls {
                     ids_tried += 1;

@@ -1,6 +1,7 @@
 //! The directory blob store: objects are files under a root, written atomically, and shared by
 //! URL with HMAC-SHA256 signatures that expire — the embedded twin of S3 presigned URLs. The app
-//! serves those URLs itself (`http/blobs.rs`), checking the signature, expiry, type and length.
+//! serves those URLs itself (`http/blobs.rs`), checking the signature, expiry, type and length;
+//! a signed upload never replaces an existing object, so each upload URL works once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -166,6 +167,28 @@ impl FsBlobStore {
         Ok(())
     }
 
+    /// Moves a completed upload into place atomically unless an object is already there, in
+    /// which case it is discarded and `Ok(false)` returned: of racing uploads exactly one wins,
+    /// across processes too (a hard link never replaces its target).
+    pub async fn commit_temp_new(&self, temp: &Path, key: &str) -> anyhow::Result<bool> {
+        let dest = self.path(key)?;
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let linked = tokio::fs::hard_link(temp, &dest).await;
+        let _ = tokio::fs::remove_file(temp).await;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e).context("storing an upload"),
+        }
+    }
+
+    /// Whether an object is stored at `key`.
+    pub async fn exists(&self, key: &str) -> anyhow::Result<bool> {
+        Ok(tokio::fs::try_exists(self.path(key)?).await?)
+    }
+
     fn expiry(expires_in: Duration) -> DateTime<Utc> {
         Utc::now() + chrono::Duration::from_std(expires_in).unwrap_or(chrono::Duration::hours(1))
     }
@@ -218,6 +241,34 @@ impl BlobStore for FsBlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).context("deleting blob"),
         }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> anyhow::Result<bool> {
+        let source = self.path(from)?;
+        let dest = self.path(to)?;
+        let temp = self.temp_path();
+        if let Some(dir) = temp.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        // A copy, not a link: the new object shares nothing with the old one.
+        match tokio::fs::copy(&source, &temp).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Ok(false);
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(e).context("copying blob");
+            }
+        }
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::rename(&temp, &dest)
+            .await
+            .context("moving a copied blob into place")?;
+        Ok(true)
     }
 
     async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String> {

@@ -52,18 +52,21 @@ impl AdminMutation {
     }
 
     /// Revokes an API key and returns it: from then on, requests with it fail with
-    /// UNAUTHENTICATED. Revoking a revoked key changes nothing. ADMIN only, for keys of its own
-    /// tenant; the platform admin for any key. NOT_FOUND when there is no such key (or it
-    /// belongs to another tenant).
+    /// UNAUTHENTICATED on every instance, and the WebSockets and SSE streams it opened end
+    /// within seconds (sockets close with 4403, streams with an UNAUTHENTICATED error). Revoking
+    /// a revoked key changes nothing. ADMIN only, for keys of its own tenant; the platform admin
+    /// for any key. NOT_FOUND when there is no such key (or it belongs to another tenant).
     async fn revoke_api_key(
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "The key's id (`ApiKey.id`, not its secret).")] id: ID,
     ) -> Result<ApiKey> {
         let id = parse_id(&id)?;
-        Ok(auth::revoke_api_key(&state(ctx).db, caller(ctx)?, id)
+        let st = state(ctx);
+        let key = auth::revoke_api_key(&st.db, caller(ctx)?, id)
             .await
-            .map_err(|e| e.extend())?
-            .into())
+            .map_err(|e| e.extend())?;
+        st.revocations.revoked_here(key.id);
+        Ok(key.into())
     }
 }

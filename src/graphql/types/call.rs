@@ -152,6 +152,7 @@ pub struct Recording {
     key: String,
     content_type: Option<String>,
     bytes: Option<i64>,
+    sha256: Option<String>,
 }
 
 /// The stored recording of a call.
@@ -165,6 +166,13 @@ impl Recording {
     /// Size of the recording, in bytes.
     async fn byte_size(&self) -> Option<i64> {
         self.bytes
+    }
+    /// The SHA-256 of the recording's bytes, in lowercase hex: computed when the call was
+    /// submitted, from the stored copy the call is analysed and downloaded from (an upload is
+    /// copied where no URL can write before it is checked, so later writes to the upload change
+    /// nothing).
+    async fn sha256(&self) -> Option<&str> {
+        self.sha256.as_deref()
     }
     /// A signed link to download the recording (see `SignedUrl`).
     async fn url(
@@ -244,6 +252,7 @@ impl Call {
             key,
             content_type: self.0.recording_type.clone(),
             bytes: self.0.recording_bytes,
+            sha256: self.0.recording_sha256.clone(),
         })
     }
     /// A signed link to the full analysis as one JSON document (see `SignedUrl`); null until

@@ -1,7 +1,7 @@
 //! Inputs, payloads, statistics and admin types.
 
 use async_graphql::{Enum, InputObject, SimpleObject, Upload, ID};
-use entities::{api_keys, tenants};
+use entities::{api_keys, audit_log, tenants};
 
 use super::Call;
 use crate::domain::{
@@ -9,6 +9,7 @@ use crate::domain::{
     TranscriptSegmentInput,
 };
 use crate::graphql::scalars::{Json, Timestamp};
+use crate::services::audit::AuditAction;
 use crate::services::auth::Role;
 use crate::services::stats::Stats;
 
@@ -40,7 +41,9 @@ pub struct HttpHeader {
 
 /// Where and how to upload a recording before `submitCall(input: {recordingKey})`: send the
 /// file's bytes as the body of an HTTP `method` request to `uploadUrl` with exactly `headers`,
-/// before `expiresAt`. The URL is signed; it needs no API key.
+/// before `expiresAt`. The URL is signed; it needs no API key. It uploads once: a second
+/// upload with it is refused (409 from this server's own store, 412 from S3), so an upload
+/// that went wrong needs a new `createRecordingUpload`.
 #[derive(SimpleObject)]
 pub struct RecordingUpload {
     /// The key to pass as `SubmitCallInput.recordingKey` once the upload has succeeded.
@@ -50,7 +53,8 @@ pub struct RecordingUpload {
     /// The HTTP method to use: `PUT`.
     pub method: String,
     /// Headers the upload must carry, exactly as given (among them `Content-Type` and
-    /// `Content-Length`, which the signature covers).
+    /// `Content-Length`, which the signature covers, and on S3 `If-None-Match: *`, which makes
+    /// the URL upload once).
     pub headers: Vec<HttpHeader>,
     /// When the upload URL stops accepting the file.
     pub expires_at: Timestamp,
@@ -120,9 +124,12 @@ pub struct SubmitCallInput {
     /// `CreateRecordingUploadInput.contentType` lists, or absent, and its bytes must decode as
     /// audio (BAD_USER_INPUT otherwise).
     pub recording: Option<Upload>,
-    /// The `recordingKey` from `createRecordingUpload`, once the file is uploaded. NOT_FOUND for
-    /// another tenant's upload; BAD_USER_INPUT when it is not an upload key, nothing was uploaded
-    /// there, or the bytes do not decode as audio.
+    /// The `recordingKey` from `createRecordingUpload`, once the file is uploaded. The upload is
+    /// copied to the call's own storage, where no URL can write, and checked and hashed there
+    /// (see `Recording.sha256`); the call is analysed from that copy. NOT_FOUND for another
+    /// tenant's upload; BAD_USER_INPUT when it is not an upload key, nothing was uploaded there,
+    /// or the bytes do not decode as audio; CONFLICT when the upload was already submitted (an
+    /// upload makes one call; the same `idempotencyKey` again returns that call).
     pub recording_key: Option<String>,
     /// Your own id for the call, at most 200 characters.
     pub external_id: Option<String>,
@@ -499,4 +506,74 @@ pub struct Viewer {
     /// Whether the caller is the platform admin (the bootstrap key), who may create tenants and
     /// keys for any tenant.
     pub platform_admin: bool,
+}
+
+/// Who made a change recorded in the audit log. For a change the service made itself (the
+/// tenant `default` and its platform-admin key, created at first start) every field but
+/// `platformAdmin` is null.
+#[derive(SimpleObject)]
+pub struct AuditActor {
+    /// The API key that made the change (`ApiKey.id`); null when a JWT (or the service) did.
+    pub key_id: Option<ID>,
+    /// The JWT's `sub` when a JWT made the change; null otherwise.
+    pub subject: Option<String>,
+    /// The actor's role at the time.
+    pub role: Option<Role>,
+    /// Whether the actor was the platform admin (who may act on any tenant).
+    pub platform_admin: bool,
+    /// The actor's own tenant, which differs from the entry's when the platform admin acted on
+    /// another tenant.
+    pub tenant_id: Option<ID>,
+}
+
+/// One change to a tenant or its keys, as the audit log recorded it in the change's own
+/// transaction.
+#[derive(SimpleObject)]
+pub struct AuditEntry {
+    /// The entry's id; entries are numbered in the order they were written.
+    pub id: ID,
+    /// The tenant the change concerns.
+    pub tenant_id: ID,
+    /// What changed.
+    pub action: AuditAction,
+    /// The id of what changed: the key's for `API_KEY_*`, the tenant's for `TENANT_*`.
+    pub target: ID,
+    /// Who made the change.
+    pub actor: AuditActor,
+    /// Particulars of the change, an object (see the action); never a secret.
+    pub details: Option<Json>,
+    /// When the change was made.
+    pub at: Timestamp,
+}
+
+impl From<audit_log::Model> for AuditEntry {
+    fn from(e: audit_log::Model) -> Self {
+        Self {
+            id: ID(e.id.to_string()),
+            tenant_id: ID(e.tenant_id.to_string()),
+            // Rows are only written by `services::audit`, with a known action.
+            action: AuditAction::parse(&e.action).unwrap_or(AuditAction::TenantCreated),
+            target: ID(e.target),
+            actor: AuditActor {
+                key_id: e.actor_key_id.map(|k| ID(k.to_string())),
+                subject: e.actor_subject,
+                role: e.actor_role.as_deref().and_then(Role::parse),
+                platform_admin: e.actor_platform_admin,
+                tenant_id: e.actor_tenant_id.map(|t| ID(t.to_string())),
+            },
+            details: e.details.map(Json),
+            at: e.created_at.into(),
+        }
+    }
+}
+
+/// A page of the audit log, newest entries first.
+#[derive(SimpleObject)]
+pub struct AuditLogPage {
+    /// The page's entries, newest first.
+    pub entries: Vec<AuditEntry>,
+    /// Whether older entries follow: pass `endCursor` as `after` for them.
+    pub has_next_page: bool,
+    /// The last entry's cursor; null when the page is empty.
+    pub end_cursor: Option<String>,
 }
