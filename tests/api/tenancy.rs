@@ -107,6 +107,10 @@ impl Probe<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_operation_reaches_another_tenant() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("error")
+        .try_init();
     let app = TestApp::spawn().await;
     let mut tenants = Vec::new();
     for n in 0..3 {
@@ -407,6 +411,7 @@ async fn no_operation_reaches_another_tenant() {
             probe.covered.insert("callEvents".into());
             let mut not_found = 0;
             let mut own_events = 0;
+            let mut other_messages = Vec::new();
             // Until every answer expected has come (2 calls × SUBMITTED, PROCESSING, COMPLETED,
             // and one TAGGED, all of its own tenant), then a little longer for any extra one.
             let mut settle = Duration::from_secs(30);
@@ -418,6 +423,9 @@ async fn no_operation_reaches_another_tenant() {
                         !text.contains(m.as_str()),
                         "subscription leaked {m}: {text}"
                     );
+                }
+                if msg["type"] != "next" {
+                    other_messages.push(text.clone());
                 }
                 if msg["type"] == "next" {
                     if let Some(code) = msg["payload"]["errors"][0]["extensions"]["code"].as_str() {
@@ -434,7 +442,7 @@ async fn no_operation_reaches_another_tenant() {
             }
             assert_eq!(not_found, expected, "every foreign callUpdated refused");
             // 2 calls × (SUBMITTED, PROCESSING, COMPLETED) + 1 TAGGED, all of its own tenant.
-            assert_eq!(own_events, 7, "{role} of t{}", t.n);
+            assert_eq!(own_events, 7, "{role} of t{}: {other_messages:?}", t.n);
         }
     }
 
