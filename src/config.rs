@@ -167,8 +167,17 @@ impl Layers {
             max_request_bytes: self.parse("max_request_bytes", 2 * 1024 * 1024)?,
             max_page_size: self.parse("max_page_size", 100)?,
             max_query_depth: self.parse("max_query_depth", 16)?,
-            max_query_complexity: self.parse("max_query_complexity", 20_000)?,
+            max_query_complexity: self.parse("max_query_complexity", 50_000)?,
             max_aliases: self.parse("max_aliases", 30)?,
+            max_document_bytes: self.parse("max_document_bytes", 32 * 1024)?,
+            max_document_tokens: self.parse("max_document_tokens", 5_000)?,
+            max_directives_per_field: self.parse("max_directives_per_field", 4)?,
+            max_root_fields: self.parse("max_root_fields", 30)?,
+            max_batch_size: self.parse::<usize>("max_batch_size", 10)?.max(1),
+            request_timeout: Duration::from_millis(
+                self.parse::<u64>("request_timeout_ms", 30_000)?.max(1),
+            ),
+            max_response_bytes: self.parse("max_response_bytes", 16 * 1024 * 1024)?,
             url_expiry: Duration::from_secs(self.parse("url_expiry_secs", 900)?),
             job_visibility: Duration::from_secs(self.parse("job_visibility_secs", 60)?),
             job_max_receives: self.parse("job_max_receives", 5)?,
@@ -219,6 +228,25 @@ impl Layers {
             max_sockets_per_key: self.parse("max_sockets_per_key", 100)?,
             max_subscriptions_per_key: self.parse("max_subscriptions_per_key", 1000)?,
             trusted_proxy_hops: self.parse("trusted_proxy_hops", 0)?,
+            header_read_timeout: Duration::from_secs(
+                self.parse::<u64>("header_read_timeout_secs", 30)?.max(1),
+            ),
+            keep_alive_timeout: Duration::from_secs(
+                self.parse::<u64>("keep_alive_timeout_secs", 75)?.max(1),
+            ),
+            body_read_timeout: Duration::from_secs(
+                self.parse::<u64>("body_read_timeout_secs", 30)?.max(1),
+            ),
+            body_min_bytes_per_sec: self.parse("body_min_bytes_per_sec", 1024)?,
+            write_timeout: Duration::from_secs(self.parse::<u64>("write_timeout_secs", 30)?.max(1)),
+            max_connections: match self.str("max_connections") {
+                None => None,
+                Some(_) => Some(self.parse("max_connections", 0usize)?.max(1)),
+            },
+            max_connections_per_ip: self.parse("max_connections_per_ip", 512)?,
+            metrics_listen: self.str("metrics_listen"),
+            metrics_token: secret("metrics_token"),
+            playground: self.parse("playground", env == Environment::Development)?,
             data_dir,
         })
     }
@@ -314,6 +342,23 @@ pub struct Settings {
     pub max_query_complexity: usize,
     /// Most aliases in one document.
     pub max_aliases: usize,
+    /// Largest GraphQL document, in bytes; checked before it is parsed.
+    pub max_document_bytes: usize,
+    /// Most lexical tokens in one document (names, punctuators, values); counted by a lexer
+    /// pass before the document is parsed.
+    pub max_document_tokens: usize,
+    /// Most directives on one field (`__typename` included).
+    pub max_directives_per_field: usize,
+    /// Most fields selected at the root of one operation (fragments included).
+    pub max_root_fields: usize,
+    /// Most operations in one array-batched HTTP request.
+    pub max_batch_size: usize,
+    /// Longest a query may execute; past it the work is dropped and the client gets `TIMEOUT`.
+    /// Mutations run to completion once started, so that none is cut half-way.
+    pub request_timeout: Duration,
+    /// Largest GraphQL response body, in bytes; a larger result is replaced by a
+    /// `RESPONSE_TOO_LARGE` error.
+    pub max_response_bytes: usize,
     /// Lifetime of signed recording/result/upload URLs.
     pub url_expiry: Duration,
     /// Job lease (visibility timeout).
@@ -387,8 +432,35 @@ pub struct Settings {
     /// Subscriptions one key may run at once (WebSocket and SSE); 0: no cap.
     pub max_subscriptions_per_key: u64,
     /// Proxies in front of the service that append to `X-Forwarded-For` (1 behind an ALB): the
-    /// client address is the entry this many from the right; 0 uses the peer address.
+    /// client address is the entry this many from the right; 0 uses the peer address. With any,
+    /// every connection comes from a proxy, so no per-address connection cap applies.
     pub trusted_proxy_hops: usize,
+    /// Time a client has to send a request's headers, from connecting (or from the first byte
+    /// of a later request on a kept-alive connection); slower ones are disconnected.
+    pub header_read_timeout: Duration,
+    /// How long an HTTP/1 connection may stay idle between requests (above load balancers' idle
+    /// timeouts, so that they close first).
+    pub keep_alive_timeout: Duration,
+    /// A request body is read in windows of this much waiting for the client; a window that
+    /// brings less than `body_min_bytes_per_sec` × its length cuts the body (408).
+    pub body_read_timeout: Duration,
+    /// Slowest request body accepted, in bytes per second of waiting (0: any progress at all
+    /// within each `body_read_timeout`).
+    pub body_min_bytes_per_sec: u64,
+    /// A client that reads none of its response for this long is disconnected.
+    pub write_timeout: Duration,
+    /// Most HTTP connections open at once (WebSockets and streams included); default: the
+    /// process's file-descriptor limit (`RLIMIT_NOFILE`) minus a reserve for its own files.
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one client address (IPv6: one /64), when clients
+    /// connect directly (`trusted_proxy_hops` is 0); 0 turns the cap off.
+    pub max_connections_per_ip: usize,
+    /// A separate listen address serving only `/metrics` (e.g. `127.0.0.1:9090`), for any role.
+    pub metrics_listen: Option<String>,
+    /// A bearer token that opens `/metrics` on the main listener.
+    pub metrics_token: Option<SecretString>,
+    /// Whether `/` serves the playground (default: in development only).
+    pub playground: bool,
 }
 
 impl Settings {
@@ -445,6 +517,37 @@ mod tests {
         l.set("rate_limit_rps", "-1");
         let e = l.settings().unwrap_err().to_string();
         assert!(e.contains("VOICEGRAPH_RATE_LIMIT_RPS"), "{e}");
+    }
+
+    #[test]
+    fn the_playground_is_on_in_development_and_off_in_production_unless_enabled() {
+        let mut l = Layers::default();
+        assert!(l.settings().unwrap().playground);
+        l.set("env", "production");
+        assert!(!l.settings().unwrap().playground);
+        l.set("playground", "true");
+        assert!(l.settings().unwrap().playground);
+        l.set("env", "development").set("playground", "false");
+        assert!(!l.settings().unwrap().playground);
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_an_unset_cap_is_derived_later() {
+        let s = Layers::default().settings().unwrap();
+        assert_eq!(s.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(s.keep_alive_timeout, Duration::from_secs(75));
+        assert_eq!(s.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(s.body_min_bytes_per_sec, 1024);
+        assert_eq!(s.write_timeout, Duration::from_secs(30));
+        assert_eq!(s.max_connections, None);
+        assert_eq!(s.max_connections_per_ip, 512);
+        assert_eq!(s.trusted_proxy_hops, 0);
+        let mut l = Layers::default();
+        l.set("max_connections", "100");
+        assert_eq!(l.settings().unwrap().max_connections, Some(100));
+        l.set("max_connections", "many");
+        let e = l.settings().unwrap_err().to_string();
+        assert!(e.contains("VOICEGRAPH_MAX_CONNECTIONS"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,9 @@ impl Roles {
 pub struct Application {
     listener: Option<TcpListener>,
     port: u16,
+    /// The separate `/metrics` listener (`VOICEGRAPH_METRICS_LISTEN`), for any role.
+    metrics_listener: Option<TcpListener>,
+    limits: http::server::Limits,
     state: AppState,
     roles: Roles,
     shutdown: CancellationToken,
@@ -57,6 +60,27 @@ impl Application {
         } else {
             None
         };
+        let metrics_listener = match &settings.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} (VOICEGRAPH_METRICS_LISTEN): {e}")
+            })?),
+            None => None,
+        };
+        // Connections are capped below the descriptor limit, so that the process keeps
+        // descriptors for its pool, Redis, files and uploads, and `/healthz` keeps answering.
+        let fd_limit = http::server::raise_fd_limit();
+        let limits = http::server::Limits::from_settings(&settings, fd_limit);
+        if roles.serve {
+            if let Some(limit) = fd_limit {
+                if limits.max_connections as u64 > limit.saturating_sub(64) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        fd_limit = limit,
+                        "VOICEGRAPH_MAX_CONNECTIONS leaves no file descriptors for the process itself"
+                    );
+                }
+            }
+        }
         let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let port = addr.map_or(0, |a| a.port());
         let public_url = settings.public_url.clone().unwrap_or_else(|| {
@@ -91,6 +115,8 @@ impl Application {
         Ok(Self {
             listener,
             port,
+            metrics_listener,
+            limits,
             state,
             roles,
             shutdown,
@@ -100,6 +126,18 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address of the separate metrics listener, when there is one.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The connection caps and timeouts of the main listener.
+    pub fn limits(&self) -> &http::server::Limits {
+        &self.limits
     }
 
     pub fn state(&self) -> &AppState {
@@ -114,12 +152,24 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
+            limits,
             state,
             roles,
             shutdown,
             ..
         } = self;
         let mut tasks = JoinSet::new();
+        if let Some(l) = metrics_listener {
+            tracing::info!(addr = %l.local_addr()?, "serving /metrics");
+            tasks.spawn(http::server::serve(
+                l,
+                http::metrics::router(state.clone()),
+                http::server::Limits::for_metrics(&state.settings),
+                state.metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
         if roles.worker {
             tasks.spawn(worker::run(
                 state.clone(),
@@ -149,13 +199,21 @@ impl Application {
             tasks.spawn(state.revocations.clone().run(shutdown.clone()));
             let schema = build_schema(Some(state.clone()));
             let app = http::router(state.clone(), schema)?;
-            tracing::info!(addr = %listener.local_addr()?, "serving GraphQL on /graphql and the playground on /");
-            let stop = shutdown.clone();
-            // The peer's address reaches handlers for the limits counted per client address.
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await?;
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                max_connections = limits.max_connections,
+                max_connections_per_address = ?limits.max_connections_per_address,
+                playground = state.settings.playground,
+                "serving GraphQL on /graphql"
+            );
+            http::server::serve(
+                listener,
+                app,
+                limits,
+                state.metrics.clone(),
+                shutdown.clone(),
+            )
+            .await;
             // WebSockets live outside the server once upgraded: give them a moment to send
             // their going-away close frames.
             let metrics = state.metrics.clone();

@@ -11,6 +11,7 @@ use async_graphql::{Request, Variables};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 
+use crate::graphql::limits::DocumentLimits;
 use crate::ports::DocumentStore;
 use crate::services::auth::Caller;
 
@@ -108,6 +109,9 @@ pub enum DocumentError {
     NotTrusted,
     #[error("persisted queries are unavailable right now; send the query text")]
     Unavailable(#[source] anyhow::Error),
+    /// A document limit (bytes, tokens), with its code and the setting it names.
+    #[error("{}", .0.message)]
+    Limit(Box<async_graphql::ServerError>),
 }
 
 impl DocumentError {
@@ -117,6 +121,7 @@ impl DocumentError {
             Self::NotFound => "PERSISTED_QUERY_NOT_FOUND",
             Self::NotTrusted => "PERSISTED_QUERY_NOT_IN_LIST",
             Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Limit(_) => "BAD_USER_INPUT",
         }
     }
 
@@ -124,6 +129,9 @@ impl DocumentError {
     pub fn to_json(&self) -> serde_json::Value {
         if let Self::Unavailable(e) = self {
             tracing::warn!(error = %format!("{e:#}"), "the persisted document store failed");
+        }
+        if let Self::Limit(e) = self {
+            return serde_json::to_value(e.as_ref()).unwrap_or_default();
         }
         serde_json::json!({ "message": self.to_string(), "extensions": { "code": self.code() } })
     }
@@ -195,6 +203,7 @@ pub struct Documents {
     cache: Mutex<LruCache<String, Arc<str>>>,
     trusted: Option<TrustedDocuments>,
     exempt_platform_admins: bool,
+    limits: DocumentLimits,
 }
 
 impl Documents {
@@ -202,8 +211,10 @@ impl Documents {
         store: Arc<dyn DocumentStore>,
         trusted: Option<TrustedDocuments>,
         exempt_platform_admins: bool,
+        limits: DocumentLimits,
     ) -> Self {
         Self {
+            limits,
             store,
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"),
@@ -254,13 +265,18 @@ impl Documents {
             }
             None => match (params.query, persisted) {
                 (Some(q), Some(hash)) => {
+                    // Checked before anything is hashed, stored or parsed.
+                    self.check_text(&q)?;
                     if sha256_hex(&q) != hash {
                         return Err(DocumentError::HashMismatch);
                     }
                     self.remember(&hash, &q).await?;
                     q
                 }
-                (Some(q), None) => q,
+                (Some(q), None) => {
+                    self.check_text(&q)?;
+                    q
+                }
                 (None, Some(hash)) => self.lookup(&hash).await?.to_string(),
                 (None, None) if params.document_id.is_some() => {
                     return Err(DocumentError::Invalid(
@@ -287,12 +303,21 @@ impl Documents {
     /// For requests whose document came another way (multipart): refuses one that is not
     /// trusted when only trusted documents may run.
     pub fn check(&self, request: &Request, caller: Option<&Caller>) -> Result<(), DocumentError> {
+        self.check_text(&request.query)?;
         match self.trusted_for(caller) {
             Some(t) if !t.by_hash.contains_key(&sha256_hex(&request.query)) => {
                 Err(DocumentError::NotTrusted)
             }
             _ => Ok(()),
         }
+    }
+
+    /// The document limits that need no parsing (bytes, tokens), so that no transport parses a
+    /// document before they held (the schema checks them again, for any other caller).
+    fn check_text(&self, query: &str) -> Result<(), DocumentError> {
+        self.limits
+            .check_text(query)
+            .map_err(|e| DocumentError::Limit(Box::new(e)))
     }
 
     fn cached(&self, hash: &str) -> Option<Arc<str>> {

@@ -1,8 +1,9 @@
 //! The GraphQL schema: queries, mutations and subscriptions merged from one file per area, with
-//! depth, complexity and alias limits, the cost budget, and introspection off in production.
+//! document limits (size, tokens, aliases, root fields, directives), depth and complexity, the cost budget, and introspection off in production.
 
 pub mod budget;
 pub mod documents;
+pub mod limits;
 pub mod live;
 pub mod loaders;
 pub mod mutation;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
 };
-use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{
     Context, ErrorExtensions, SDLExportOptions, Schema, ServerError, ServerResult, Upload,
     ValidationResult, Variables, ID,
@@ -44,7 +45,7 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
             .extension(RequestErrorCodes)
             .limit_depth(s.max_query_depth)
             .limit_complexity(s.max_query_complexity)
-            .extension(AliasLimit(s.max_aliases))
+            .extension(limits::Limits(limits::DocumentLimits::from_settings(s)))
             .extension(budget::CostBudget)
             .data(Loaders::new(&state.db, s.loader_delay, false));
         if s.is_production() {
@@ -101,64 +102,6 @@ pub(crate) fn url_expiry(
         Some(_) => {
             Err(AppError::bad_input("expiresIn must be between 1 and 86400 seconds").extend())
         }
-    }
-}
-
-/// Refuses documents with more than N aliases (alias amplification).
-struct AliasLimit(usize);
-
-impl ExtensionFactory for AliasLimit {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(AliasLimitExt(self.0))
-    }
-}
-
-struct AliasLimitExt(usize);
-
-fn count_aliases(set: &SelectionSet) -> usize {
-    set.items
-        .iter()
-        .map(|s| match &s.node {
-            Selection::Field(f) => {
-                usize::from(f.node.alias.is_some()) + count_aliases(&f.node.selection_set.node)
-            }
-            Selection::InlineFragment(f) => count_aliases(&f.node.selection_set.node),
-            Selection::FragmentSpread(_) => 0,
-        })
-        .sum()
-}
-
-#[async_trait::async_trait]
-impl Extension for AliasLimitExt {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
-        let aliases: usize = doc
-            .operations
-            .iter()
-            .map(|(_, op)| count_aliases(&op.node.selection_set.node))
-            .chain(
-                doc.fragments
-                    .values()
-                    .map(|f| count_aliases(&f.node.selection_set.node)),
-            )
-            .sum();
-        if aliases > self.0 {
-            let e = ServerError::new(
-                format!(
-                    "the document has {aliases} aliases; at most {} are allowed",
-                    self.0
-                ),
-                None,
-            );
-            return Err(with_code(e, "BAD_USER_INPUT"));
-        }
-        Ok(doc)
     }
 }
 
@@ -240,4 +183,76 @@ impl Extension for RequestErrorCodes {
                 .collect()
         })
     }
+}
+
+/// Executes a query or mutation under the execution limits: a query still running after
+/// `VOICEGRAPH_REQUEST_TIMEOUT_MS` is dropped, its work with it (`TIMEOUT`); mutations run to
+/// completion once started, so that none is cut half-way. A result larger than
+/// `VOICEGRAPH_MAX_RESPONSE_BYTES` is replaced by `RESPONSE_TOO_LARGE` before it is serialized.
+pub async fn execute_bounded(
+    schema: &AppSchema,
+    settings: &crate::config::Settings,
+    mut request: async_graphql::Request,
+) -> async_graphql::Response {
+    let mutation = live::operation_type(&mut request)
+        == Some(async_graphql::parser::types::OperationType::Mutation);
+    let response = if mutation {
+        schema.execute(request).await
+    } else {
+        match tokio::time::timeout(settings.request_timeout, schema.execute(request)).await {
+            Ok(r) => r,
+            Err(_) => {
+                return limit_error(
+                    format!(
+                        "the operation ran longer than {} ms and was stopped; ask for less",
+                        settings.request_timeout.as_millis()
+                    ),
+                    "TIMEOUT",
+                    "VOICEGRAPH_REQUEST_TIMEOUT_MS",
+                )
+            }
+        }
+    };
+    let size = json_size(&response.data, settings.max_response_bytes);
+    if size > settings.max_response_bytes {
+        return limit_error(
+            format!(
+                "the result is larger than {} bytes; ask for fewer fields or smaller pages",
+                settings.max_response_bytes
+            ),
+            "RESPONSE_TOO_LARGE",
+            "VOICEGRAPH_MAX_RESPONSE_BYTES",
+        );
+    }
+    response
+}
+
+fn limit_error(message: String, code: &str, limit: &str) -> async_graphql::Response {
+    let mut e = ServerError::new(message, None);
+    let mut x = async_graphql::ErrorExtensionValues::default();
+    x.set("code", code);
+    x.set("limit", limit);
+    e.extensions = Some(x);
+    async_graphql::Response::from_errors(vec![e])
+}
+
+/// The size of `value` as JSON, counted without keeping the text; counting stops a little past
+/// `limit`.
+fn json_size(value: &async_graphql::Value, limit: usize) -> usize {
+    struct Count(usize, usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > self.1 {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0, limit);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }

@@ -28,13 +28,18 @@ use crate::state::AppState;
 pub const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
 
-/// A response made of one GraphQL error with a code (requests refused before any GraphQL).
+/// A response made of one GraphQL error with a code (requests refused before any GraphQL). It
+/// closes the connection: the refusal may come before the request's body was read, and a
+/// client that reused the connection would then see it cut under its next request.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     let body =
         serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (
         status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+            (header::CONNECTION, "close"),
+        ],
         body.to_string(),
     )
         .into_response()
@@ -216,7 +221,8 @@ async fn execute(
                 if let Some(c) = &admitted.caller {
                     request = request.data(c.clone());
                 }
-                let response = state.schema.execute(request).await;
+                let response =
+                    crate::graphql::execute_bounded(&state.schema, &app.settings, request).await;
                 refusals.push(charge.refusal());
                 Answer::Executed(response)
             }
@@ -316,19 +322,26 @@ fn utf8_charset(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Reads a whole body up to `limit` bytes.
+/// Reads a whole body up to `limit` bytes; a larger `Content-Length` is refused before reading.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Box<Response>> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let too_large = || {
         Box::new(error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "BAD_USER_INPUT",
             &format!("the request body is larger than {limit} bytes"),
         ))
-    })
+    };
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
 }
 
-/// The parameters of a JSON body: one request object, or an array of them (a batch).
-pub fn json_params(bytes: &[u8]) -> Result<(Vec<Params>, bool), Box<Response>> {
+/// The parameters of a JSON body: one request object, or an array of at most `max_batch` of
+/// them (a batch).
+pub fn json_params(bytes: &[u8], max_batch: usize) -> Result<(Vec<Params>, bool), Box<Response>> {
     let bad = |msg: String| {
         Box::new(error_response(
             StatusCode::BAD_REQUEST,
@@ -346,6 +359,9 @@ pub fn json_params(bytes: &[u8]) -> Result<(Vec<Params>, bool), Box<Response>> {
             if items.is_empty() {
                 return Err(bad("an empty batch".into()));
             }
+            if items.len() > max_batch {
+                return Err(bad(batch_too_large(items.len(), max_batch)));
+            }
             let params = items
                 .into_iter()
                 .map(Params::from_json)
@@ -357,6 +373,10 @@ pub fn json_params(bytes: &[u8]) -> Result<(Vec<Params>, bool), Box<Response>> {
             .map(|p| (vec![p], false))
             .map_err(|e| bad(format!("invalid GraphQL request: {e}"))),
     }
+}
+
+fn batch_too_large(n: usize, max: usize) -> String {
+    format!("a batch of {n} operations; at most {max} are allowed (VOICEGRAPH_MAX_BATCH_SIZE)")
 }
 
 /// `POST /graphql`: JSON bodies or GraphQL multipart requests (file uploads); with
@@ -395,7 +415,7 @@ pub async fn post(
                 Ok(b) => b,
                 Err(r) => return *r,
             };
-            let (params, batch) = match json_params(&bytes) {
+            let (params, batch) = match json_params(&bytes, state.app.settings.max_batch_size) {
                 Ok(p) => p,
                 Err(r) => return *r,
             };
@@ -474,6 +494,10 @@ async fn multipart(
     };
     let (requests, is_batch) = match batch {
         BatchRequest::Single(r) => (vec![r], false),
+        BatchRequest::Batch(rs) if rs.len() > settings.max_batch_size => {
+            let why = batch_too_large(rs.len(), settings.max_batch_size);
+            return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &why);
+        }
         BatchRequest::Batch(rs) => (rs, true),
     };
     let requests = requests

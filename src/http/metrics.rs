@@ -1,18 +1,25 @@
-//! Prometheus metrics: HTTP requests, jobs, SQL statements, WebSocket connections, queue depth,
-//! rate-limit refusals.
+//! Prometheus metrics: HTTP requests and connections, jobs, SQL statements, WebSocket connections,
+//! queue depth, rate-limit refusals; who may scrape them on the main listener, and the separate
+//! metrics listener.
 
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
 
 use super::HttpState;
+use crate::config::Settings;
+use crate::state::AppState;
 use crate::worker::Outcome;
 
 pub struct Metrics {
@@ -37,6 +44,18 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Rate limiter failures that let a request through unlimited.
     pub rate_limiter_errors: IntCounter,
+    /// Open HTTP connections (WebSockets and streams included).
+    pub http_connections: IntGauge,
+    /// Of those, the ones serving a request or upgraded (never evicted).
+    pub http_connections_active: IntGauge,
+    /// Connections closed at accept because a cap was reached, by cap (`total`, `per_address`).
+    pub http_connections_refused: IntCounterVec,
+    /// Half-open or idle connections closed to make room for a new one at the total cap.
+    pub http_connections_evicted: IntCounter,
+    /// Connections cut by a timeout, by what timed out (`headers`, `keep_alive`, `body`, `write`).
+    pub http_timeouts: IntCounterVec,
+    /// Failed `accept` calls other than the peer's own (e.g. out of file descriptors).
+    pub http_accept_errors: IntCounter,
 }
 
 impl Metrics {
@@ -101,6 +120,39 @@ impl Metrics {
             "Rate limiter failures that let a request through unlimited",
         )
         .expect("metric");
+        let http_connections =
+            IntGauge::new("http_connections", "Open HTTP connections").expect("metric");
+        let http_connections_active = IntGauge::new(
+            "http_connections_active",
+            "Open HTTP connections serving a request or upgraded to a WebSocket",
+        )
+        .expect("metric");
+        let http_connections_refused = IntCounterVec::new(
+            Opts::new(
+                "http_connections_refused_total",
+                "Connections refused at accept because a cap was reached",
+            ),
+            &["cap"],
+        )
+        .expect("metric");
+        let http_connections_evicted = IntCounter::new(
+            "http_connections_evicted_total",
+            "Half-open or idle connections closed to admit a new one at the connection cap",
+        )
+        .expect("metric");
+        let http_timeouts = IntCounterVec::new(
+            Opts::new(
+                "http_timeouts_total",
+                "Connections cut by a timeout (headers, keep_alive, body, write)",
+            ),
+            &["phase"],
+        )
+        .expect("metric");
+        let http_accept_errors = IntCounter::new(
+            "http_accept_errors_total",
+            "Failed accept calls (e.g. out of file descriptors)",
+        )
+        .expect("metric");
         for m in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs.clone()),
@@ -115,6 +167,12 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(rate_limited.clone()),
             Box::new(rate_limiter_errors.clone()),
+            Box::new(http_connections.clone()),
+            Box::new(http_connections_active.clone()),
+            Box::new(http_connections_refused.clone()),
+            Box::new(http_connections_evicted.clone()),
+            Box::new(http_timeouts.clone()),
+            Box::new(http_accept_errors.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -133,6 +191,12 @@ impl Metrics {
             queue_depth,
             rate_limited,
             rate_limiter_errors,
+            http_connections,
+            http_connections_active,
+            http_connections_refused,
+            http_connections_evicted,
+            http_timeouts,
+            http_accept_errors,
         }
     }
 
@@ -171,11 +235,96 @@ pub async fn track(State(state): State<HttpState>, req: Request, next: Next) -> 
     resp
 }
 
-pub async fn scrape(State(state): State<HttpState>) -> Response {
-    if let Ok(depth) = state.app.queue.depth().await {
-        state.app.metrics.queue_depth.set(depth as i64);
+/// Who may read `/metrics` on the main listener: anyone (development without a separate metrics
+/// listener), holders of `VOICEGRAPH_METRICS_TOKEN`, or nobody (404: production, or when
+/// `VOICEGRAPH_METRICS_LISTEN` serves them elsewhere).
+#[derive(Clone)]
+pub enum Access {
+    Open,
+    /// The SHA-256 of the token, compared with the presented one's (so timing reveals nothing).
+    Token([u8; 32]),
+    Hidden,
+}
+
+impl Access {
+    pub fn from_settings(settings: &Settings) -> Self {
+        match &settings.metrics_token {
+            Some(t) => Access::Token(Sha256::digest(t.expose_secret().as_bytes()).into()),
+            None if settings.metrics_listen.is_some() || settings.is_production() => Access::Hidden,
+            None => Access::Open,
+        }
+    }
+}
+
+/// Refuses a scrape without `Authorization: Bearer <VOICEGRAPH_METRICS_TOKEN>` (401).
+pub async fn require_token(expected: [u8; 32], req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| Sha256::digest(token.trim().as_bytes()));
+    if presented.is_some_and(|p| p.as_slice() == expected) {
+        return next.run(req).await;
+    }
+    let mut r = super::graphql::error_response(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "/metrics needs `Authorization: Bearer <metrics token>`",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"metrics\""),
+    );
+    r
+}
+
+/// The Prometheus text exposition of this process's metrics.
+pub async fn render(app: &AppState) -> Response {
+    if let Ok(depth) = app.queue.depth().await {
+        app.metrics.queue_depth.set(depth as i64);
     }
     let mut buf = Vec::new();
-    let _ = TextEncoder::new().encode(&state.app.metrics.registry.gather(), &mut buf);
+    let _ = TextEncoder::new().encode(&app.metrics.registry.gather(), &mut buf);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
+}
+
+pub async fn scrape(State(state): State<HttpState>) -> Response {
+    render(&state.app).await
+}
+
+/// The application of the separate metrics listener (`VOICEGRAPH_METRICS_LISTEN`): `/metrics`
+/// only, open to whoever can reach that address.
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(app): State<AppState>| async move { render(&app).await }),
+        )
+        .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_open_only_in_development_without_a_listener_or_token() {
+        let access = |vars: &[(&str, &str)]| {
+            let mut l = crate::config::Layers::default();
+            for (k, v) in vars {
+                l.set(k, *v);
+            }
+            Access::from_settings(&l.settings().unwrap())
+        };
+        assert!(matches!(access(&[]), Access::Open));
+        assert!(matches!(access(&[("env", "production")]), Access::Hidden));
+        assert!(matches!(
+            access(&[("metrics_listen", "127.0.0.1:9090")]),
+            Access::Hidden
+        ));
+        let token = access(&[("env", "production"), ("metrics_token", "t0k")]);
+        assert!(matches!(token, Access::Token(d) if d == <[u8; 32]>::from(Sha256::digest(b"t0k"))));
+    }
 }

@@ -1,6 +1,7 @@
-//! The axum router: GraphQL over HTTP (JSON, multipart, GET) and WebSocket, the playground,
-//! health, readiness, metrics, and the signed blob URLs of the directory store; rate limits at
-//! its edge.
+//! The axum router: GraphQL over HTTP (JSON, multipart, GET) and WebSocket, the playground (when
+//! enabled), health, readiness, metrics (as `VOICEGRAPH_METRICS_*` allow), and the signed blob
+//! URLs of the directory store; rate limits at its edge; `server` runs it with connection caps
+//! and timeouts.
 
 pub mod blobs;
 pub mod cors;
@@ -9,6 +10,7 @@ pub mod health;
 pub mod metrics;
 pub mod playground;
 pub mod ratelimit;
+pub mod server;
 pub mod sse;
 pub mod ws;
 
@@ -19,6 +21,7 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::graphql::documents::{Documents, TrustedDocuments};
+use crate::graphql::limits::DocumentLimits;
 use crate::graphql::live::Live;
 use crate::graphql::AppSchema;
 use crate::state::AppState;
@@ -47,6 +50,7 @@ pub fn router(app: AppState, schema: AppSchema) -> anyhow::Result<Router> {
         app.documents.clone(),
         trusted,
         app.settings.trusted_documents_exempt_platform_admins,
+        DocumentLimits::from_settings(&app.settings),
     ));
     let state = HttpState {
         app: app.clone(),
@@ -56,11 +60,25 @@ pub fn router(app: AppState, schema: AppSchema) -> anyhow::Result<Router> {
     };
     let mut router = Router::new()
         .route("/graphql", get(graphql::get_or_ws).post(graphql::post))
-        .route("/", get(playground::page))
-        .route("/playground/examples.json", get(playground::examples))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::scrape));
+        .route("/readyz", get(health::readyz));
+    if app.settings.playground {
+        router = router
+            .route("/", get(playground::page))
+            .route("/playground/examples.json", get(playground::examples));
+    }
+    match metrics::Access::from_settings(&app.settings) {
+        metrics::Access::Open => router = router.route("/metrics", get(metrics::scrape)),
+        metrics::Access::Token(expected) => {
+            router = router.route(
+                "/metrics",
+                get(metrics::scrape).layer(axum::middleware::from_fn(move |req, next| {
+                    metrics::require_token(expected, req, next)
+                })),
+            )
+        }
+        metrics::Access::Hidden => {}
+    }
     if app.local_blobs.is_some() {
         router = router.route("/blobs/{*key}", get(blobs::get).put(blobs::put));
     }

@@ -53,7 +53,7 @@ pub async fn post(state: HttpState, addr: ClientAddr, headers: HeaderMap, body: 
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let params = match json_params(&bytes) {
+    let params = match json_params(&bytes, state.app.settings.max_batch_size) {
         Ok((mut p, false)) => p.remove(0),
         Ok((_, true)) => {
             return error_response(
@@ -146,7 +146,9 @@ async fn stream_response(
                         let request = request
                             .data(Loaders::new(&app.db, app.settings.loader_delay, true))
                             .data(caller.clone());
-                        let resp = state.schema.execute(request).await;
+                        let resp =
+                            crate::graphql::execute_bounded(&state.schema, &app.settings, request)
+                                .await;
                         let item = if is_request_error(&resp) {
                             LiveItem::Error(Arc::from(
                                 serde_json::to_string(&resp.errors).unwrap_or_default(),

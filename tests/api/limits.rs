@@ -192,13 +192,15 @@ async fn page_size_and_first_last_are_checked() {
 /// `{ calls { nodes { events { call { events { call ... } } } } } }`, `depth` levels deep.
 fn deep_query(depth: usize) -> String {
     // Levels: calls(1) nodes(2), then alternating events/call; the innermost field is `id`.
+    // One event per level, so that the complexity (which multiplies through lists) stays low
+    // and the depth is what is refused.
     let mut open = String::from("{ calls { nodes { ");
     let mut close = String::from(" } } }");
     let mut level = 2;
     let mut events = true;
     while level < depth - 1 {
         if events {
-            open.push_str("events { ");
+            open.push_str("events(first: 1) { ");
         } else {
             open.push_str("call { ");
         }

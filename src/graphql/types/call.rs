@@ -15,6 +15,22 @@ use async_graphql::ErrorExtensions;
 /// A submitted call and, once analysed, its results.
 pub struct Call(pub calls::Model);
 
+/// `Call.events` without `first`, and its most. Nested lists declare their bounds so that the
+/// complexity of a document (which multiplies through lists) is known before it runs.
+const EVENTS_PAGE: i32 = 20;
+const EVENTS_MAX: i32 = 100;
+/// `Transcript.segments` without `first`, and its most.
+const SEGMENTS_PAGE: i32 = 100;
+const SEGMENTS_MAX: i32 = 1000;
+
+/// A page-size argument: `default` when absent, else between 0 and `max` (BAD_USER_INPUT).
+fn bounded(value: Option<i32>, default: i32, max: i32, name: &str) -> Result<usize> {
+    match value.unwrap_or(default) {
+        v if (0..=max).contains(&v) => Ok(v as usize),
+        _ => Err(AppError::bad_input(format!("`{name}` must be between 0 and {max}")).extend()),
+    }
+}
+
 fn json_list(v: &serde_json::Value) -> Vec<String> {
     serde_json::from_value(v.clone()).unwrap_or_default()
 }
@@ -112,14 +128,35 @@ impl Transcript {
     async fn language(&self) -> Option<&str> {
         self.call.language.as_deref()
     }
-    /// Speech segments in time order (by start, then channel).
-    async fn segments(&self, ctx: &Context<'_>) -> Result<Vec<Segment>> {
+    /// Speech segments in time order (by start, then channel), `first` at a time from
+    /// `offset`.
+    #[graphql(
+        complexity = "(first.unwrap_or(SEGMENTS_PAGE).clamp(0, SEGMENTS_MAX) as usize) * child_complexity + 1"
+    )]
+    async fn segments(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "How many segments to return: 100 unless given, at most 1000 \
+                          (BAD_USER_INPUT outside 0 to 1000).")]
+        first: Option<i32>,
+        #[graphql(
+            desc = "How many segments to skip from the start (0 unless given): the next \
+                          page starts at the previous page's offset plus its length."
+        )]
+        offset: Option<i32>,
+    ) -> Result<Vec<Segment>> {
+        let first = bounded(first, SEGMENTS_PAGE, SEGMENTS_MAX, "first")?;
+        let offset = bounded(offset, 0, i32::MAX, "offset")?;
         Ok(loaders(ctx)
             .segments
             .load_one((self.call.tenant_id, self.call.id))
             .await
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?
-            .unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .skip(offset)
+            .take(first)
+            .collect())
     }
 }
 
@@ -332,9 +369,29 @@ impl Call {
     async fn metadata(&self) -> Option<Json> {
         self.0.metadata.clone().map(Json)
     }
-    /// Everything that happened to the call, oldest first. An event is listed once the relay
-    /// has given it its stream position (`cursor`), normally within a moment of the change.
-    async fn events(&self, ctx: &Context<'_>) -> Result<Vec<CallEvent>> {
+    /// Everything that happened to the call, oldest first, `first` at a time after the event
+    /// whose cursor is `after`. An event is listed once the relay has given it its stream
+    /// position (`cursor`), normally within a moment of the change.
+    #[graphql(
+        complexity = "(first.unwrap_or(EVENTS_PAGE).clamp(0, EVENTS_MAX) as usize) * child_complexity + 1"
+    )]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "How many events to return: 20 unless given, at most 100 \
+                          (BAD_USER_INPUT outside 0 to 100).")]
+        first: Option<i32>,
+        #[graphql(
+            desc = "Only events after the one with this `cursor` (the last event of the \
+                          previous page); BAD_USER_INPUT when it is not a cursor."
+        )]
+        after: Option<String>,
+    ) -> Result<Vec<CallEvent>> {
+        let first = bounded(first, EVENTS_PAGE, EVENTS_MAX, "first")?;
+        let after = after
+            .map(|c| c.trim().parse::<i64>())
+            .transpose()
+            .map_err(|_| AppError::bad_input("`after` is not an event cursor").extend())?;
         Ok(loaders(ctx)
             .events
             .load_one((self.0.tenant_id, self.0.id))
@@ -342,6 +399,8 @@ impl Call {
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?
             .unwrap_or_default()
             .into_iter()
+            .filter(|e| after.is_none_or(|a| e.seq > a))
+            .take(first)
             .map(CallEvent)
             .collect())
     }
