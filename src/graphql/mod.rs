@@ -185,23 +185,44 @@ impl Extension for RequestErrorCodes {
     }
 }
 
-/// Executes a query or mutation under the execution limits: a query still running after
-/// `VOICEGRAPH_REQUEST_TIMEOUT_MS` is dropped, its work with it (`TIMEOUT`); mutations run to
-/// completion once started, so that none is cut half-way. A result larger than
-/// `VOICEGRAPH_MAX_RESPONSE_BYTES` is replaced by `RESPONSE_TOO_LARGE` before it is serialized.
+/// Executes a query or mutation under the execution limits. A query still running after
+/// `VOICEGRAPH_REQUEST_TIMEOUT_MS` is dropped, its work with it (`TIMEOUT`), and so is one whose
+/// client went away (the HTTP server drops the request). A mutation runs to completion once
+/// started, in a task of its own, so that neither limit nor disconnection cuts it half-way. A
+/// result larger than `VOICEGRAPH_MAX_RESPONSE_BYTES` is replaced by `RESPONSE_TOO_LARGE`.
 pub async fn execute_bounded(
     schema: &AppSchema,
-    settings: &crate::config::Settings,
+    app: &AppState,
     mut request: async_graphql::Request,
 ) -> async_graphql::Response {
+    let settings = &app.settings;
+    let metrics = &app.metrics;
     let mutation = live::operation_type(&mut request)
         == Some(async_graphql::parser::types::OperationType::Mutation);
     let response = if mutation {
-        schema.execute(request).await
+        let schema = schema.clone();
+        let gauge = metrics.operations_in_flight.clone();
+        let task = tokio::spawn(async move {
+            let _in_flight = InFlight::new(&gauge);
+            schema.execute(request).await
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => {
+                let id = uuid::Uuid::new_v4();
+                tracing::error!(error_id = %id, error = %e, "a mutation's task failed");
+                return limit_error(format!("internal error (error id {id})"), "INTERNAL", "");
+            }
+        }
     } else {
+        let _in_flight = InFlight::new(&metrics.operations_in_flight);
         match tokio::time::timeout(settings.request_timeout, schema.execute(request)).await {
             Ok(r) => r,
             Err(_) => {
+                metrics
+                    .operations_stopped
+                    .with_label_values(&["timeout"])
+                    .inc();
                 return limit_error(
                     format!(
                         "the operation ran longer than {} ms and was stopped; ask for less",
@@ -209,12 +230,15 @@ pub async fn execute_bounded(
                     ),
                     "TIMEOUT",
                     "VOICEGRAPH_REQUEST_TIMEOUT_MS",
-                )
+                );
             }
         }
     };
-    let size = json_size(&response.data, settings.max_response_bytes);
-    if size > settings.max_response_bytes {
+    if json_size(&response.data, settings.max_response_bytes) > settings.max_response_bytes {
+        metrics
+            .operations_stopped
+            .with_label_values(&["response_size"])
+            .inc();
         return limit_error(
             format!(
                 "the result is larger than {} bytes; ask for fewer fields or smaller pages",
@@ -227,11 +251,29 @@ pub async fn execute_bounded(
     response
 }
 
+/// Counts an execution in a gauge for as long as it lives.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn limit_error(message: String, code: &str, limit: &str) -> async_graphql::Response {
     let mut e = ServerError::new(message, None);
     let mut x = async_graphql::ErrorExtensionValues::default();
     x.set("code", code);
-    x.set("limit", limit);
+    if !limit.is_empty() {
+        x.set("limit", limit);
+    }
     e.extensions = Some(x);
     async_graphql::Response::from_errors(vec![e])
 }

@@ -221,8 +221,7 @@ async fn execute(
                 if let Some(c) = &admitted.caller {
                     request = request.data(c.clone());
                 }
-                let response =
-                    crate::graphql::execute_bounded(&state.schema, &app.settings, request).await;
+                let response = crate::graphql::execute_bounded(&state.schema, app, request).await;
                 refusals.push(charge.refusal());
                 Answer::Executed(response)
             }

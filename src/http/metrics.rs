@@ -56,6 +56,10 @@ pub struct Metrics {
     pub http_timeouts: IntCounterVec,
     /// Failed `accept` calls other than the peer's own (e.g. out of file descriptors).
     pub http_accept_errors: IntCounter,
+    /// Queries and mutations executing now (subscriptions aside).
+    pub operations_in_flight: IntGauge,
+    /// Operations stopped by an execution limit, by limit (`timeout`, `response_size`).
+    pub operations_stopped: IntCounterVec,
 }
 
 impl Metrics {
@@ -153,8 +157,23 @@ impl Metrics {
             "Failed accept calls (e.g. out of file descriptors)",
         )
         .expect("metric");
+        let operations_in_flight = IntGauge::new(
+            "graphql_operations_in_flight",
+            "GraphQL queries and mutations executing",
+        )
+        .expect("metric");
+        let operations_stopped = IntCounterVec::new(
+            Opts::new(
+                "graphql_operations_stopped_total",
+                "GraphQL operations stopped by an execution limit (timeout, response_size)",
+            ),
+            &["limit"],
+        )
+        .expect("metric");
         for m in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(operations_in_flight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(operations_stopped.clone()),
+            Box::new(http_requests.clone()),
             Box::new(jobs.clone()),
             Box::new(job_seconds.clone()),
             Box::new(db_statements.clone()),
@@ -197,6 +216,8 @@ impl Metrics {
             http_connections_evicted,
             http_timeouts,
             http_accept_errors,
+            operations_in_flight,
+            operations_stopped,
         }
     }
 

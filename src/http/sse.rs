@@ -147,8 +147,7 @@ async fn stream_response(
                             .data(Loaders::new(&app.db, app.settings.loader_delay, true))
                             .data(caller.clone());
                         let resp =
-                            crate::graphql::execute_bounded(&state.schema, &app.settings, request)
-                                .await;
+                            crate::graphql::execute_bounded(&state.schema, app, request).await;
                         let item = if is_request_error(&resp) {
                             LiveItem::Error(Arc::from(
                                 serde_json::to_string(&resp.errors).unwrap_or_default(),

@@ -609,12 +609,8 @@ fn operation(state: HttpState, caller: Option<Caller>, payload: Value) -> BoxStr
                 if let Some(c) = caller {
                     request = request.data(c);
                 }
-                let resp = Box::pin(crate::graphql::execute_bounded(
-                    &state.schema,
-                    &app.settings,
-                    request,
-                ))
-                .await;
+                let resp =
+                    Box::pin(crate::graphql::execute_bounded(&state.schema, app, request)).await;
                 let out = if is_request_error(&resp) {
                     Out::Error(Arc::from(
                         serde_json::to_string(&resp.errors).unwrap_or_default(),

@@ -318,3 +318,32 @@ async fn nested_lists_page_within_their_declared_bounds() {
         assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{q}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_client_goes_away_stops() {
+    use tokio::io::AsyncWriteExt;
+    // The query's nested list waits 60 s for its batch; its client leaves long before.
+    let app = TestApp::spawn_with(SERVE, |l| {
+        l.set("loader_delay_ms", "60000");
+    })
+    .await;
+    let id = app.submit_ok(short_call(), json!({})).await;
+    let body = json!({
+        "query": "query($id: ID!) { call(id: $id) { events { id } } }",
+        "variables": { "id": id },
+    })
+    .to_string();
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let gauge = app.state.metrics.operations_in_flight.clone();
+    let mut socket = tokio::net::TcpStream::connect(&app.addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    crate::connections::wait_until("the query runs", || gauge.get() == 1).await;
+    let left = Instant::now();
+    drop(socket);
+    crate::connections::wait_until("the query stops", || gauge.get() == 0).await;
+    println!("a query stopped {:?} after its client left", left.elapsed());
+}
