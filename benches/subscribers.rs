@@ -1097,22 +1097,27 @@ impl Api {
 
     /// The call's sequenced events as (cursor, at).
     async fn events_of(&self, call_id: &str) -> anyhow::Result<Vec<(i64, String)>> {
-        let d = self
-            .gql(
-                "query($id: ID!) { call(id: $id) { events { cursor at } } }",
-                json!({ "id": call_id }),
-            )
-            .await?;
-        d["call"]["events"]
-            .as_array()
-            .context("no events")?
-            .iter()
-            .map(|e| {
+        // `Call.events` pages (at most 100 at a time): follow the cursor to the end.
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let d = self
+                .gql(
+                    "query($id: ID!, $after: String) { call(id: $id) { events(first: 100, after: $after) { cursor at } } }",
+                    json!({ "id": call_id, "after": after }),
+                )
+                .await?;
+            let page = d["call"]["events"].as_array().context("no events")?;
+            for e in page {
                 let cursor = e["cursor"].as_str().and_then(|c| c.parse().ok());
                 let at = e["at"].as_str().map(str::to_string);
-                cursor.zip(at).context("an event without cursor or at")
-            })
-            .collect()
+                out.push(cursor.zip(at).context("an event without cursor or at")?);
+            }
+            match page.last().and_then(|e| e["cursor"].as_str()) {
+                Some(c) if page.len() == 100 => after = Some(c.to_string()),
+                _ => return Ok(out),
+            }
+        }
     }
 }
 
@@ -1299,7 +1304,8 @@ mod server {
             .set("max_subscriptions_per_key", "0")
             .set("address_rate_limit_rps", "0")
             .set("rate_limit_rps", "0")
-            .set("tenant_rate_limit_rps", "0");
+            .set("tenant_rate_limit_rps", "0")
+            .set("max_connections_per_ip", "0");
         layers.merge_env(std::env::vars());
         layers
             .set("data_dir", data_dir)

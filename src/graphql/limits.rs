@@ -94,10 +94,22 @@ impl DocumentLimits {
 }
 
 fn refusal(message: String, limit: &str, pos: Option<Pos>) -> ServerError {
+    coded_error(message, pos, "BAD_USER_INPUT", Some(limit))
+}
+
+/// An error with its `extensions.code` and, for a limit, the setting it names.
+pub(crate) fn coded_error(
+    message: String,
+    pos: Option<Pos>,
+    code: &str,
+    limit: Option<&str>,
+) -> ServerError {
     let mut e = ServerError::new(message, pos);
     let mut x = async_graphql::ErrorExtensionValues::default();
-    x.set("code", "BAD_USER_INPUT");
-    x.set("limit", limit);
+    x.set("code", code);
+    if let Some(limit) = limit {
+        x.set("limit", limit);
+    }
     e.extensions = Some(x);
     e
 }
@@ -170,11 +182,7 @@ impl Walk<'_> {
 /// here: no arguments, and only `@skip(if:)` and `@include(if:)`.
 fn typename(field: &async_graphql::parser::types::Field) -> ServerResult<()> {
     let invalid = |message: String, pos: Pos| {
-        let mut e = ServerError::new(message, Some(pos));
-        let mut x = async_graphql::ErrorExtensionValues::default();
-        x.set("code", "GRAPHQL_VALIDATION_FAILED");
-        e.extensions = Some(x);
-        e
+        coded_error(message, Some(pos), "GRAPHQL_VALIDATION_FAILED", None)
     };
     if let Some((name, _)) = field.arguments.first() {
         return Err(invalid(

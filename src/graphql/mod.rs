@@ -268,14 +268,8 @@ impl Drop for InFlight {
 }
 
 fn limit_error(message: String, code: &str, limit: &str) -> async_graphql::Response {
-    let mut e = ServerError::new(message, None);
-    let mut x = async_graphql::ErrorExtensionValues::default();
-    x.set("code", code);
-    if !limit.is_empty() {
-        x.set("limit", limit);
-    }
-    e.extensions = Some(x);
-    async_graphql::Response::from_errors(vec![e])
+    let limit = Some(limit).filter(|l| !l.is_empty());
+    async_graphql::Response::from_errors(vec![limits::coded_error(message, None, code, limit)])
 }
 
 /// The size of `value` as JSON, counted without keeping the text; counting stops a little past
