@@ -8,6 +8,7 @@
 //! key's capped sockets, each subscription one of its capped subscriptions, and each operation
 //! a request charged to the key's rate and cost budget.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ use axum::response::Response;
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::StreamMap;
 
 use super::ratelimit::{admit, authenticate_from, ClientAddr, Failure};
 use super::HttpState;
@@ -105,6 +106,7 @@ pub async fn upgrade(
             metrics.ws_connections.inc();
             match protocol {
                 Some(protocol) => {
+                    let (outbox, inbox) = mpsc::channel(OUTBOX_MESSAGES);
                     let mut connection = Connection {
                         state,
                         protocol,
@@ -114,7 +116,10 @@ pub async fn upgrade(
                         watch: None,
                         init_received: false,
                         acked: false,
-                        subs: StreamMap::new(),
+                        subs: HashMap::new(),
+                        generation: 0,
+                        outbox,
+                        inbox,
                     };
                     if let Some(caller) = header_caller {
                         connection.set_caller(caller);
@@ -181,8 +186,34 @@ struct Connection {
     watch: Option<KeyWatch>,
     init_received: bool,
     acked: bool,
-    subs: StreamMap<Arc<str>, BoxStream<'static, Out>>,
+    /// The running operations by id. Each runs in a task of its own that forwards its messages
+    /// to `outbox`, so that an operation whose stream is waiting on the database makes progress
+    /// (and gives its connection back) while this socket's loop awaits something else, such as a
+    /// new operation's key check; polled only from this loop, one blocked socket could otherwise
+    /// hold pool connections that its own next step waits for.
+    subs: HashMap<Arc<str>, Running>,
+    /// Bumped for every operation started, so that a message of a finished operation is never
+    /// delivered to a later one reusing its id.
+    generation: u64,
+    outbox: mpsc::Sender<(Arc<str>, u64, Out)>,
+    inbox: mpsc::Receiver<(Arc<str>, u64, Out)>,
 }
+
+/// An operation's task; dropping it stops the operation (and gives back its places).
+struct Running {
+    generation: u64,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Messages a socket's operations may have waiting for the client at once; beyond it they wait
+/// (no database connection held) until the client reads.
+const OUTBOX_MESSAGES: usize = 16;
 
 const REVOKED: &str = "Forbidden: the API key was revoked";
 
@@ -266,9 +297,15 @@ impl Connection {
                         Some(Ok(_)) => {}
                     }
                 }
-                Some((id, out)) = self.subs.next(), if !self.subs.is_empty() => {
-                    if self.deliver(&mut socket, id, out).await.is_err() {
-                        break None;
+                Some((id, generation, out)) = self.inbox.recv() => {
+                    // A message of an operation the client stopped, or that ended, is dropped.
+                    if self.subs.get(&id).is_some_and(|r| r.generation == generation) {
+                        if matches!(out, Out::Complete) {
+                            self.subs.remove(&id);
+                        }
+                        if self.deliver(&mut socket, id, out).await.is_err() {
+                            break None;
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -503,8 +540,25 @@ impl Connection {
                     .map_err(|_| close(1011, "write failed"));
             }
         }
-        let op = operation(self.state.clone(), self.caller.clone(), payload);
-        self.subs.insert(id, op);
+        let mut op = operation(self.state.clone(), self.caller.clone(), payload);
+        self.generation += 1;
+        let generation = self.generation;
+        let outbox = self.outbox.clone();
+        let key = id.clone();
+        let task = tokio::spawn(async move {
+            while let Some(out) = op.next().await {
+                if outbox.send((key.clone(), generation, out)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.subs.insert(
+            id,
+            Running {
+                generation,
+                task: task.abort_handle(),
+            },
+        );
         Ok(())
     }
 

@@ -76,12 +76,27 @@ async fn multipart_submission_is_analysed_and_every_field_resolves() {
     assert!(c["summary"].as_str().unwrap().contains("agent"));
     assert!(c["topics"].is_array() && c["actionItems"].is_array());
 
-    let kinds: Vec<_> = c["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
-        .collect();
+    // Events are listed once the relay has sequenced them, which may come a moment after the
+    // call's status changed: wait for the third.
+    let mut kinds: Vec<String> = Vec::new();
+    for _ in 0..200 {
+        let d = app
+            .gql_ok(
+                "query($id: ID!) { call(id: $id) { events { kind } } }",
+                json!({ "id": id }),
+            )
+            .await;
+        kinds = d["call"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect();
+        if kinds.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(kinds, ["SUBMITTED", "PROCESSING", "COMPLETED"]);
 
     // Signed URLs serve the recording and the results.

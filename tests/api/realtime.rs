@@ -776,3 +776,52 @@ async fn subscriptions_and_operations_over_sse() {
         assert_ne!(e, "complete", "a shutdown is not a completion");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_operations_on_one_socket_never_starves_the_pool() {
+    // Two database connections for everything. Each operation's stream reads the database while
+    // the socket goes on to check the next operation's key, which needs a connection too: the
+    // streams must progress (and give their connections back) on their own.
+    let app = TestApp::spawn_with(SERVE_RELAY, |l| {
+        l.set("db_max_connections", "2");
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(app.submit_ok(short_call(), json!({})).await);
+    }
+    let mut ws = Subscription::connect(&app.addr, "graphql-transport-ws").await;
+    ws.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {ADMIN_KEY}") } }))
+        .await;
+    assert_eq!(
+        ws.recv(Duration::from_secs(10)).await.unwrap()["type"],
+        "connection_ack"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        ws.send(json!({ "id": format!("s{i}"), "type": "subscribe", "payload": { "query": "subscription($id: ID!) { callUpdated(id: $id) { kind callId } }", "variables": { "id": id } } })).await;
+        ws.send(json!({ "id": format!("q{i}"), "type": "subscribe", "payload": { "query": "query($id: ID!) { call(id: $id) { id status } }", "variables": { "id": id } } })).await;
+    }
+    let (mut updates, mut answers) = (0, 0);
+    while updates < ids.len() || answers < ids.len() {
+        let msg = ws
+            .recv(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{updates} updates and {answers} answers, then silence"));
+        assert_ne!(msg["type"], "error", "{msg}");
+        if msg["type"] != "next" {
+            continue;
+        }
+        assert!(msg["payload"].get("errors").is_none(), "{msg}");
+        let id = msg["id"].as_str().unwrap();
+        if id.starts_with('s') {
+            assert_eq!(
+                msg["payload"]["data"]["callUpdated"]["kind"], "SUBMITTED",
+                "{msg}"
+            );
+            updates += 1;
+        } else {
+            assert_eq!(msg["payload"]["data"]["call"]["status"], "QUEUED", "{msg}");
+            answers += 1;
+        }
+    }
+}
