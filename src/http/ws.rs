@@ -16,10 +16,11 @@ use async_graphql::parser::types::OperationType;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures::channel::mpsc;
 use futures::stream::{self, BoxStream};
+use futures::SinkExt as _;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ratelimit::{admit, authenticate_from, ClientAddr, Failure};
@@ -195,6 +196,8 @@ struct Connection {
     /// Bumped for every operation started, so that a message of a finished operation is never
     /// delivered to a later one reusing its id.
     generation: u64,
+    // futures' channel allocates per message rather than a block of slots up front, so an idle
+    // socket's channel costs little.
     outbox: mpsc::Sender<(Arc<str>, u64, Out)>,
     inbox: mpsc::Receiver<(Arc<str>, u64, Out)>,
 }
@@ -297,7 +300,7 @@ impl Connection {
                         Some(Ok(_)) => {}
                     }
                 }
-                Some((id, generation, out)) = self.inbox.recv() => {
+                Some((id, generation, out)) = self.inbox.next() => {
                     // A message of an operation the client stopped, or that ended, is dropped.
                     if self.subs.get(&id).is_some_and(|r| r.generation == generation) {
                         if matches!(out, Out::Complete) {
@@ -543,7 +546,7 @@ impl Connection {
         let mut op = operation(self.state.clone(), self.caller.clone(), payload);
         self.generation += 1;
         let generation = self.generation;
-        let outbox = self.outbox.clone();
+        let mut outbox = self.outbox.clone();
         let key = id.clone();
         let task = tokio::spawn(async move {
             while let Some(out) = op.next().await {
