@@ -1,5 +1,6 @@
 //! The GraphQL schema: queries, mutations and subscriptions merged from one file per area, with
-//! document limits (size, tokens, aliases, root fields, directives), depth and complexity, the cost budget, and introspection off in production.
+//! document limits (size, tokens, aliases, root fields, directives), depth and complexity, the
+//! cost budget, execution limits, and introspection off in production.
 
 pub mod budget;
 pub mod documents;
@@ -211,7 +212,7 @@ pub async fn execute_bounded(
             Err(e) => {
                 let id = uuid::Uuid::new_v4();
                 tracing::error!(error_id = %id, error = %e, "a mutation's task failed");
-                return limit_error(format!("internal error (error id {id})"), "INTERNAL", "");
+                return limit_error(format!("internal error (error id {id})"), "INTERNAL", None);
             }
         }
     } else {
@@ -229,7 +230,7 @@ pub async fn execute_bounded(
                         settings.request_timeout.as_millis()
                     ),
                     "TIMEOUT",
-                    "VOICEGRAPH_REQUEST_TIMEOUT_MS",
+                    Some("VOICEGRAPH_REQUEST_TIMEOUT_MS"),
                 );
             }
         }
@@ -245,7 +246,7 @@ pub async fn execute_bounded(
                 settings.max_response_bytes
             ),
             "RESPONSE_TOO_LARGE",
-            "VOICEGRAPH_MAX_RESPONSE_BYTES",
+            Some("VOICEGRAPH_MAX_RESPONSE_BYTES"),
         );
     }
     response
@@ -267,8 +268,8 @@ impl Drop for InFlight {
     }
 }
 
-fn limit_error(message: String, code: &str, limit: &str) -> async_graphql::Response {
-    let limit = Some(limit).filter(|l| !l.is_empty());
+/// A response of one error with its code and, for a limit, the setting it names.
+fn limit_error(message: String, code: &str, limit: Option<&str>) -> async_graphql::Response {
     async_graphql::Response::from_errors(vec![limits::coded_error(message, None, code, limit)])
 }
 
