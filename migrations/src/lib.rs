@@ -1,4 +1,6 @@
-//! Schema migrations for voicegraph, written with sea-query so they run on SQLite and Postgres alike.
+//! Schema migrations for voicegraph, written with sea-query so they run on SQLite and Postgres alike;
+//! on Postgres, row-level security isolates tenants (`m20261203_000001_row_level_security`), and
+//! [`grant_runtime_role`] grants the role the application runs as what it needs.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -6,6 +8,10 @@ mod m20261124_000001_init;
 mod m20261201_000001_persisted_queries;
 mod m20261202_000001_audit_log;
 mod m20261202_000002_call_upload_key;
+mod m20261203_000001_row_level_security;
+mod roles;
+
+pub use roles::grant_runtime_role;
 
 pub struct Migrator;
 
@@ -17,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_persisted_queries::Migration),
             Box::new(m20261202_000001_audit_log::Migration),
             Box::new(m20261202_000002_call_upload_key::Migration),
+            Box::new(m20261203_000001_row_level_security::Migration),
         ]
     }
 }
