@@ -126,6 +126,8 @@ impl Layers {
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),
             public_url: self.str("public_url"),
             database_url: self.str("database_url"),
+            migrate_database_url: self.str("migrate_database_url"),
+            database_runtime_role: self.str("database_runtime_role"),
             job_queue_url: self.str("job_queue_url"),
             events_topic_arn: self.str("events_topic_arn"),
             realtime_queue_url: self.str("realtime_queue_url"),
@@ -283,6 +285,12 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `postgres://…` or `sqlite://…`; default: SQLite file in the data dir.
     pub database_url: Option<String>,
+    /// Where `voicegraph migrate` connects: the role that owns the tables (Postgres); default:
+    /// `database_url`.
+    pub migrate_database_url: Option<String>,
+    /// The role the service runs as on Postgres, granted what it needs by `voicegraph migrate`:
+    /// it owns nothing and bypasses no row-level security. Unset: nothing is granted.
+    pub database_runtime_role: Option<String>,
     /// SQS queue URL for jobs; default: the embedded queue.
     pub job_queue_url: Option<String>,
     /// SNS topic for call events; default: in-process.

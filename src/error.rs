@@ -65,9 +65,3 @@ impl ErrorExtensions for AppError {
         }
     }
 }
-
-impl From<sea_orm::DbErr> for AppError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        Self::Internal(anyhow::Error::new(e).context("database"))
-    }
-}

@@ -14,6 +14,7 @@ pub mod relay;
 pub mod services;
 pub mod startup;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod wiring;
 pub mod worker;

@@ -65,8 +65,7 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
         },
         Command::Migrate => {
             let metrics = voicegraph::http::metrics::Metrics::new();
-            let db = wiring::connect(&settings, &metrics).await?;
-            wiring::migrate(&db).await?;
+            wiring::migrate_as_owner(&settings, &metrics).await?;
             println!("migrations applied");
             return Ok(std::process::ExitCode::SUCCESS);
         }

@@ -6,20 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use entities::{call_events, outbox};
 use futures::StreamExt;
-use sea_orm::sea_query::Expr;
-use sea_orm::sea_query::{ExprTrait, LockBehavior, LockType};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
-};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{EventEnvelope, JobMessage};
-use crate::services::events::{
-    envelope, sequence_pending, DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS,
-};
+use crate::domain::{EventEnvelope, JobMessage, OutboxRecord};
+use crate::services::events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
 use crate::state::AppState;
 
 const BATCH: u64 = 200;
@@ -34,7 +25,7 @@ enum Delivery {
 
 async fn deliver(
     state: &AppState,
-    row: &outbox::Model,
+    row: &OutboxRecord,
     event: Option<&EventEnvelope>,
 ) -> anyhow::Result<Delivery> {
     match row.destination.as_str() {
@@ -62,109 +53,47 @@ async fn deliver(
     Ok(Delivery::Sent)
 }
 
-async fn deliver_row<'a, C: ConnectionTrait>(
-    state: &AppState,
-    conn: &C,
-    row: &'a outbox::Model,
-    event: Option<&EventEnvelope>,
-) -> (&'a outbox::Model, anyhow::Result<Delivery>) {
-    let result = match (
-        row.destination.as_str(),
-        event,
-        row.payload["event_id"].as_i64(),
-    ) {
-        (DEST_EVENTS, None, Some(id)) => {
-            // Not sequenced yet (next round), or deleted with its call before it went out.
-            match call_events::Entity::find_by_id(id).one(conn).await {
-                Ok(found) => Ok(if found.is_some() {
-                    Delivery::NotYet
-                } else {
-                    Delivery::Sent
-                }),
-                Err(e) => Err(e.into()),
-            }
-        }
-        _ => deliver(state, row, event).await,
-    };
-    (row, result)
-}
-
 /// One round: returns how many rows were delivered.
 pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
-    sequence_pending(&state.db).await?;
-    if state.db.get_database_backend() == DbBackend::Postgres {
-        // Rows are claimed with FOR UPDATE SKIP LOCKED, so relays on several instances share the
-        // outbox instead of sending the same rows; the claim lasts until the marks commit.
-        let txn = state.db.begin().await?;
-        let rows = pending(Some(&txn), state).await?;
-        let sent = deliver_all(state, &txn, rows).await?;
-        txn.commit().await?;
-        Ok(sent)
-    } else {
-        // SQLite serialises writers anyway; a long read transaction there would only turn the
-        // marks into snapshot conflicts.
-        let rows = pending(None, state).await?;
-        deliver_all(state, &state.db, rows).await
-    }
-}
-
-async fn pending(
-    txn: Option<&DatabaseTransaction>,
-    state: &AppState,
-) -> anyhow::Result<Vec<outbox::Model>> {
-    let query = outbox::Entity::find()
-        .filter(outbox::Column::SentAt.is_null())
-        .filter(outbox::Column::AvailableAt.lte(Utc::now()))
-        .order_by_asc(outbox::Column::Id)
-        .limit(BATCH);
-    Ok(match txn {
-        Some(txn) => {
-            query
-                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                .all(txn)
-                .await?
-        }
-        None => query.all(&state.db).await?,
-    })
-}
-
-async fn deliver_all<C: ConnectionTrait>(
-    state: &AppState,
-    conn: &C,
-    rows: Vec<outbox::Model>,
-) -> anyhow::Result<usize> {
-    if rows.is_empty() {
+    state.store.sequence_pending().await?;
+    let claim = state.store.claim_outbox(BATCH).await?;
+    if claim.rows.is_empty() {
+        claim.finish().await?;
         return Ok(0);
     }
-    let event_ids: Vec<i64> = rows
+    let event_ids: Vec<i64> = claim
+        .rows
         .iter()
         .filter(|r| r.destination == DEST_EVENTS)
         .filter_map(|r| r.payload["event_id"].as_i64())
         .collect();
-    let events: std::collections::HashMap<i64, EventEnvelope> = if event_ids.is_empty() {
+    // Present when the event exists; `Some` once it is sequenced.
+    let events = if event_ids.is_empty() {
         Default::default()
     } else {
-        call_events::Entity::find()
-            .filter(call_events::Column::Id.is_in(event_ids))
-            .all(conn)
-            .await?
-            .iter()
-            .filter_map(envelope)
-            .map(|e| (e.id, e))
-            .collect()
+        state.store.events_by_id(&event_ids).await?
     };
     // Deliveries run concurrently: the destinations (SQS, SNS) do not keep order anyway, and
     // subscribers order events by their sequence position.
-    let deliveries: Vec<_> = rows
+    let events = &events;
+    let deliveries: Vec<_> = claim
+        .rows
         .iter()
-        .map(|row| {
-            let event = row.payload["event_id"]
-                .as_i64()
-                .and_then(|id| events.get(&id));
-            deliver_row(state, conn, row, event)
+        .map(|row| async move {
+            let result = match row.payload["event_id"].as_i64() {
+                Some(id) if row.destination == DEST_EVENTS => match events.get(&id) {
+                    Some(Some(event)) => deliver(state, row, Some(event)).await,
+                    // Not sequenced yet: the next round.
+                    Some(None) => Ok(Delivery::NotYet),
+                    // Deleted with its call before it went out.
+                    None => Ok(Delivery::Sent),
+                },
+                _ => deliver(state, row, None).await,
+            };
+            (row, result)
         })
         .collect();
-    let outcomes: Vec<(&outbox::Model, anyhow::Result<Delivery>)> =
+    let outcomes: Vec<(&OutboxRecord, anyhow::Result<Delivery>)> =
         futures::stream::iter(deliveries)
             .buffer_unordered(CONCURRENCY)
             .collect()
@@ -179,40 +108,26 @@ async fn deliver_all<C: ConnectionTrait>(
                     * 2u32.saturating_pow(row.attempts.clamp(0, 10) as u32);
                 let delay = delay.min(Duration::from_secs(300));
                 tracing::warn!(outbox = row.id, destination = %row.destination, attempts = row.attempts + 1, error = %e, "outbox delivery failed; will retry");
-                outbox::Entity::update_many()
-                    .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
-                    .col_expr(outbox::Column::LastError, Expr::value(format!("{e:#}")))
-                    .col_expr(
-                        outbox::Column::AvailableAt,
-                        Expr::value(
-                            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-                        ),
+                claim
+                    .reschedule(
+                        row,
+                        &format!("{e:#}"),
+                        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
                     )
-                    .filter(outbox::Column::Id.eq(row.id))
-                    .exec(conn)
                     .await?;
             }
         }
     }
-    if !sent_ids.is_empty() {
-        outbox::Entity::update_many()
-            .col_expr(outbox::Column::SentAt, Expr::value(Utc::now()))
-            .col_expr(
-                outbox::Column::Attempts,
-                Expr::col(outbox::Column::Attempts).add(1),
-            )
-            .filter(outbox::Column::Id.is_in(sent_ids.clone()))
-            .exec(conn)
-            .await?;
-    }
+    claim.mark_sent(&sent_ids).await?;
+    claim.finish().await?;
     Ok(sent_ids.len())
 }
 
 /// Removes delivered outbox rows older than a day so the table stays small.
 async fn purge(state: &AppState) -> anyhow::Result<()> {
-    outbox::Entity::delete_many()
-        .filter(outbox::Column::SentAt.lt(Utc::now() - chrono::Duration::days(1)))
-        .exec(&state.db)
+    state
+        .store
+        .purge_outbox(Utc::now() - chrono::Duration::days(1))
         .await?;
     Ok(())
 }

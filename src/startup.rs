@@ -104,7 +104,7 @@ impl Application {
         );
         let state = wiring::build_state(settings, &public_url).await?;
         let generated_admin_key = if admin_key.is_some() || !production {
-            auth::bootstrap(&state.db, admin_key.as_deref())
+            auth::bootstrap(&state.store, admin_key.as_deref())
                 .await
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?
         } else {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use sea_orm::DatabaseConnection;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -14,11 +13,13 @@ use crate::services::auth::Authenticator;
 use crate::services::limits::Limits;
 use crate::services::live::EventHub;
 use crate::services::revocation::Revocations;
+use crate::store::Store;
 
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
-    pub db: DatabaseConnection,
+    /// The application database; the only way to it.
+    pub store: Store,
     /// Turns bearer tokens (API keys, JWTs) into callers.
     pub auth: Arc<Authenticator>,
     pub queue: Arc<dyn JobQueue>,

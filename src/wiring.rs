@@ -2,22 +2,17 @@
 //! production mode refuses the embedded backends here, with the variable to set.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use secrecy::ExposeSecret;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::aws;
-use crate::adapters::database::DbDocumentStore;
 use crate::adapters::local::analyzer::LocalAnalyzer;
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::adapters::local::bus::InProcessBus;
 use crate::adapters::local::limiter::InProcessLimiter;
-use crate::adapters::local::queue::EmbeddedQueue;
 use crate::adapters::redis::{RedisDocumentStore, RedisFanout, RedisFeed};
 use crate::adapters::redis_limiter::{RedisLimiter, SLOT_LEASE};
 use crate::adapters::s3::S3BlobStore;
@@ -35,6 +30,9 @@ use crate::services::limits::{LimitMetrics, Limits};
 use crate::services::live::EventHub;
 use crate::services::revocation::Revocations;
 use crate::state::{AppState, Realtime};
+use crate::store::documents::DbDocumentStore;
+use crate::store::queue::EmbeddedQueue;
+use crate::store::{ConnectSettings, Store};
 
 /// Which database, as chosen by `VOICEGRAPH_DATABASE_URL`.
 pub enum DatabaseBackend {
@@ -119,40 +117,68 @@ pub async fn load_settings(mut layers: Layers) -> anyhow::Result<Settings> {
     layers.settings()
 }
 
-/// Connects, counting every statement into the metrics, and prepares SQLite for several roles.
-pub async fn connect(settings: &Settings, metrics: &Metrics) -> anyhow::Result<DatabaseConnection> {
+/// Connects to `url` (the settings' database by default), counting every statement into the
+/// metrics.
+pub async fn connect_to(
+    settings: &Settings,
+    url: Option<&str>,
+    metrics: &Metrics,
+) -> anyhow::Result<Store> {
     let backend = database_backend(settings)?;
-    let url = match &backend {
-        DatabaseBackend::Sqlite(url) => {
-            std::fs::create_dir_all(&settings.data_dir)
-                .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-            url.clone()
-        }
-        DatabaseBackend::Postgres(url) => url.clone(),
-    };
-    let mut opts = ConnectOptions::new(url);
-    opts.max_connections(settings.db_max_connections.max(2))
-        .min_connections(1)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10))
-        .sqlx_logging(false);
-    let mut db = Database::connect(opts)
-        .await
-        .context("connecting to the database")?;
     if let DatabaseBackend::Sqlite(_) = backend {
-        // WAL lets readers run beside the one writer; the setting persists in the file.
-        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     }
-    let counter = metrics.db_statements.clone();
-    db.set_metric_callback(move |info| {
-        counter.inc();
-        tracing::trace!(sql = %info.statement.sql, elapsed = ?info.elapsed, failed = info.failed, "statement");
-    });
-    Ok(db)
+    let url = match (url, &backend) {
+        (Some(url), _) => url.to_string(),
+        (None, DatabaseBackend::Sqlite(url) | DatabaseBackend::Postgres(url)) => url.clone(),
+    };
+    Store::connect(ConnectSettings {
+        url,
+        max_connections: settings.db_max_connections,
+        on_statement: Some(metrics.db_statements.clone()),
+    })
+    .await
 }
 
-pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
-    Migrator::up(db, None).await.context("running migrations")
+/// Connects to the settings' database as the service runs.
+pub async fn connect(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Store> {
+    connect_to(settings, None, metrics).await
+}
+
+/// `voicegraph migrate` (and, in development, every start): migrates as the owner
+/// (`VOICEGRAPH_MIGRATE_DATABASE_URL`, else the service's own connection `db`) and grants the
+/// runtime role (`VOICEGRAPH_DATABASE_RUNTIME_ROLE`) what it needs.
+pub async fn migrate_as_owner(settings: &Settings, metrics: &Metrics) -> anyhow::Result<()> {
+    migrate_with(settings, None, metrics).await
+}
+
+async fn migrate_with(
+    settings: &Settings,
+    db: Option<&Store>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let owned;
+    let owner = match (&settings.migrate_database_url, db) {
+        (Some(url), _) => {
+            owned = connect_to(settings, Some(url), metrics).await?;
+            &owned
+        }
+        (None, Some(db)) => db,
+        (None, None) => {
+            owned = connect(settings, metrics).await?;
+            &owned
+        }
+    };
+    owner.migrate().await?;
+    if let Some(role) = &settings.database_runtime_role {
+        anyhow::ensure!(
+            owner.is_postgres(),
+            "VOICEGRAPH_DATABASE_RUNTIME_ROLE applies to Postgres only"
+        );
+        owner.grant_runtime_role(role).await?;
+    }
+    Ok(())
 }
 
 /// Builds every backend from the settings. `public_url` is where clients reach this instance.
@@ -160,7 +186,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
     let metrics = Arc::new(Metrics::new());
     let db = connect(&settings, &metrics).await?;
     if !settings.is_production() {
-        migrate(&db).await?;
+        migrate_with(&settings, Some(&db), &metrics).await?;
     }
 
     let uses_aws = settings.job_queue_url.is_some()
@@ -185,11 +211,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         ),
         _ => {
             refuse_embedded(&settings, "job queue", "VOICEGRAPH_JOB_QUEUE_URL")?;
-            Arc::new(EmbeddedQueue::new(
-                db.clone(),
-                "jobs",
-                settings.job_max_receives,
-            ))
+            Arc::new(EmbeddedQueue::new(&db, "jobs", settings.job_max_receives))
         }
     };
 
@@ -269,7 +291,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
                 .await
                 .context("VOICEGRAPH_REDIS_URL")?,
         ),
-        None => Arc::new(DbDocumentStore::new(db.clone())),
+        None => Arc::new(DbDocumentStore::new(&db)),
     };
     let settings_event_buffer = settings.event_buffer;
 
@@ -307,7 +329,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
 
     Ok(AppState {
         settings: Arc::new(settings),
-        db,
+        store: db,
         auth,
         queue,
         publisher,

@@ -3,19 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use chrono::Utc;
-use entities::{call_segments, calls};
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::domain::{event_kind, Analysis, AnalysisRequest, CallStatus, TranscriptInput};
+use crate::domain::{Analysis, AnalysisRequest, CallRecord, TranscriptInput};
 use crate::ports::{AnalyzeError, Audio, Lease};
-use crate::services::events::record_event;
 use crate::state::AppState;
 
 /// What became of one job.
@@ -37,50 +31,16 @@ pub enum Outcome {
 pub async fn start_attempt(
     state: &AppState,
     lease: &Lease,
-) -> anyhow::Result<Option<(calls::Model, i32)>> {
-    let msg = &lease.message;
-    let txn = state.db.begin().await?;
-    let updated = calls::Entity::update_many()
-        .col_expr(
-            calls::Column::Status,
-            Expr::value(CallStatus::Processing.as_str()),
-        )
-        .col_expr(
-            calls::Column::Attempts,
-            Expr::col(calls::Column::Attempts).add(1),
-        )
-        .col_expr(calls::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(calls::Column::Id.eq(msg.call_id))
-        .filter(calls::Column::TenantId.eq(msg.tenant_id))
-        .filter(
-            calls::Column::Status
-                .is_in([CallStatus::Queued.as_str(), CallStatus::Processing.as_str()]),
-        )
-        .exec(&txn)
-        .await?;
-    if updated.rows_affected == 0 {
+) -> anyhow::Result<Option<(CallRecord, i32)>> {
+    let Some(call) = state.store.start_attempt(&lease.message).await? else {
         return Ok(None);
-    }
-    let call = calls::Entity::find_by_id(msg.call_id)
-        .one(&txn)
-        .await?
-        .context("call vanished inside its transaction")?;
-    record_event(
-        &txn,
-        msg.tenant_id,
-        msg.call_id,
-        event_kind::PROCESSING,
-        CallStatus::Processing,
-        Some(serde_json::json!({ "attempt": call.attempts })),
-    )
-    .await?;
-    txn.commit().await?;
+    };
     state.relay_wakeup.notify_one();
     let attempt = call.attempts;
     Ok(Some((call, attempt)))
 }
 
-fn analysis_request(call: &calls::Model) -> AnalysisRequest {
+fn analysis_request(call: &CallRecord) -> AnalysisRequest {
     AnalysisRequest {
         channels: call
             .channels
@@ -95,10 +55,7 @@ fn analysis_request(call: &calls::Model) -> AnalysisRequest {
 }
 
 /// Analyses the call and stores the results. Errors are classified by the caller.
-async fn analyse(
-    state: &AppState,
-    call: &calls::Model,
-) -> Result<(Analysis, String), AnalyzeError> {
+async fn analyse(state: &AppState, call: &CallRecord) -> Result<(Analysis, String), AnalyzeError> {
     let key = call
         .recording_key
         .as_deref()
@@ -152,151 +109,37 @@ async fn analyse(
 /// attempt still owns the call.
 async fn complete(
     state: &AppState,
-    call: &calls::Model,
+    call: &CallRecord,
     attempt: i32,
     analysis: &Analysis,
     result_key: String,
 ) -> anyhow::Result<bool> {
-    let now = Utc::now();
-    let txn = state.db.begin().await?;
-    let updated = calls::Entity::update_many()
-        .col_expr(
-            calls::Column::Status,
-            Expr::value(CallStatus::Completed.as_str()),
-        )
-        .col_expr(calls::Column::DurationMs, Expr::value(analysis.duration_ms))
-        .col_expr(calls::Column::ResultKey, Expr::value(result_key))
-        .col_expr(
-            calls::Column::Language,
-            Expr::value(analysis.language.clone().or(call.language.clone())),
-        )
-        .col_expr(
-            calls::Column::TranscriptText,
-            Expr::value(analysis.transcript_text.clone()),
-        )
-        .col_expr(
-            calls::Column::Summary,
-            Expr::value(analysis.summary.clone()),
-        )
-        .col_expr(
-            calls::Column::SentimentScore,
-            Expr::value(analysis.sentiment.map(|s| s.score)),
-        )
-        .col_expr(
-            calls::Column::SentimentLabel,
-            Expr::value(analysis.sentiment.map(|s| s.label.as_str().to_string())),
-        )
-        .col_expr(
-            calls::Column::Topics,
-            Expr::value(serde_json::json!(analysis.topics)),
-        )
-        .col_expr(
-            calls::Column::ActionItems,
-            Expr::value(serde_json::json!(analysis.action_items)),
-        )
-        .col_expr(
-            calls::Column::Metrics,
-            Expr::value(serde_json::to_value(&analysis.metrics)?),
-        )
-        .col_expr(
-            calls::Column::Analyzer,
-            Expr::value(analysis.analyzer.clone()),
-        )
-        .col_expr(calls::Column::Error, Expr::value(Option::<String>::None))
-        .col_expr(calls::Column::UpdatedAt, Expr::value(now))
-        .col_expr(calls::Column::CompletedAt, Expr::value(now))
-        .filter(calls::Column::Id.eq(call.id))
-        .filter(calls::Column::Attempts.eq(attempt))
-        .filter(calls::Column::Status.eq(CallStatus::Processing.as_str()))
-        .exec(&txn)
+    let done = state
+        .store
+        .complete_attempt(call, attempt, analysis, result_key)
         .await?;
-    if updated.rows_affected == 0 {
-        return Ok(false);
+    if done {
+        state.relay_wakeup.notify_one();
     }
-    call_segments::Entity::delete_many()
-        .filter(call_segments::Column::CallId.eq(call.id))
-        .exec(&txn)
-        .await?;
-    let rows: Vec<call_segments::ActiveModel> = analysis
-        .segments
-        .iter()
-        .enumerate()
-        .map(|(i, s)| call_segments::ActiveModel {
-            call_id: Set(call.id),
-            tenant_id: Set(call.tenant_id),
-            idx: Set(i as i32),
-            speaker: Set(s.speaker.clone()),
-            channel: Set(s.channel),
-            start_ms: Set(s.start_ms),
-            end_ms: Set(s.end_ms),
-            text: Set(s.text.clone()),
-            sentiment: Set(s.sentiment),
-            ..Default::default()
-        })
-        .collect();
-    // Bounded batches keep every statement under SQLite's bind-parameter limit.
-    for chunk in rows.chunks(500) {
-        call_segments::Entity::insert_many(chunk.to_vec())
-            .exec(&txn)
-            .await?;
-    }
-    record_event(
-        &txn,
-        call.tenant_id,
-        call.id,
-        event_kind::COMPLETED,
-        CallStatus::Completed,
-        None,
-    )
-    .await?;
-    txn.commit().await?;
-    state.relay_wakeup.notify_one();
-    Ok(true)
+    Ok(done)
 }
 
 /// Records a failed attempt: `FAILED` for good, or back to `QUEUED` to be retried.
 async fn fail(
     state: &AppState,
-    call: &calls::Model,
+    call: &CallRecord,
     attempt: i32,
     reason: &str,
     permanent: bool,
 ) -> anyhow::Result<bool> {
-    let status = if permanent {
-        CallStatus::Failed
-    } else {
-        CallStatus::Queued
-    };
-    let txn = state.db.begin().await?;
-    let updated = calls::Entity::update_many()
-        .col_expr(calls::Column::Status, Expr::value(status.as_str()))
-        .col_expr(calls::Column::Error, Expr::value(reason.to_string()))
-        .col_expr(calls::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(calls::Column::Id.eq(call.id))
-        .filter(calls::Column::Attempts.eq(attempt))
-        .filter(calls::Column::Status.eq(CallStatus::Processing.as_str()))
-        .exec(&txn)
+    let done = state
+        .store
+        .fail_attempt(call, attempt, reason, permanent)
         .await?;
-    if updated.rows_affected == 0 {
-        return Ok(false);
+    if done {
+        state.relay_wakeup.notify_one();
     }
-    let kind = if permanent {
-        event_kind::FAILED
-    } else {
-        event_kind::RETRYING
-    };
-    record_event(
-        &txn,
-        call.tenant_id,
-        call.id,
-        kind,
-        status,
-        Some(serde_json::json!({ "error": reason, "attempt": attempt })),
-    )
-    .await?;
-    txn.commit().await?;
-    state.relay_wakeup.notify_one();
-    Ok(true)
+    Ok(done)
 }
 
 fn backoff(receive_count: u32, base: Duration) -> Duration {

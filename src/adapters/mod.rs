@@ -1,7 +1,6 @@
 //! One module per technology behind the ports. Only `wiring.rs` names them.
 
 pub mod aws;
-pub mod database;
 pub mod local;
 pub mod redis;
 pub mod redis_limiter;

@@ -3,6 +3,8 @@
 pub mod analysis;
 pub mod call;
 pub mod gcra;
+pub mod records;
 
 pub use analysis::*;
 pub use call::*;
+pub use records::*;

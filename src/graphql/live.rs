@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::AppSchema;
 use crate::domain::EventEnvelope;
 use crate::services::auth::{Caller, Role};
-use crate::services::events::{self, Watch as Spec};
+use crate::services::events::Watch as Spec;
 use crate::services::live::HubItem;
 use crate::state::AppState;
 
@@ -399,7 +399,10 @@ fn replay(
     upto: i64,
 ) -> BoxStream<'static, anyhow::Result<EventEnvelope>> {
     stream::once(async move {
-        events::events_between(&state.db, spec.tenant, &spec.filter, from, upto).await
+        state
+            .store
+            .events_between(spec.tenant, &spec.filter, from, upto)
+            .await
     })
     .flat_map(|r| match r {
         Ok(v) => stream::iter(v.into_iter().map(Ok)).boxed(),
@@ -508,14 +511,11 @@ async fn follow(
             continue;
         }
         if item.prev > last {
-            let missed = match events::events_between(
-                &live.state.db,
-                spec.tenant,
-                &spec.filter,
-                last,
-                item.prev,
-            )
-            .await
+            let missed = match live
+                .state
+                .store
+                .events_between(spec.tenant, &spec.filter, last, item.prev)
+                .await
             {
                 Ok(m) => m,
                 Err(e) => {

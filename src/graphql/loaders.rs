@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
-use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::types::Segment;
-use crate::domain::EventEnvelope;
-use crate::services::{calls, events};
+use crate::domain::{CallRecord, EventEnvelope};
+use crate::services::calls;
+use crate::store::Store;
 
 type Key = (Uuid, Uuid);
 
@@ -33,7 +33,7 @@ pub struct Loaders {
 }
 
 impl Loaders {
-    pub fn new(db: &DatabaseConnection, delay: Duration, cache: bool) -> Arc<Self> {
+    pub fn new(db: &Store, delay: Duration, cache: bool) -> Arc<Self> {
         fn make<L: Loader<Key>>(l: L, delay: Duration, cache: bool) -> DataLoader<L, HashMapCache> {
             let d = DataLoader::with_cache(l, tokio::spawn, HashMapCache::default()).delay(delay);
             d.enable_all_cache(cache);
@@ -47,9 +47,9 @@ impl Loaders {
     }
 }
 
-pub struct SegmentsLoader(pub DatabaseConnection);
-pub struct EventsLoader(pub DatabaseConnection);
-pub struct CallLoader(pub DatabaseConnection);
+pub struct SegmentsLoader(pub Store);
+pub struct EventsLoader(pub Store);
+pub struct CallLoader(pub Store);
 
 impl Loader<Key> for SegmentsLoader {
     type Value = Vec<Segment>;
@@ -83,13 +83,13 @@ impl Loader<Key> for EventsLoader {
     async fn load(&self, keys: &[Key]) -> Result<HashMap<Key, Self::Value>, Self::Error> {
         let mut out: HashMap<Key, Vec<EventEnvelope>> = HashMap::new();
         for (tenant, ids) in by_tenant(keys) {
-            for e in events::events_of_calls(&self.0, tenant, &ids)
+            for e in self
+                .0
+                .events_of_calls(tenant, &ids)
                 .await
                 .map_err(Arc::new)?
             {
-                if let Some(env) = events::envelope(&e) {
-                    out.entry((tenant, e.call_id)).or_default().push(env);
-                }
+                out.entry((tenant, e.call_id)).or_default().push(e);
             }
         }
         Ok(out)
@@ -97,7 +97,7 @@ impl Loader<Key> for EventsLoader {
 }
 
 impl Loader<Key> for CallLoader {
-    type Value = entities::calls::Model;
+    type Value = CallRecord;
     type Error = Arc<anyhow::Error>;
 
     async fn load(&self, keys: &[Key]) -> Result<HashMap<Key, Self::Value>, Self::Error> {

@@ -48,7 +48,7 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
             .limit_complexity(s.max_query_complexity)
             .extension(limits::Limits(limits::DocumentLimits::from_settings(s)))
             .extension(budget::CostBudget)
-            .data(Loaders::new(&state.db, s.loader_delay, false));
+            .data(Loaders::new(&state.store, s.loader_delay, false));
         if s.is_production() {
             builder = builder.disable_introspection().disable_suggestions();
         }

@@ -210,7 +210,7 @@ async fn execute(
     batch: bool,
 ) -> Response {
     let app = &state.app;
-    let loaders = Loaders::new(&app.db, app.settings.loader_delay, true);
+    let loaders = Loaders::new(&app.store, app.settings.loader_delay, true);
     let mut answers = Vec::with_capacity(requests.len());
     let mut refusals = Vec::with_capacity(requests.len());
     for r in requests {

@@ -20,9 +20,7 @@ pub async fn readyz(State(state): State<HttpState>) -> Response {
         Err(_) => serde_json::json!({ "ok": false, "error": "timed out" }),
     };
     let (db, queue, store) = tokio::join!(
-        tokio::time::timeout(timeout, async {
-            app.db.ping().await.map_err(anyhow::Error::from)
-        }),
+        tokio::time::timeout(timeout, async { app.store.ping().await }),
         tokio::time::timeout(timeout, async { app.queue.depth().await.map(|_| ()) }),
         tokio::time::timeout(timeout, app.blobs.ping()),
     );

@@ -144,7 +144,7 @@ async fn stream_response(
                     _ => {
                         let app = &state.app;
                         let request = request
-                            .data(Loaders::new(&app.db, app.settings.loader_delay, true))
+                            .data(Loaders::new(&app.store, app.settings.loader_delay, true))
                             .data(caller.clone());
                         let resp =
                             crate::graphql::execute_bounded(&state.schema, app, request).await;

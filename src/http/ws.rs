@@ -230,7 +230,7 @@ async fn key_revoked(app: &AppState, watched: Option<(uuid::Uuid, bool)>) -> any
     if revoked {
         return Ok(true);
     }
-    let active = auth::active_keys(&app.db, &[key]).await?;
+    let active = auth::active_keys(&app.store, &[key]).await?;
     if !active.contains(&key) {
         app.revocations.revoked_here(key);
         return Ok(true);
@@ -662,7 +662,7 @@ fn operation(state: HttpState, caller: Option<Caller>, payload: Value) -> BoxStr
             }
             (_, caller) => {
                 let app = &state.app;
-                request = request.data(Loaders::new(&app.db, app.settings.loader_delay, true));
+                request = request.data(Loaders::new(&app.store, app.settings.loader_delay, true));
                 if let Some(c) = caller {
                     request = request.data(c);
                 }

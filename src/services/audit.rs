@@ -2,16 +2,12 @@
 //! the transaction of the change itself (so there is no change without its record, and no record
 //! of a change that rolled back); read by admins a page at a time, newest first.
 
-use chrono::Utc;
-use entities::audit_log;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
-};
 use uuid::Uuid;
 
+use crate::domain::AuditRecord;
 use crate::error::{AppError, AppResult};
 use crate::services::auth::{Caller, Permission};
+use crate::store::Store;
 
 /// What an audit log entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
@@ -47,37 +43,9 @@ impl AuditAction {
     }
 }
 
-/// Records a change of `tenant_id`, made by `actor` (`None`: the service itself, e.g. the
-/// bootstrap at first start). Call it inside the transaction that makes the change.
-pub async fn record<C: ConnectionTrait>(
-    txn: &C,
-    tenant_id: Uuid,
-    actor: Option<&Caller>,
-    action: AuditAction,
-    target: Uuid,
-    details: serde_json::Value,
-) -> AppResult<()> {
-    audit_log::ActiveModel {
-        tenant_id: Set(tenant_id),
-        actor_tenant_id: Set(actor.map(|a| a.tenant_id)),
-        actor_key_id: Set(actor.and_then(|a| a.key_id)),
-        actor_subject: Set(actor.and_then(|a| a.subject.clone())),
-        actor_role: Set(actor.map(|a| a.role.as_str().to_string())),
-        actor_platform_admin: Set(actor.is_some_and(|a| a.platform_admin)),
-        action: Set(action.as_str().into()),
-        target: Set(target.to_string()),
-        details: Set(Some(details)),
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    }
-    .insert(txn)
-    .await?;
-    Ok(())
-}
-
 /// One page of the audit log, newest first.
 pub struct AuditPage {
-    pub entries: Vec<audit_log::Model>,
+    pub entries: Vec<AuditRecord>,
     /// Pass it as `after` for the next (older) page; `None` when the page is empty.
     pub end_cursor: Option<String>,
     pub has_next_page: bool,
@@ -85,7 +53,7 @@ pub struct AuditPage {
 
 /// The audit log of the caller's tenant, or of `tenant` for the platform admin. Admins only.
 pub async fn list(
-    db: &DatabaseConnection,
+    store: &Store,
     caller: &Caller,
     tenant: Option<Uuid>,
     first: Option<i32>,
@@ -108,18 +76,11 @@ pub async fn list(
             )))
         }
     };
-    let mut query = audit_log::Entity::find().filter(audit_log::Column::TenantId.eq(tenant));
-    if let Some(after) = after {
-        let id: i64 = after
-            .parse()
-            .map_err(|_| AppError::bad_input("invalid cursor"))?;
-        query = query.filter(audit_log::Column::Id.lt(id));
-    }
-    let mut entries = query
-        .order_by_desc(audit_log::Column::Id)
-        .limit(limit as u64 + 1)
-        .all(db)
-        .await?;
+    let before = after
+        .map(|a| a.parse::<i64>())
+        .transpose()
+        .map_err(|_| AppError::bad_input("invalid cursor"))?;
+    let mut entries = store.audit_page(tenant, before, limit).await?;
     let has_next_page = entries.len() > limit;
     entries.truncate(limit);
     Ok(AuditPage {

@@ -6,18 +6,13 @@ use std::collections::HashSet;
 use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
-use entities::{api_keys, tenants};
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
-};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::domain::{Actor, ApiKeyRecord, TenantRecord};
 use crate::error::{AppError, AppResult};
-use crate::services::audit::{self, AuditAction};
 use crate::services::jwt::{self, JwtVerifier};
+use crate::store::{NewKey, Store};
 
 /// Every API key starts with this; tokens that do not are never looked up as keys.
 pub const API_KEY_PREFIX: &str = "vg_";
@@ -172,6 +167,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// How the audit log names this caller.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            tenant_id: self.tenant_id,
+            key_id: self.key_id,
+            subject: self.subject.clone(),
+            role: self.role.as_str().to_string(),
+            platform_admin: self.platform_admin,
+        }
+    }
+
     pub fn can(&self, p: Permission) -> bool {
         PERMISSIONS
             .iter()
@@ -213,15 +219,12 @@ fn prefix_of(secret: &str) -> String {
 }
 
 /// Resolves a bearer token to a caller. Unknown, revoked or malformed tokens are `UNAUTHENTICATED`.
-pub async fn authenticate(db: &DatabaseConnection, token: &str) -> AppResult<Caller> {
+pub async fn authenticate(store: &Store, token: &str) -> AppResult<Caller> {
     let token = token.trim();
     if token.is_empty() || token.len() > 4096 {
         return Err(AppError::Unauthenticated("invalid credentials".into()));
     }
-    let key = api_keys::Entity::find()
-        .filter(api_keys::Column::KeyHash.eq(hash_key(token)))
-        .one(db)
-        .await?;
+    let key = store.key_by_hash(&hash_key(token)).await?;
     let Some(key) = key.filter(|k| k.revoked_at.is_none()) else {
         return Err(AppError::Unauthenticated(
             "invalid or revoked API key".into(),
@@ -234,11 +237,7 @@ pub async fn authenticate(db: &DatabaseConnection, token: &str) -> AppResult<Cal
         .last_used_at
         .is_none_or(|t| Utc::now() - t > chrono::Duration::seconds(60));
     if stale {
-        api_keys::Entity::update_many()
-            .col_expr(api_keys::Column::LastUsedAt, Expr::value(Utc::now()))
-            .filter(api_keys::Column::Id.eq(key.id))
-            .exec(db)
-            .await?;
+        store.touch_key(key.tenant_id, key.id).await?;
     }
     Ok(Caller {
         tenant_id: key.tenant_id,
@@ -254,16 +253,16 @@ pub async fn authenticate(db: &DatabaseConnection, token: &str) -> AppResult<Cal
 /// the settings configure. Built once at start-up; remembers tenants already seen, so that a
 /// valid JWT costs no database round trip after the first.
 pub struct Authenticator {
-    db: DatabaseConnection,
+    store: Store,
     jwt: Option<JwtVerifier>,
     /// Tenants known to exist (tenants are never deleted, so this is never stale).
     tenants: RwLock<HashSet<Uuid>>,
 }
 
 impl Authenticator {
-    pub fn new(db: DatabaseConnection, jwt: Option<JwtVerifier>) -> Self {
+    pub fn new(store: Store, jwt: Option<JwtVerifier>) -> Self {
         Self {
-            db,
+            store,
             jwt,
             tenants: RwLock::new(HashSet::new()),
         }
@@ -273,7 +272,7 @@ impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> AppResult<Caller> {
         let token = token.trim();
         if token.starts_with(API_KEY_PREFIX) {
-            return authenticate(&self.db, token).await;
+            return authenticate(&self.store, token).await;
         }
         if !jwt::looks_like_jwt(token) {
             return Err(AppError::Unauthenticated(match self.jwt {
@@ -315,10 +314,7 @@ impl Authenticator {
         {
             return Ok(true);
         }
-        let exists = tenants::Entity::find_by_id(id)
-            .one(&self.db)
-            .await?
-            .is_some();
+        let exists = self.store.get_tenant(id).await?.is_some();
         // Only tenants that exist are remembered, so the set grows with real tenants only.
         if exists {
             self.tenants.write().expect("tenant cache lock").insert(id);
@@ -329,11 +325,8 @@ impl Authenticator {
 
 /// At first start (no tenants), creates tenant `default` and the platform-admin key. Returns the
 /// key when one was generated, so that development can print it.
-pub async fn bootstrap(
-    db: &DatabaseConnection,
-    admin_key: Option<&str>,
-) -> AppResult<Option<String>> {
-    if tenants::Entity::find().count(db).await? > 0 {
+pub async fn bootstrap(store: &Store, admin_key: Option<&str>) -> AppResult<Option<String>> {
+    if store.tenant_count().await? > 0 {
         return Ok(None);
     }
     let generated = admin_key.is_none().then(generate_key);
@@ -342,77 +335,35 @@ pub async fn bootstrap(
         .or(generated.clone())
         .unwrap_or_default();
     // Several instances may start at once: the key's unique hash lets exactly one transaction win.
-    let created: AppResult<tenants::Model> = async {
-        let txn = db.begin().await?;
-        let tenant = tenants::ActiveModel {
-            id: Set(Uuid::new_v4()),
-            name: Set("default".into()),
-            created_at: Set(Utc::now()),
-        }
-        .insert(&txn)
-        .await?;
-        audit::record(
-            &txn,
-            tenant.id,
+    let created = store
+        .create_tenant(
+            "default".into(),
             None,
-            AuditAction::TenantCreated,
-            tenant.id,
-            serde_json::json!({ "name": tenant.name }),
+            Some(new_key(
+                "bootstrap admin".into(),
+                Role::Admin,
+                true,
+                &secret,
+            )),
         )
-        .await?;
-        let key = insert_key(
-            &txn,
-            tenant.id,
-            "bootstrap admin",
-            Role::Admin,
-            true,
-            &secret,
-        )
-        .await?;
-        audit::record(
-            &txn,
-            tenant.id,
-            None,
-            AuditAction::ApiKeyCreated,
-            key.id,
-            key_details(&key),
-        )
-        .await?;
-        txn.commit().await?;
-        Ok(tenant)
-    }
-    .await;
+        .await;
     let tenant = match created {
         Ok(t) => t,
-        Err(_) if tenants::Entity::find().count(db).await? > 0 => return Ok(None),
+        Err(_) if store.tenant_count().await? > 0 => return Ok(None),
         Err(e) => return Err(e),
     };
     tracing::info!(tenant = %tenant.id, "created tenant `default` and the platform-admin key");
     Ok(generated)
 }
 
-async fn insert_key<C: sea_orm::ConnectionTrait>(
-    db: &C,
-    tenant_id: Uuid,
-    name: &str,
-    role: Role,
-    platform_admin: bool,
-    secret: &str,
-) -> AppResult<api_keys::Model> {
-    Ok(api_keys::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        tenant_id: Set(tenant_id),
-        name: Set(name.into()),
-        prefix: Set(prefix_of(secret)),
-        key_hash: Set(hash_key(secret)),
-        role: Set(role.as_str().into()),
-        platform_admin: Set(platform_admin),
-        created_at: Set(Utc::now()),
-        revoked_at: Set(None),
-        last_used_at: Set(None),
+fn new_key(name: String, role: Role, platform_admin: bool, secret: &str) -> NewKey {
+    NewKey {
+        name,
+        prefix: prefix_of(secret),
+        key_hash: hash_key(secret),
+        role: role.as_str().into(),
+        platform_admin,
     }
-    .insert(db)
-    .await?)
 }
 
 fn validate_name(name: &str, what: &str) -> AppResult<String> {
@@ -430,70 +381,34 @@ fn validate_name(name: &str, what: &str) -> AppResult<String> {
     Ok(name.to_string())
 }
 
-pub async fn create_tenant(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    name: &str,
-) -> AppResult<tenants::Model> {
+pub async fn create_tenant(store: &Store, caller: &Caller, name: &str) -> AppResult<TenantRecord> {
     if !caller.can(Permission::ManageTenants) {
         return Err(AppError::Forbidden(
             "only the platform admin creates tenants".into(),
         ));
     }
     let name = validate_name(name, "name")?;
-    let txn = db.begin().await?;
-    let tenant = tenants::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        name: Set(name),
-        created_at: Set(Utc::now()),
-    }
-    .insert(&txn)
-    .await?;
-    audit::record(
-        &txn,
-        tenant.id,
-        Some(caller),
-        AuditAction::TenantCreated,
-        tenant.id,
-        serde_json::json!({ "name": tenant.name }),
-    )
-    .await?;
-    txn.commit().await?;
-    Ok(tenant)
+    store.create_tenant(name, Some(&caller.actor()), None).await
 }
 
-/// What the audit log keeps of a key: never its hash.
-fn key_details(key: &api_keys::Model) -> serde_json::Value {
-    serde_json::json!({
-        "name": key.name,
-        "role": key.role,
-        "prefix": key.prefix,
-        "platformAdmin": key.platform_admin,
-    })
-}
-
-pub async fn get_tenant(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    id: Uuid,
-) -> AppResult<tenants::Model> {
+pub async fn get_tenant(store: &Store, caller: &Caller, id: Uuid) -> AppResult<TenantRecord> {
     if id != caller.tenant_id && !caller.platform_admin {
         return Err(AppError::not_found("tenant"));
     }
-    tenants::Entity::find_by_id(id)
-        .one(db)
+    store
+        .get_tenant(id)
         .await?
         .ok_or_else(|| AppError::not_found("tenant"))
 }
 
 /// Creates a key; returns it with its secret, which is never shown again.
 pub async fn create_api_key(
-    db: &DatabaseConnection,
+    store: &Store,
     caller: &Caller,
     tenant_id: Option<Uuid>,
     role: Role,
     name: &str,
-) -> AppResult<(api_keys::Model, String)> {
+) -> AppResult<(ApiKeyRecord, String)> {
     caller.require(Permission::ManageKeys)?;
     let tenant_id = tenant_id.unwrap_or(caller.tenant_id);
     if tenant_id != caller.tenant_id && !caller.platform_admin {
@@ -502,99 +417,44 @@ pub async fn create_api_key(
         ));
     }
     let name = validate_name(name, "name")?;
-    if tenants::Entity::find_by_id(tenant_id)
-        .one(db)
-        .await?
-        .is_none()
-    {
-        return Err(AppError::not_found("tenant"));
-    }
     let secret = generate_key();
-    let txn = db.begin().await?;
-    let key = insert_key(&txn, tenant_id, &name, role, false, &secret).await?;
-    audit::record(
-        &txn,
-        tenant_id,
-        Some(caller),
-        AuditAction::ApiKeyCreated,
-        key.id,
-        key_details(&key),
-    )
-    .await?;
-    txn.commit().await?;
+    let key = store
+        .create_key(
+            tenant_id,
+            new_key(name, role, false, &secret),
+            &caller.actor(),
+        )
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))?;
     Ok((key, secret))
 }
 
 /// Revokes a key: every request with it fails from the next one on, on every instance. The
 /// sockets and streams it opened end through `services::revocation`.
-pub async fn revoke_api_key(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    id: Uuid,
-) -> AppResult<api_keys::Model> {
+pub async fn revoke_api_key(store: &Store, caller: &Caller, id: Uuid) -> AppResult<ApiKeyRecord> {
     caller.require(Permission::ManageKeys)?;
-    let key = api_keys::Entity::find_by_id(id)
-        .one(db)
-        .await?
-        .filter(|k| k.tenant_id == caller.tenant_id || caller.platform_admin)
-        .ok_or_else(|| AppError::not_found("API key"))?;
-    if key.revoked_at.is_some() {
-        return Ok(key);
-    }
-    let txn = db.begin().await?;
-    // Only the first of concurrent revocations changes the row, and only it is recorded.
-    let now = Utc::now();
-    let changed = api_keys::Entity::update_many()
-        .col_expr(api_keys::Column::RevokedAt, Expr::value(now))
-        .filter(api_keys::Column::Id.eq(id))
-        .filter(api_keys::Column::RevokedAt.is_null())
-        .exec(&txn)
-        .await?
-        .rows_affected;
-    if changed > 0 {
-        audit::record(
-            &txn,
-            key.tenant_id,
-            Some(caller),
-            AuditAction::ApiKeyRevoked,
-            key.id,
-            serde_json::json!({ "name": key.name, "role": key.role }),
-        )
-        .await?;
-    }
-    txn.commit().await?;
-    api_keys::Entity::find_by_id(id)
-        .one(db)
+    // The platform admin may revoke any tenant's key: the one cross-tenant lookup here.
+    let tenant = if caller.platform_admin {
+        store.key_tenant(id).await?
+    } else {
+        Some(caller.tenant_id)
+    };
+    let Some(tenant) = tenant else {
+        return Err(AppError::not_found("API key"));
+    };
+    store
+        .revoke_key(tenant, id, &caller.actor())
         .await?
         .ok_or_else(|| AppError::not_found("API key"))
 }
 
 /// Which of `ids` are keys that still work (not revoked); the others were revoked (or never
-/// existed). One statement per 500 ids.
-pub async fn active_keys(db: &DatabaseConnection, ids: &[Uuid]) -> anyhow::Result<HashSet<Uuid>> {
-    let mut active = HashSet::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
-        let found: Vec<Uuid> = api_keys::Entity::find()
-            .select_only()
-            .column(api_keys::Column::Id)
-            .filter(api_keys::Column::Id.is_in(chunk.iter().copied()))
-            .filter(api_keys::Column::RevokedAt.is_null())
-            .into_tuple()
-            .all(db)
-            .await?;
-        active.extend(found);
-    }
-    Ok(active)
+/// existed).
+pub async fn active_keys(store: &Store, ids: &[Uuid]) -> anyhow::Result<HashSet<Uuid>> {
+    store.active_keys(ids).await
 }
 
-pub async fn list_api_keys(
-    db: &DatabaseConnection,
-    caller: &Caller,
-) -> AppResult<Vec<api_keys::Model>> {
+pub async fn list_api_keys(store: &Store, caller: &Caller) -> AppResult<Vec<ApiKeyRecord>> {
     caller.require(Permission::ManageKeys)?;
-    Ok(api_keys::Entity::find()
-        .filter(api_keys::Column::TenantId.eq(caller.tenant_id))
-        .order_by_asc(api_keys::Column::CreatedAt)
-        .all(db)
-        .await?)
+    store.list_keys(caller.tenant_id).await
 }

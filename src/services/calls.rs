@@ -7,26 +7,18 @@
 use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use entities::{call_events, call_segments, calls};
-use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
-};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::adapters::local::acoustic;
-use crate::domain::{
-    event_kind, AudioInfo, CallDirection, CallStatus, JobMessage, TranscriptInput,
-};
+use crate::domain::{AudioInfo, CallDirection, CallRecord, SegmentRecord, TranscriptInput};
 use crate::error::{AppError, AppResult};
 use crate::ports::PresignedPut;
 use crate::services::auth::{Caller, Permission};
-use crate::services::events::{
-    enqueue_blob_delete, enqueue_blob_delete_at, enqueue_job, record_event,
-};
 use crate::state::AppState;
+use crate::store::{Change, Keyset, NewCall, PageQuery, Store};
+
+pub use crate::store::{CallFilter, CallOrder as OrderField};
 
 /// Content types accepted for recordings (the bytes are checked too).
 pub const AUDIO_TYPES: &[&str] = &[
@@ -256,7 +248,7 @@ pub async fn submit_call(
     caller: &Caller,
     input: SubmitCall,
     recording: Recording,
-) -> AppResult<(calls::Model, bool)> {
+) -> AppResult<(CallRecord, bool)> {
     caller.require(Permission::SubmitCalls)?;
     let external_id = check_text(input.external_id, "externalId", 200)?;
     let from = check_text(input.from, "from", 64)?;
@@ -293,15 +285,17 @@ pub async fn submit_call(
             // Repeating the submission of an upload answers with the call it made (its bytes
             // were pinned then), even after the upload itself was removed.
             if let Some(idem) = &idempotency_key {
-                if let Some(existing) =
-                    find_by_idempotency(&state.db, caller.tenant_id, idem).await?
+                if let Some(existing) = state
+                    .store
+                    .call_by_idempotency_key(caller.tenant_id, idem)
+                    .await?
                 {
                     if existing.upload_key.as_deref() == Some(key.as_str()) {
                         return Ok((existing, true));
                     }
                 }
             }
-            if let Some(other) = find_by_upload(&state.db, caller.tenant_id, &key).await? {
+            if let Some(other) = state.store.call_by_upload(caller.tenant_id, &key).await? {
                 return Err(already_submitted(&other));
             }
             let checked = copy_uploaded(state, &key, &recording_key, max).await?;
@@ -335,7 +329,11 @@ pub async fn submit_call(
         }
     };
     if let Some(key) = &idempotency_key {
-        if let Some(existing) = find_by_idempotency(&state.db, caller.tenant_id, key).await? {
+        if let Some(existing) = state
+            .store
+            .call_by_idempotency_key(caller.tenant_id, key)
+            .await?
+        {
             if upload_key.is_some() {
                 discard().await;
             }
@@ -351,55 +349,42 @@ pub async fn submit_call(
     }
 
     let now = Utc::now();
-    let txn = state.db.begin().await?;
-    let inserted = calls::ActiveModel {
-        id: Set(call_id),
-        tenant_id: Set(caller.tenant_id),
-        external_id: Set(external_id),
-        idempotency_key: Set(idempotency_key.clone()),
-        status: Set(CallStatus::Queued.as_str().into()),
-        direction: Set(input.direction.map(|d| d.as_str().to_string())),
-        from_number: Set(from),
-        to_number: Set(to),
-        agent: Set(agent),
-        started_at: Set(input.started_at),
-        duration_ms: Set(info.duration_ms),
-        channels: Set(channels.map(|c| serde_json::json!(c))),
-        recording_key: Set(Some(recording_key.clone())),
-        recording_type: Set(Some(recording_type)),
-        recording_bytes: Set(Some(size as i64)),
-        recording_sha256: Set(Some(sha.clone())),
-        result_key: Set(None),
-        language: Set(language),
-        transcript_text: Set(None),
-        transcript_input: Set(transcript.map(|t| serde_json::to_value(t).unwrap_or_default())),
-        summary: Set(None),
-        sentiment_score: Set(None),
-        sentiment_label: Set(None),
-        topics: Set(serde_json::json!([])),
-        action_items: Set(serde_json::json!([])),
-        metrics: Set(None),
-        tags: Set(serde_json::json!(tags)),
-        metadata: Set(metadata),
-        analyzer: Set(None),
-        attempts: Set(0),
-        error: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-        completed_at: Set(None),
-        upload_key: Set(upload_key.clone()),
-    }
-    .insert(&txn)
-    .await;
+    let inserted = state
+        .store
+        .submit_call(NewCall {
+            id: call_id,
+            tenant_id: caller.tenant_id,
+            external_id,
+            idempotency_key: idempotency_key.clone(),
+            direction: input.direction,
+            from,
+            to,
+            agent,
+            started_at: input.started_at,
+            duration_ms: info.duration_ms,
+            channels,
+            recording_key: recording_key.clone(),
+            recording_type,
+            recording_bytes: size as i64,
+            recording_sha256: sha.clone(),
+            language,
+            transcript_input: transcript.map(|t| serde_json::to_value(t).unwrap_or_default()),
+            tags,
+            metadata,
+            upload_key: upload_key.clone(),
+            delete_upload_at: now + upload_retention(state.settings.url_expiry),
+        })
+        .await;
     let call = match inserted {
         Ok(call) => call,
         Err(e) => {
-            drop(txn);
             discard().await;
             // Two submissions with one idempotency key, or of one upload, raced: the other won.
             if let Some(key) = &idempotency_key {
-                if let Some(existing) =
-                    find_by_idempotency(&state.db, caller.tenant_id, key).await?
+                if let Some(existing) = state
+                    .store
+                    .call_by_idempotency_key(caller.tenant_id, key)
+                    .await?
                 {
                     if existing.upload_key.is_some() && existing.upload_key == upload_key {
                         return Ok((existing, true));
@@ -408,39 +393,13 @@ pub async fn submit_call(
                 }
             }
             if let Some(key) = &upload_key {
-                if let Some(other) = find_by_upload(&state.db, caller.tenant_id, key).await? {
+                if let Some(other) = state.store.call_by_upload(caller.tenant_id, key).await? {
                     return Err(already_submitted(&other));
                 }
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
-    record_event(
-        &txn,
-        caller.tenant_id,
-        call_id,
-        event_kind::SUBMITTED,
-        CallStatus::Queued,
-        None,
-    )
-    .await?;
-    enqueue_job(
-        &txn,
-        &JobMessage {
-            tenant_id: caller.tenant_id,
-            call_id,
-        },
-    )
-    .await?;
-    if let Some(key) = upload_key {
-        enqueue_blob_delete_at(
-            &txn,
-            vec![key],
-            now + upload_retention(state.settings.url_expiry),
-        )
-        .await?;
-    }
-    txn.commit().await?;
     state.relay_wakeup.notify_one();
     tracing::info!(call = %call_id, tenant = %caller.tenant_id, bytes = size, "call submitted");
     Ok((call, false))
@@ -541,26 +500,14 @@ async fn check_stored(state: &AppState, key: &str, max: u64) -> AppResult<Checke
     })
 }
 
-fn already_submitted(other: &calls::Model) -> AppError {
+fn already_submitted(other: &CallRecord) -> AppError {
     AppError::Conflict(format!(
         "recordingKey was already submitted, as call {}: an upload makes one call (create another upload for another call)",
         other.id
     ))
 }
 
-async fn find_by_upload(
-    db: &DatabaseConnection,
-    tenant: Uuid,
-    upload_key: &str,
-) -> AppResult<Option<calls::Model>> {
-    Ok(calls::Entity::find()
-        .filter(calls::Column::TenantId.eq(tenant))
-        .filter(calls::Column::UploadKey.eq(upload_key))
-        .one(db)
-        .await?)
-}
-
-fn same_recording(existing: calls::Model, sha: &str) -> AppResult<(calls::Model, bool)> {
+fn same_recording(existing: CallRecord, sha: &str) -> AppResult<(CallRecord, bool)> {
     if existing.recording_sha256.as_deref() == Some(sha) {
         Ok((existing, true))
     } else {
@@ -570,86 +517,25 @@ fn same_recording(existing: calls::Model, sha: &str) -> AppResult<(calls::Model,
     }
 }
 
-async fn find_by_idempotency(
-    db: &DatabaseConnection,
-    tenant: Uuid,
-    key: &str,
-) -> AppResult<Option<calls::Model>> {
-    Ok(calls::Entity::find()
-        .filter(calls::Column::TenantId.eq(tenant))
-        .filter(calls::Column::IdempotencyKey.eq(key))
-        .one(db)
-        .await?)
-}
-
-pub async fn get_call(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    id: Uuid,
-) -> AppResult<Option<calls::Model>> {
+pub async fn get_call(store: &Store, caller: &Caller, id: Uuid) -> AppResult<Option<CallRecord>> {
     caller.require(Permission::ReadCalls)?;
-    Ok(calls::Entity::find_by_id(id)
-        .filter(calls::Column::TenantId.eq(caller.tenant_id))
-        .one(db)
-        .await?)
-}
-
-async fn require_call(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    id: Uuid,
-) -> AppResult<calls::Model> {
-    calls::Entity::find_by_id(id)
-        .filter(calls::Column::TenantId.eq(caller.tenant_id))
-        .one(db)
-        .await?
-        .ok_or_else(|| AppError::not_found("call"))
+    store.get_call(caller.tenant_id, id).await
 }
 
 /// Puts a failed call back on the queue.
-pub async fn retry_call(state: &AppState, caller: &Caller, id: Uuid) -> AppResult<calls::Model> {
+pub async fn retry_call(state: &AppState, caller: &Caller, id: Uuid) -> AppResult<CallRecord> {
     caller.require(Permission::ManageCalls)?;
-    let txn = state.db.begin().await?;
-    let updated = calls::Entity::update_many()
-        .col_expr(
-            calls::Column::Status,
-            Expr::value(CallStatus::Queued.as_str()),
-        )
-        .col_expr(calls::Column::Error, Expr::value(Option::<String>::None))
-        .col_expr(calls::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(calls::Column::Id.eq(id))
-        .filter(calls::Column::TenantId.eq(caller.tenant_id))
-        .filter(calls::Column::Status.eq(CallStatus::Failed.as_str()))
-        .exec(&txn)
-        .await?;
-    if updated.rows_affected == 0 {
-        drop(txn);
-        let call = require_call(&state.db, caller, id).await?;
-        return Err(AppError::Conflict(format!(
+    match state.store.retry_call(caller.tenant_id, id).await? {
+        Change::Done(call) => {
+            state.relay_wakeup.notify_one();
+            Ok(call)
+        }
+        Change::Refused(call) => Err(AppError::Conflict(format!(
             "only FAILED calls can be retried; this one is {}",
             call.status
-        )));
+        ))),
+        Change::Missing => Err(AppError::not_found("call")),
     }
-    record_event(
-        &txn,
-        caller.tenant_id,
-        id,
-        event_kind::RETRIED,
-        CallStatus::Queued,
-        None,
-    )
-    .await?;
-    enqueue_job(
-        &txn,
-        &JobMessage {
-            tenant_id: caller.tenant_id,
-            call_id: id,
-        },
-    )
-    .await?;
-    txn.commit().await?;
-    state.relay_wakeup.notify_one();
-    require_call(&state.db, caller, id).await
 }
 
 /// Adds tags to a call (existing tags stay).
@@ -658,177 +544,51 @@ pub async fn tag_call(
     caller: &Caller,
     id: Uuid,
     tags: Vec<String>,
-) -> AppResult<calls::Model> {
+) -> AppResult<CallRecord> {
     caller.require(Permission::TagCalls)?;
     let new_tags = check_tags(tags)?;
-    let call = require_call(&state.db, caller, id).await?;
-    let mut all: Vec<String> = serde_json::from_value(call.tags.clone()).unwrap_or_default();
-    for t in new_tags {
-        if !all.contains(&t) {
-            all.push(t);
+    let merge = |mut all: Vec<String>| {
+        for t in new_tags {
+            if !all.contains(&t) {
+                all.push(t);
+            }
         }
+        check_tags(all)
+    };
+    match state.store.tag_call(caller.tenant_id, id, merge).await? {
+        Change::Done(call) => {
+            state.relay_wakeup.notify_one();
+            Ok(call)
+        }
+        Change::Refused(_) | Change::Missing => Err(AppError::not_found("call")),
     }
-    let all = check_tags(all)?;
-    let status = CallStatus::parse(&call.status).unwrap_or(CallStatus::Queued);
-    let txn = state.db.begin().await?;
-    let mut active: calls::ActiveModel = call.into();
-    active.tags = Set(serde_json::json!(all));
-    active.updated_at = Set(Utc::now());
-    let call = active.update(&txn).await?;
-    record_event(
-        &txn,
-        caller.tenant_id,
-        id,
-        event_kind::TAGGED,
-        status,
-        Some(serde_json::json!({ "tags": all })),
-    )
-    .await?;
-    txn.commit().await?;
-    state.relay_wakeup.notify_one();
-    Ok(call)
 }
 
 /// Deletes a call with its segments and events; its recording and results are deleted through
 /// the outbox. A `DELETED` event remains so that subscribers learn of it.
-pub async fn delete_call(state: &AppState, caller: &Caller, id: Uuid) -> AppResult<calls::Model> {
+pub async fn delete_call(state: &AppState, caller: &Caller, id: Uuid) -> AppResult<CallRecord> {
     caller.require(Permission::ManageCalls)?;
-    let call = require_call(&state.db, caller, id).await?;
-    let txn = state.db.begin().await?;
-    call_segments::Entity::delete_many()
-        .filter(call_segments::Column::CallId.eq(id))
-        .exec(&txn)
-        .await?;
-    call_events::Entity::delete_many()
-        .filter(call_events::Column::CallId.eq(id))
-        .filter(call_events::Column::TenantId.eq(caller.tenant_id))
-        .exec(&txn)
-        .await?;
-    let deleted = calls::Entity::delete_many()
-        .filter(calls::Column::Id.eq(id))
-        .filter(calls::Column::TenantId.eq(caller.tenant_id))
-        .exec(&txn)
-        .await?;
-    if deleted.rows_affected == 0 {
-        return Err(AppError::not_found("call"));
-    }
-    let status = CallStatus::parse(&call.status).unwrap_or(CallStatus::Queued);
-    record_event(
-        &txn,
-        caller.tenant_id,
-        id,
-        event_kind::DELETED,
-        status,
-        None,
-    )
-    .await?;
-    enqueue_blob_delete(
-        &txn,
-        [call.recording_key.clone(), call.result_key.clone()]
-            .into_iter()
-            .flatten()
-            .collect(),
-    )
-    .await?;
-    txn.commit().await?;
-    state.relay_wakeup.notify_one();
-    Ok(call)
-}
-
-/// Filters for listing calls and statistics.
-#[derive(Debug, Clone, Default)]
-pub struct CallFilter {
-    pub statuses: Vec<CallStatus>,
-    /// Calls carrying every one of these tags.
-    pub tags: Vec<String>,
-    pub directions: Vec<CallDirection>,
-    pub agent: Option<String>,
-    pub external_id: Option<String>,
-    pub created_after: Option<DateTime<Utc>>,
-    pub created_before: Option<DateTime<Utc>>,
-    pub started_after: Option<DateTime<Utc>>,
-    pub started_before: Option<DateTime<Utc>>,
-    /// Case-insensitive text in the summary or transcript.
-    pub text: Option<String>,
-}
-
-fn like_pattern(s: &str) -> String {
-    let escaped = s
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
-
-impl CallFilter {
-    pub fn condition(&self, tenant: Uuid) -> AppResult<Condition> {
-        let mut c = Condition::all().add(calls::Column::TenantId.eq(tenant));
-        if !self.statuses.is_empty() {
-            c = c.add(calls::Column::Status.is_in(self.statuses.iter().map(|s| s.as_str())));
+    match state.store.delete_call(caller.tenant_id, id).await? {
+        Change::Done(call) => {
+            state.relay_wakeup.notify_one();
+            Ok(call)
         }
-        if !self.directions.is_empty() {
-            c = c.add(calls::Column::Direction.is_in(self.directions.iter().map(|s| s.as_str())));
-        }
-        for tag in check_tags(self.tags.clone())? {
-            let json = serde_json::to_string(&tag).map_err(anyhow::Error::from)?;
-            c = c.add(
-                Expr::col(calls::Column::Tags)
-                    .cast_as("TEXT")
-                    .like(LikeExpr::new(like_pattern(&json)).escape('\\')),
-            );
-        }
-        if let Some(agent) = &self.agent {
-            c = c.add(calls::Column::Agent.eq(agent.as_str()));
-        }
-        if let Some(ext) = &self.external_id {
-            c = c.add(calls::Column::ExternalId.eq(ext.as_str()));
-        }
-        if let Some(t) = self.created_after {
-            c = c.add(calls::Column::CreatedAt.gte(t));
-        }
-        if let Some(t) = self.created_before {
-            c = c.add(calls::Column::CreatedAt.lt(t));
-        }
-        if let Some(t) = self.started_after {
-            c = c.add(calls::Column::StartedAt.gte(t));
-        }
-        if let Some(t) = self.started_before {
-            c = c.add(calls::Column::StartedAt.lt(t));
-        }
-        if let Some(text) = self
-            .text
-            .as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
-            if text.chars().count() > 200 {
-                return Err(AppError::bad_input(
-                    "text filter is longer than 200 characters",
-                ));
-            }
-            let pattern = like_pattern(&text.to_lowercase());
-            let lower = |col: calls::Column| Expr::expr(Func::lower(Expr::col(col)));
-            c = c.add(
-                Condition::any()
-                    .add(
-                        lower(calls::Column::Summary)
-                            .like(LikeExpr::new(pattern.clone()).escape('\\')),
-                    )
-                    .add(
-                        lower(calls::Column::TranscriptText)
-                            .like(LikeExpr::new(pattern).escape('\\')),
-                    ),
-            );
-        }
-        Ok(c)
+        Change::Refused(_) | Change::Missing => Err(AppError::not_found("call")),
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OrderField {
-    #[default]
-    CreatedAt,
-    UpdatedAt,
+/// A filter as the store takes it: tags normalised, text bounded.
+pub fn checked_filter(filter: &CallFilter) -> AppResult<CallFilter> {
+    let mut f = filter.clone();
+    f.tags = check_tags(f.tags)?;
+    if let Some(text) = f.text.as_deref().map(str::trim) {
+        if text.chars().count() > 200 {
+            return Err(AppError::bad_input(
+                "text filter is longer than 200 characters",
+            ));
+        }
+    }
+    Ok(f)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -844,26 +604,24 @@ struct Cursor {
     id: Uuid,
 }
 
-fn encode_cursor(call: &calls::Model, field: OrderField) -> String {
-    let t = match field {
-        OrderField::CreatedAt => call.created_at,
-        OrderField::UpdatedAt => call.updated_at,
-    };
+fn encode_cursor(call: &CallRecord, field: OrderField) -> String {
+    let t = field.value_of(call);
     let json = serde_json::to_vec(&Cursor { t, id: call.id }).unwrap_or_default();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
 }
 
-fn decode_cursor(s: &str) -> AppResult<Cursor> {
+fn decode_cursor(s: &str) -> AppResult<Keyset> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
+        .map(|c| Keyset { t: c.t, id: c.id })
         .ok_or_else(|| AppError::bad_input("invalid cursor"))
 }
 
 /// One page of calls.
 pub struct CallPage {
-    pub calls: Vec<(String, calls::Model)>,
+    pub calls: Vec<(String, CallRecord)>,
     pub has_next_page: bool,
     pub has_previous_page: bool,
 }
@@ -902,42 +660,19 @@ pub async fn list_calls(
         (_, Some(n)) => check(n, "last")?,
         _ => std::cmp::min(20, max),
     };
-    let col = match order.field {
-        OrderField::CreatedAt => calls::Column::CreatedAt,
-        OrderField::UpdatedAt => calls::Column::UpdatedAt,
+    let filter = checked_filter(filter)?;
+    let query = PageQuery {
+        order: order.field,
+        descending: order.descending,
+        after: page.after.as_deref().map(decode_cursor).transpose()?,
+        before: page.before.as_deref().map(decode_cursor).transpose()?,
+        backward,
+        limit,
     };
-    let mut cond = filter.condition(caller.tenant_id)?;
-    // Forward pages walk in the requested order; backward pages walk it in reverse.
-    let keyset = |cursor: &Cursor, towards_end: bool| -> Condition {
-        let ahead = towards_end != order.descending;
-        if ahead {
-            Condition::any().add(col.gt(cursor.t)).add(
-                Condition::all()
-                    .add(col.eq(cursor.t))
-                    .add(calls::Column::Id.gt(cursor.id)),
-            )
-        } else {
-            Condition::any().add(col.lt(cursor.t)).add(
-                Condition::all()
-                    .add(col.eq(cursor.t))
-                    .add(calls::Column::Id.lt(cursor.id)),
-            )
-        }
-    };
-    if let Some(after) = &page.after {
-        cond = cond.add(keyset(&decode_cursor(after)?, true));
-    }
-    if let Some(before) = &page.before {
-        cond = cond.add(keyset(&decode_cursor(before)?, false));
-    }
-    let walk_desc = order.descending != backward;
-    let mut query = calls::Entity::find().filter(cond);
-    query = if walk_desc {
-        query.order_by_desc(col).order_by_desc(calls::Column::Id)
-    } else {
-        query.order_by_asc(col).order_by_asc(calls::Column::Id)
-    };
-    let mut rows = query.limit(limit as u64 + 1).all(&state.db).await?;
+    let mut rows = state
+        .store
+        .list_calls(caller.tenant_id, &filter, &query)
+        .await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
     if backward {
@@ -959,36 +694,26 @@ pub async fn list_calls(
 
 pub async fn count_calls(state: &AppState, caller: &Caller, filter: &CallFilter) -> AppResult<u64> {
     caller.require(Permission::ReadCalls)?;
-    Ok(calls::Entity::find()
-        .filter(filter.condition(caller.tenant_id)?)
-        .count(&state.db)
-        .await?)
+    state
+        .store
+        .count_calls(caller.tenant_id, &checked_filter(filter)?)
+        .await
 }
 
 /// Segments of some calls (for a DataLoader), in order.
 pub async fn segments_of_calls(
-    db: &DatabaseConnection,
+    store: &Store,
     tenant: Uuid,
     call_ids: &[Uuid],
-) -> anyhow::Result<Vec<call_segments::Model>> {
-    Ok(call_segments::Entity::find()
-        .filter(call_segments::Column::TenantId.eq(tenant))
-        .filter(call_segments::Column::CallId.is_in(call_ids.iter().copied()))
-        .order_by_asc(call_segments::Column::CallId)
-        .order_by_asc(call_segments::Column::Idx)
-        .all(db)
-        .await?)
+) -> anyhow::Result<Vec<SegmentRecord>> {
+    store.segments_of_calls(tenant, call_ids).await
 }
 
 /// Calls by id (for a DataLoader).
 pub async fn calls_by_ids(
-    db: &DatabaseConnection,
+    store: &Store,
     tenant: Uuid,
     ids: &[Uuid],
-) -> anyhow::Result<Vec<calls::Model>> {
-    Ok(calls::Entity::find()
-        .filter(calls::Column::TenantId.eq(tenant))
-        .filter(calls::Column::Id.is_in(ids.iter().copied()))
-        .all(db)
-        .await?)
+) -> anyhow::Result<Vec<CallRecord>> {
+    store.calls_by_ids(tenant, ids).await
 }

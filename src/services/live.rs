@@ -10,7 +10,6 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::EventEnvelope;
-use crate::services::events;
 use crate::state::AppState;
 
 /// One step of the sequence: the positions in `(prev, seq]` are done, and `event` is the one at
@@ -83,7 +82,7 @@ impl EventHub {
         if upto <= from {
             return Ok(());
         }
-        for e in events::events_between_all(&state.db, from, upto).await? {
+        for e in state.store.events_between_all(from, upto).await? {
             let seq = e.seq;
             self.emit(seq, Some(e));
         }
@@ -98,7 +97,7 @@ impl EventHub {
 /// receiver to [`run`].
 pub async fn start(state: &AppState) -> anyhow::Result<broadcast::Receiver<Arc<EventEnvelope>>> {
     let live = state.feed.subscribe();
-    let top = events::max_seq(&state.db).await?;
+    let top = state.store.max_seq().await?;
     state.hub.start_at(top);
     Ok(live)
 }
@@ -146,8 +145,8 @@ pub async fn run(
         let result = async {
             let upto = match target {
                 Target::Committed(n) => n,
-                Target::UpTo(n) => n.min(events::max_seq(&state.db).await?),
-                Target::Top => events::max_seq(&state.db).await?,
+                Target::UpTo(n) => n.min(state.store.max_seq().await?),
+                Target::Top => state.store.max_seq().await?,
             };
             hub.fill(&state, upto).await
         }

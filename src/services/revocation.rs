@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::services::auth;
+use crate::store::Store;
 
 struct Watched {
     revoked: CancellationToken,
@@ -27,7 +27,7 @@ struct Watched {
 
 /// The API keys this instance's open connections use, and whether each still works.
 pub struct Revocations {
-    db: DatabaseConnection,
+    store: Store,
     interval: Duration,
     watched: Mutex<HashMap<Uuid, Watched>>,
     /// Wakes the checker when the first key is watched.
@@ -78,9 +78,9 @@ impl Drop for KeyWatch {
 }
 
 impl Revocations {
-    pub fn new(db: DatabaseConnection, interval: Duration) -> Arc<Self> {
+    pub fn new(store: Store, interval: Duration) -> Arc<Self> {
         Arc::new(Self {
-            db,
+            store,
             interval,
             watched: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -138,7 +138,7 @@ impl Revocations {
         if ids.is_empty() {
             return Ok(0);
         }
-        let active = auth::active_keys(&self.db, &ids).await?;
+        let active = auth::active_keys(&self.store, &ids).await?;
         let watched = self.lock();
         let mut revoked = 0;
         for id in ids.iter().filter(|id| !active.contains(id)) {
@@ -182,8 +182,14 @@ mod tests {
     use super::*;
 
     async fn revocations() -> Arc<Revocations> {
-        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
-        Revocations::new(db, Duration::from_secs(1))
+        let store = Store::connect(crate::store::ConnectSettings {
+            url: "sqlite::memory:".into(),
+            max_connections: 2,
+            on_statement: None,
+        })
+        .await
+        .unwrap();
+        Revocations::new(store, Duration::from_secs(1))
     }
 
     #[tokio::test]

@@ -3,15 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
-use entities::calls;
-use sea_orm::{EntityTrait, QueryFilter, QuerySelect};
-
-use crate::domain::{CallMetrics, CallStatus, SentimentLabel};
+use crate::domain::{CallMetrics, CallStatus, SentimentLabel, StatsRow as Row};
 use crate::error::AppResult;
 use crate::services::auth::{Caller, Permission};
-use crate::services::calls::CallFilter;
+use crate::services::calls::{checked_filter, CallFilter};
 use crate::state::AppState;
+use chrono::NaiveDate;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DayStats {
@@ -40,32 +37,15 @@ pub struct Stats {
     pub daily: Vec<DayStats>,
 }
 
-type Row = (
-    DateTime<Utc>,
-    String,
-    Option<i64>,
-    Option<f64>,
-    Option<String>,
-    Option<serde_json::Value>,
-);
-
 pub async fn call_stats(
     state: &AppState,
     caller: &Caller,
     filter: &CallFilter,
 ) -> AppResult<Stats> {
     caller.require(Permission::ReadStats)?;
-    let rows: Vec<Row> = calls::Entity::find()
-        .select_only()
-        .column(calls::Column::CreatedAt)
-        .column(calls::Column::Status)
-        .column(calls::Column::DurationMs)
-        .column(calls::Column::SentimentScore)
-        .column(calls::Column::SentimentLabel)
-        .column(calls::Column::Metrics)
-        .filter(filter.condition(caller.tenant_id)?)
-        .into_tuple()
-        .all(&state.db)
+    let rows = state
+        .store
+        .call_stat_rows(caller.tenant_id, &checked_filter(filter)?)
         .await?;
     Ok(aggregate(rows))
 }
@@ -135,6 +115,7 @@ fn aggregate(rows: Vec<Row>) -> Stats {
 mod tests {
     use super::*;
     use crate::domain::SpeakerTime;
+    use chrono::{DateTime, Utc};
 
     #[test]
     fn aggregates_by_status_day_and_speaker() {

@@ -163,7 +163,36 @@ pub async fn create_bucket(sdk: &aws_config::SdkConfig) -> String {
     name
 }
 
-/// A fresh, empty Postgres database; returns its URL.
+/// The role the suite's apps run as on Postgres: no ownership, no superuser, no `BYPASSRLS`, so
+/// that row-level security holds for everything they do. Granted its privileges per database by
+/// the migrations step (`database_runtime_role`).
+pub const RUNTIME_ROLE: &str = "voicegraph_test_runtime";
+
+/// Creates the runtime role once per cluster (roles are cluster-wide; parallel tests race to it).
+pub async fn ensure_runtime_role(admin: &sea_orm::DatabaseConnection) {
+    sea_orm::ConnectionTrait::execute_unprepared(
+        admin,
+        &format!(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RUNTIME_ROLE}') THEN
+                     CREATE ROLE {RUNTIME_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+                 END IF;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+             END $$"
+        ),
+    )
+    .await
+    .expect("create the runtime role");
+}
+
+/// `url` (an owner's: `postgres://postgres@host/db`) with the runtime role as its user.
+pub fn runtime_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a database URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{RUNTIME_ROLE}@{host}")
+}
+
+/// A fresh, empty Postgres database; returns its URL (the owner's).
 pub async fn fresh_postgres_db() -> Option<String> {
     let base = postgres_url()?;
     let base = base.trim_end_matches('/').to_string();
@@ -174,13 +203,17 @@ pub async fn fresh_postgres_db() -> Option<String> {
     sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE \"{name}\""))
         .await
         .expect("create database");
+    ensure_runtime_role(&admin).await;
     let _ = admin.close().await;
     Some(format!("{base}/{name}"))
 }
 
 /// Everything a production instance needs, created fresh in the emulator and on the servers.
 pub struct ProductionStack {
+    /// The service's URL: the runtime role's.
     pub database_url: String,
+    /// The owner's, for `voicegraph migrate` and for tests that inspect every tenant's rows.
+    pub owner_database_url: String,
     pub redis_url: String,
     pub job_queue_url: String,
     pub dlq_url: String,
@@ -201,7 +234,8 @@ impl ProductionStack {
             Some(u) => u,
             None => self::redis_url()?,
         };
-        let database_url = fresh_postgres_db().await?;
+        let owner_database_url = fresh_postgres_db().await?;
+        let database_url = runtime_url(&owner_database_url);
         let sdk = sdk().await;
         let name = unique("vg");
         let (job_queue_url, dlq_url) =
@@ -212,6 +246,7 @@ impl ProductionStack {
         let bucket = create_bucket(&sdk).await;
         Some(Self {
             database_url,
+            owner_database_url,
             redis_url,
             job_queue_url,
             dlq_url,
@@ -226,6 +261,8 @@ impl ProductionStack {
         vec![
             ("env", "production".into()),
             ("database_url", self.database_url.clone()),
+            ("migrate_database_url", self.owner_database_url.clone()),
+            ("database_runtime_role", RUNTIME_ROLE.to_string()),
             ("redis_url", self.redis_url.clone()),
             ("job_queue_url", self.job_queue_url.clone()),
             ("events_topic_arn", self.topic_arn.clone()),

@@ -630,7 +630,7 @@ async fn a_page_of_100_costs_the_same_statements_as_a_page_of_2() {
             Expr::value(chrono::Utc::now()),
         )
         .filter(entities::api_keys::Column::RevokedAt.is_null())
-        .exec(&app.state.db)
+        .exec(&app.owner_db().await)
         .await
         .unwrap();
     app.gql_ok(q, json!({ "n": 1 })).await; // warm-up
@@ -653,5 +653,8 @@ async fn a_page_of_100_costs_the_same_statements_as_a_page_of_2() {
     let (small, large) = (s1 - s0, s2 - s1);
     println!("SQL statements: page of 2 = {small}, page of 100 = {large}");
     assert_eq!(small, large, "statements grew with the page size");
-    assert!(large <= 5, "{large} statements for one page");
+    // The key, the page, its segments, its events; on Postgres each of the last three runs in a
+    // transaction of the tenant, which sets it first (`set_config`, one statement each).
+    let budget = if app.state.store.is_postgres() { 7 } else { 4 };
+    assert!(large <= budget, "{large} statements for one page");
 }

@@ -423,9 +423,8 @@ impl ServerProcess {
             ("bootstrap_admin_key".into(), ADMIN_KEY.into()),
             ("log_format".into(), "text".into()),
         ];
-        if let Some((url, _)) = postgres_database(dir.path()) {
-            env.push(("database_url".into(), url));
-            env.push(("db_max_connections".into(), "6".into()));
+        for (k, v) in postgres_settings(dir.path()) {
+            env.push((k.into(), v));
         }
         for (k, v) in vars {
             env.push((k.to_string(), v.to_string()));
@@ -698,14 +697,15 @@ async fn production_hides_the_playground_and_metrics_unless_enabled() {
     {
         let settings = {
             let mut l = voicegraph::config::Layers::default();
-            l.set("database_url", stack.database_url.clone());
+            for (k, v) in stack.vars() {
+                l.set(k, v);
+            }
             l.settings().unwrap()
         };
         let metrics = voicegraph::http::metrics::Metrics::new();
-        let db = voicegraph::wiring::connect(&settings, &metrics)
+        voicegraph::wiring::migrate_as_owner(&settings, &metrics)
             .await
             .unwrap();
-        voicegraph::wiring::migrate(&db).await.unwrap();
     }
     let production = |extra: &'static [(&'static str, &'static str)]| {
         let vars = stack.vars();

@@ -39,7 +39,31 @@ pub fn postgres_database(dir: &std::path::Path) -> Option<(String, String)> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     dir.hash(&mut h);
     let name = format!("vg_t_{:016x}", h.finish());
-    Some((format!("{}/{name}", base.trim_end_matches('/')), name))
+    Some((
+        crate::backends::runtime_url(&format!("{}/{name}", base.trim_end_matches('/'))),
+        name,
+    ))
+}
+
+/// The settings that make an app on Postgres run as the runtime role (`database_url`) and
+/// migrate as the owner, granting that role its privileges.
+pub fn postgres_settings(dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    let Some((url, name)) = postgres_database(dir) else {
+        return Vec::new();
+    };
+    let base = crate::backends::postgres_url().unwrap();
+    vec![
+        ("database_url", url),
+        (
+            "migrate_database_url",
+            format!("{}/{name}", base.trim_end_matches('/')),
+        ),
+        (
+            "database_runtime_role",
+            crate::backends::RUNTIME_ROLE.to_string(),
+        ),
+        ("db_max_connections", "6".to_string()),
+    ]
 }
 
 /// Creates the test database of a data dir on Postgres, if the suite runs there.
@@ -60,6 +84,7 @@ pub async fn ensure_database(dir: &std::path::Path) {
     )
     .await
     .expect("query pg_database");
+    crate::backends::ensure_runtime_role(&admin).await;
     if exists.is_none() {
         sea_orm::ConnectionTrait::execute_unprepared(
             &admin,
@@ -74,8 +99,8 @@ pub async fn ensure_database(dir: &std::path::Path) {
 /// Settings every test app starts from: its own data dir (and database), port 0, quick retries.
 pub fn layers(dir: &std::path::Path) -> Layers {
     let mut l = Layers::default();
-    if let Some((url, _)) = postgres_database(dir) {
-        l.set("database_url", url).set("db_max_connections", "6");
+    for (k, v) in postgres_settings(dir) {
+        l.set(k, v);
     }
     l.set("data_dir", dir.to_string_lossy().to_string())
         .set("listen", "127.0.0.1:0")
@@ -332,6 +357,15 @@ impl TestApp {
         ws.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } }))
             .await;
         ws
+    }
+
+    /// A connection as the tables' owner, for fixtures that reach past the store (on Postgres the
+    /// app's own connection is the runtime role's, held to one tenant per transaction).
+    pub async fn owner_db(&self) -> sea_orm::DatabaseConnection {
+        match &self.state.settings.migrate_database_url {
+            Some(url) => sea_orm::Database::connect(url.as_str()).await.unwrap(),
+            None => self.state.store.connection().clone(),
+        }
     }
 
     pub fn statements(&self) -> u64 {

@@ -467,7 +467,7 @@ async fn jwt_callers_carry_expiry_and_subject_and_tenants_are_looked_up_once() {
         expires_at: None,
         subject: None,
     };
-    let tenant = auth::create_tenant(&app.state.db, &platform, "acme")
+    let tenant = auth::create_tenant(&app.state.store, &platform, "acme")
         .await
         .unwrap()
         .id;

@@ -27,6 +27,7 @@ mod revocation;
 mod scale_out;
 mod schema;
 mod secrets;
+mod store_contract;
 mod tenancy;
 mod uploads;
 mod worker;

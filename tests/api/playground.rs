@@ -208,7 +208,7 @@ async fn internal_errors_hide_their_cause_behind_an_error_id() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     // A database failure inside a resolver reaches the client as INTERNAL with an error id only.
-    sea_orm::ConnectionTrait::execute_unprepared(&app.state.db, "DROP TABLE call_segments")
+    sea_orm::ConnectionTrait::execute_unprepared(&app.owner_db().await, "DROP TABLE call_segments")
         .await
         .unwrap();
     let body = app

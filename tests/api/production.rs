@@ -25,14 +25,15 @@ async fn production_app_with(stack: &ProductionStack, roles: Roles) -> TestApp {
     // Production does not migrate at start-up: `voicegraph migrate` does, as a deploy step.
     let settings = {
         let mut l = voicegraph::config::Layers::default();
-        l.set("database_url", stack.database_url.clone());
+        for (k, v) in stack.vars() {
+            l.set(k, v);
+        }
         l.settings().unwrap()
     };
     let metrics = voicegraph::http::metrics::Metrics::new();
-    let db = voicegraph::wiring::connect(&settings, &metrics)
+    voicegraph::wiring::migrate_as_owner(&settings, &metrics)
         .await
         .unwrap();
-    voicegraph::wiring::migrate(&db).await.unwrap();
     TestApp::spawn_with(roles, |l| {
         for (k, v) in stack.vars() {
             l.set(k, v);
@@ -226,7 +227,10 @@ async fn concurrent_relays_on_postgres_do_not_double_send() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut l = layers(dir.path());
-    l.set("database_url", url);
+    // Its own database, as the owner (the suite's runtime-role settings name another one).
+    l.set("database_url", url)
+        .set("migrate_database_url", "")
+        .set("database_runtime_role", "");
     let settings = l.settings().unwrap();
     let publishers: Vec<Arc<Counting>> = (0..3).map(|_| Arc::new(Counting::default())).collect();
     let mut states = Vec::new();
@@ -237,19 +241,25 @@ async fn concurrent_relays_on_postgres_do_not_double_send() {
         st.publisher = p.clone();
         states.push(st);
     }
-    let db = &states[0].db;
+    let store = &states[0].store;
     let (tenant, call) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    for _ in 0..300 {
-        voicegraph::services::events::record_event(
-            db,
-            tenant,
-            call,
-            "TAGGED",
-            CallStatus::Queued,
-            None,
-        )
+    {
+        // 300 events of one call, each with its outbox row, as the store writes them.
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let txn = store.connection().begin().await.unwrap();
+        txn.execute_unprepared(&format!(
+            "SELECT set_config('voicegraph.tenant_id', '{tenant}', true);
+             WITH e AS (
+                 INSERT INTO call_events (tenant_id, call_id, kind, status, created_at)
+                 SELECT '{tenant}', '{call}', 'TAGGED', '{}', now() FROM generate_series(1, 300)
+                 RETURNING id)
+             INSERT INTO outbox (destination, payload, created_at, available_at, attempts)
+             SELECT 'events', json_build_object('event_id', id)::jsonb, now(), now(), 0 FROM e",
+            CallStatus::Queued.as_str()
+        ))
         .await
         .unwrap();
+        txn.commit().await.unwrap();
     }
     let runs = states.iter().map(|st| async move {
         loop {
@@ -277,8 +287,5 @@ async fn concurrent_relays_on_postgres_do_not_double_send() {
         "an event was published twice"
     );
     assert!(relays_that_sent >= 2, "the relays shared the work");
-    assert_eq!(
-        voicegraph::services::events::max_seq(db).await.unwrap(),
-        300
-    );
+    assert_eq!(store.max_seq().await.unwrap(), 300);
 }

@@ -14,11 +14,11 @@ use aws_sdk_sqs::error::BoxError;
 use aws_sdk_sqs::operation::delete_message::DeleteMessageInput;
 use aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchInput;
 use uuid::Uuid;
-use voicegraph::adapters::local::queue::EmbeddedQueue;
 use voicegraph::adapters::sqs::SqsQueue;
 use voicegraph::domain::JobMessage;
 use voicegraph::ports::{JobQueue, Lease};
 use voicegraph::startup::Roles;
+use voicegraph::store::queue::EmbeddedQueue;
 
 use crate::helpers::TestApp;
 use crate::{backends, require};
@@ -447,11 +447,7 @@ pub async fn contract_dedup(q: &dyn JobQueue) {
 
 async fn embedded(name: &str, max_receives: u32) -> (TestApp, EmbeddedQueue) {
     let app = TestApp::spawn_with(NO_ROLES, |_| {}).await;
-    let q = EmbeddedQueue::new(
-        app.state.db.clone(),
-        format!("contract-{name}"),
-        max_receives,
-    );
+    let q = EmbeddedQueue::new(&app.state.store, format!("contract-{name}"), max_receives);
     (app, q)
 }
 
@@ -518,7 +514,7 @@ async fn embedded_messages_survive_restart() {
     drop(q);
     let dir = app.stop().await;
     let app = TestApp::spawn_in(dir, NO_ROLES, |_| {}).await;
-    let q = EmbeddedQueue::new(app.state.db.clone(), "contract-restart", 5);
+    let q = EmbeddedQueue::new(&app.state.store, "contract-restart", 5);
     contract_restart_receive(&q, &m).await;
 }
 

@@ -294,6 +294,11 @@ async fn round(chaos: bool) {
     let status = Command::new(BIN)
         .arg("migrate")
         .env("VOICEGRAPH_DATABASE_URL", &stack.database_url)
+        .env("VOICEGRAPH_MIGRATE_DATABASE_URL", &stack.owner_database_url)
+        .env(
+            "VOICEGRAPH_DATABASE_RUNTIME_ROLE",
+            crate::backends::RUNTIME_ROLE,
+        )
         .status()
         .unwrap();
     assert!(status.success());
@@ -352,11 +357,12 @@ async fn round(chaos: bool) {
 
     let metrics = voicegraph::http::metrics::Metrics::new();
     let mut l = voicegraph::config::Layers::default();
-    l.set("database_url", stack.database_url.clone());
+    // Every tenant's rows: as the owner (the runtime role sees none without a tenant).
+    l.set("database_url", stack.owner_database_url.clone());
     let db = voicegraph::wiring::connect(&l.settings().unwrap(), &metrics)
         .await
         .unwrap();
-    let (counts, completed, max_done) = database_counts(&db).await;
+    let (counts, completed, max_done) = database_counts(db.connection()).await;
     assert_eq!(completed, CALLS, "every call is COMPLETED");
     assert_eq!(max_done, 1, "no call completed twice");
     check_stream("instance A", &a, &ids, &counts);

@@ -114,6 +114,9 @@ async fn the_secret_is_merged_over_the_other_layers() {
     .await;
 
     let mut l = helpers::layers(data.path());
+    // Only the database the secret names (no owner's URL of the suite's Postgres database).
+    l.set("migrate_database_url", "")
+        .set("database_runtime_role", "");
     l.set("max_page_size", "50")
         .set(
             "database_url",

@@ -198,7 +198,7 @@ async fn a_signed_upload_url_uploads_once() {
     let expires: chrono::DateTime<chrono::Utc> = up["expiresAt"].as_str().unwrap().parse().unwrap();
     let deletions = outbox::Entity::find()
         .filter(outbox::Column::Destination.eq("blob_delete"))
-        .all(&app.state.db)
+        .all(app.state.store.connection())
         .await
         .unwrap();
     let deletion = deletions

@@ -258,8 +258,7 @@ async fn failures_retry_then_fail_with_the_reason_and_retry_call_brings_it_back(
         ]
     );
     // The job went to the dead-letter queue.
-    let queue =
-        voicegraph::adapters::local::queue::EmbeddedQueue::new(app.state.db.clone(), "jobs", 3);
+    let queue = voicegraph::store::queue::EmbeddedQueue::new(&app.state.store, "jobs", 3);
     assert!(app
         .state
         .queue

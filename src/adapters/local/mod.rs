@@ -7,4 +7,3 @@ pub mod analyzer;
 pub mod blobs;
 pub mod bus;
 pub mod limiter;
-pub mod queue;

@@ -20,7 +20,7 @@ impl AdminMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "The new tenant's name.")] input: CreateTenantInput,
     ) -> Result<CreateTenantPayload> {
-        let t = auth::create_tenant(&state(ctx).db, caller(ctx)?, &input.name)
+        let t = auth::create_tenant(&state(ctx).store, caller(ctx)?, &input.name)
             .await
             .map_err(|e| e.extend())?;
         Ok(CreateTenantPayload { tenant: t.into() })
@@ -37,7 +37,7 @@ impl AdminMutation {
     ) -> Result<CreateApiKeyPayload> {
         let tenant = input.tenant_id.as_ref().map(parse_id).transpose()?;
         let (key, secret) = auth::create_api_key(
-            &state(ctx).db,
+            &state(ctx).store,
             caller(ctx)?,
             tenant,
             input.role,
@@ -63,7 +63,7 @@ impl AdminMutation {
     ) -> Result<ApiKey> {
         let id = parse_id(&id)?;
         let st = state(ctx);
-        let key = auth::revoke_api_key(&st.db, caller(ctx)?, id)
+        let key = auth::revoke_api_key(&st.store, caller(ctx)?, id)
             .await
             .map_err(|e| e.extend())?;
         st.revocations.revoked_here(key.id);

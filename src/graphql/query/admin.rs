@@ -15,7 +15,7 @@ impl AdminQuery {
     /// The caller: tenant, role and whether it is the platform admin. Any role.
     async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
         let c = caller(ctx)?;
-        let tenant = auth::get_tenant(&state(ctx).db, c, c.tenant_id)
+        let tenant = auth::get_tenant(&state(ctx).store, c, c.tenant_id)
             .await
             .map_err(|e| e.extend())?;
         Ok(Viewer {
@@ -28,7 +28,7 @@ impl AdminQuery {
     /// The API keys of the caller's tenant, oldest first, revoked ones included (see
     /// `revokedAt`). ADMIN only (FORBIDDEN otherwise).
     async fn api_keys(&self, ctx: &Context<'_>) -> Result<Vec<ApiKey>> {
-        Ok(auth::list_api_keys(&state(ctx).db, caller(ctx)?)
+        Ok(auth::list_api_keys(&state(ctx).store, caller(ctx)?)
             .await
             .map_err(|e| e.extend())?
             .into_iter()
@@ -59,7 +59,7 @@ impl AdminQuery {
         let tenant = tenant_id.as_ref().map(parse_id).transpose()?;
         let st = state(ctx);
         let page = audit::list(
-            &st.db,
+            &st.store,
             caller(ctx)?,
             tenant,
             first,

@@ -22,7 +22,7 @@ pub struct CallsQuery;
 
 /// Loads the nested lists the query asks for, for the whole page in one batch each, so that the
 /// statements a page costs do not depend on its size or on timing.
-async fn prefetch(ctx: &Context<'_>, page: &[(String, entities::calls::Model)]) -> Result<()> {
+async fn prefetch(ctx: &Context<'_>, page: &[(String, crate::domain::CallRecord)]) -> Result<()> {
     let look = ctx.look_ahead();
     let nodes = [look.field("edges").field("node"), look.field("nodes")];
     let keys: Vec<_> = page.iter().map(|(_, c)| (c.tenant_id, c.id)).collect();
@@ -54,7 +54,7 @@ impl CallsQuery {
         id: ID,
     ) -> Result<Option<Call>> {
         let id = parse_id(&id)?;
-        Ok(calls::get_call(&state(ctx).db, caller(ctx)?, id)
+        Ok(calls::get_call(&state(ctx).store, caller(ctx)?, id)
             .await
             .map_err(|e| e.extend())?
             .map(Call))
@@ -148,7 +148,7 @@ impl CallsQuery {
             .parse()
             .map_err(|_| AppError::bad_input("id is not a valid ID"));
         let id = parsed.map_err(|e| e.extend())?;
-        Ok(calls::get_call(&state(ctx).db, caller(ctx)?, id)
+        Ok(calls::get_call(&state(ctx).store, caller(ctx)?, id)
             .await
             .map_err(|e| e.extend())?
             .map(|c| Node::Call(Call(c))))

@@ -68,7 +68,7 @@ impl SubscriptionRoot {
         let st = state(ctx);
         let who = caller(ctx)?;
         who.require(Permission::ReadCalls).map_err(|e| e.extend())?;
-        if calls::get_call(&st.db, who, id)
+        if calls::get_call(&st.store, who, id)
             .await
             .map_err(|e| e.extend())?
             .is_none()

@@ -1,8 +1,8 @@
 //! `Call`, its recording, transcript, metrics and events.
 
+use crate::domain::CallRecord;
 use async_graphql::{ComplexObject, Context, Object, Result, SimpleObject, ID};
 use chrono::Utc;
-use entities::calls;
 
 use crate::domain::{
     CallDirection, CallEventKind, CallMetrics, CallStatus, EventEnvelope, SentimentLabel,
@@ -13,7 +13,7 @@ use crate::graphql::{caller, loaders, state, url_expiry};
 use async_graphql::ErrorExtensions;
 
 /// A submitted call and, once analysed, its results.
-pub struct Call(pub calls::Model);
+pub struct Call(pub CallRecord);
 
 /// `Call.events` without `first`, and its most. Nested lists declare their bounds so that the
 /// complexity of a document (which multiplies through lists) is known before it runs.
@@ -111,7 +111,7 @@ pub struct Segment {
 
 /// The transcript: full text and timed segments per speaker.
 pub struct Transcript {
-    call: calls::Model,
+    call: CallRecord,
 }
 
 /// What was said in a call: the text, when a transcript was submitted, and the speech segments
@@ -508,7 +508,7 @@ pub struct PageInfo {
 
 pub struct CallEdge {
     pub cursor: String,
-    pub node: calls::Model,
+    pub node: CallRecord,
 }
 
 /// One call of a page, with its cursor.

@@ -1,7 +1,6 @@
 //! Inputs, payloads, statistics and admin types.
 
 use async_graphql::{Enum, InputObject, SimpleObject, Upload, ID};
-use entities::{api_keys, audit_log, tenants};
 
 use super::Call;
 use crate::domain::{
@@ -412,8 +411,8 @@ pub struct Tenant {
     pub created_at: Timestamp,
 }
 
-impl From<tenants::Model> for Tenant {
-    fn from(t: tenants::Model) -> Self {
+impl From<crate::domain::TenantRecord> for Tenant {
+    fn from(t: crate::domain::TenantRecord) -> Self {
         Self {
             id: ID(t.id.to_string()),
             name: t.name,
@@ -443,8 +442,8 @@ pub struct ApiKey {
     pub last_used_at: Option<Timestamp>,
 }
 
-impl From<api_keys::Model> for ApiKey {
-    fn from(k: api_keys::Model) -> Self {
+impl From<crate::domain::ApiKeyRecord> for ApiKey {
+    fn from(k: crate::domain::ApiKeyRecord) -> Self {
         Self {
             id: ID(k.id.to_string()),
             tenant_id: ID(k.tenant_id.to_string()),
@@ -546,12 +545,12 @@ pub struct AuditEntry {
     pub at: Timestamp,
 }
 
-impl From<audit_log::Model> for AuditEntry {
-    fn from(e: audit_log::Model) -> Self {
+impl From<crate::domain::AuditRecord> for AuditEntry {
+    fn from(e: crate::domain::AuditRecord) -> Self {
         Self {
             id: ID(e.id.to_string()),
             tenant_id: ID(e.tenant_id.to_string()),
-            // Rows are only written by `services::audit`, with a known action.
+            // Rows are only written by the store's key and tenant methods, with a known action.
             action: AuditAction::parse(&e.action).unwrap_or(AuditAction::TenantCreated),
             target: ID(e.target),
             actor: AuditActor {

@@ -15,6 +15,7 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 
+use super::Store;
 use crate::domain::JobMessage;
 use crate::ports::{JobQueue, Lease};
 
@@ -35,9 +36,9 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl EmbeddedQueue {
-    pub fn new(db: DatabaseConnection, name: impl Into<String>, max_receives: u32) -> Self {
+    pub fn new(store: &Store, name: impl Into<String>, max_receives: u32) -> Self {
         Self {
-            db,
+            db: store.db.clone(),
             name: name.into(),
             max_receives: std::cmp::max(max_receives, 1),
             notify: Arc::new(Notify::new()),

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use entities::persisted_queries;
 use sea_orm::{DatabaseConnection, EntityTrait, Set};
 
+use super::Store;
 use crate::ports::DocumentStore;
 
 pub struct DbDocumentStore {
@@ -12,8 +13,10 @@ pub struct DbDocumentStore {
 }
 
 impl DbDocumentStore {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(store: &Store) -> Self {
+        Self {
+            db: store.db.clone(),
+        }
     }
 }
 

@@ -1,0 +1,144 @@
+//! What the store returns: plain rows of voicegraph's data, free of the ORM. Services, resolvers,
+//! the worker and the relay work with these; only `crate::store` knows the tables behind them.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A call as stored: its metadata, where its recording and results are, and what the analysis
+/// found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub external_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub status: String,
+    pub direction: Option<String>,
+    pub from_number: Option<String>,
+    pub to_number: Option<String>,
+    pub agent: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub channels: Option<serde_json::Value>,
+    pub recording_key: Option<String>,
+    pub recording_type: Option<String>,
+    pub recording_bytes: Option<i64>,
+    pub recording_sha256: Option<String>,
+    pub result_key: Option<String>,
+    pub language: Option<String>,
+    pub transcript_text: Option<String>,
+    pub transcript_input: Option<serde_json::Value>,
+    pub summary: Option<String>,
+    pub sentiment_score: Option<f64>,
+    pub sentiment_label: Option<String>,
+    pub topics: serde_json::Value,
+    pub action_items: serde_json::Value,
+    pub metrics: Option<serde_json::Value>,
+    pub tags: serde_json::Value,
+    pub metadata: Option<serde_json::Value>,
+    pub analyzer: Option<String>,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The signed upload the recording was copied from at submission, if it came that way.
+    pub upload_key: Option<String>,
+}
+
+/// One stored transcript segment of a call, in order (`idx`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentRecord {
+    pub call_id: Uuid,
+    pub idx: i32,
+    pub speaker: String,
+    pub channel: i32,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub text: Option<String>,
+    pub sentiment: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key as stored: its hash and display prefix, never its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub role: String,
+    pub platform_admin: bool,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Who made a change recorded in the audit log (`None` where the service itself did).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Actor {
+    pub tenant_id: Uuid,
+    pub key_id: Option<Uuid>,
+    pub subject: Option<String>,
+    pub role: String,
+    pub platform_admin: bool,
+}
+
+/// One entry of a tenant's audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub tenant_id: Uuid,
+    pub actor_tenant_id: Option<Uuid>,
+    pub actor_key_id: Option<Uuid>,
+    pub actor_subject: Option<String>,
+    pub actor_role: Option<String>,
+    pub actor_platform_admin: bool,
+    pub action: String,
+    pub target: String,
+    pub details: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A row of the transactional outbox, waiting to be delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub destination: String,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+}
+
+/// What statistics aggregate of one call: created at, status, duration, sentiment score and
+/// label, and the talk-time metrics as stored.
+pub type StatsRow = (
+    DateTime<Utc>,
+    String,
+    Option<i64>,
+    Option<f64>,
+    Option<String>,
+    Option<serde_json::Value>,
+);
+
+/// Which events a subscriber wants, within its tenant.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub call_id: Option<Uuid>,
+    pub kinds: Vec<String>,
+    pub statuses: Vec<super::CallStatus>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, tenant_id: Uuid, e: &super::EventEnvelope) -> bool {
+        e.tenant_id == tenant_id
+            && self.call_id.is_none_or(|c| c == e.call_id)
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && (self.statuses.is_empty() || self.statuses.contains(&e.status))
+    }
+}

@@ -1,0 +1,184 @@
+//! The store: the one module that speaks SQL. Nothing else in voicegraph imports SeaORM or
+//! `entities` (a test walks the sources to keep it so). Its methods are shaped like the use
+//! cases — submit a call with its event and outbox rows, claim an attempt, complete it with
+//! fencing, tag, delete, list, replay events, claim the outbox — and each is one transaction
+//! that returns domain types (`crate::domain::records`), never ORM models.
+//!
+//! Every transaction that touches a tenant's rows runs under that tenant. On Postgres the store
+//! sets it with `set_config('voicegraph.tenant_id', …, true)` — transaction-local, so a pooled
+//! connection never carries it into the next transaction — and row-level security (forced, on
+//! every table with a `tenant_id`) makes a query without a tenant see and write nothing. The
+//! store filters by tenant as well, which is all the scoping SQLite has.
+//!
+//! The few reads that must cross tenants go through [`system`]: authenticating a key before its
+//! tenant is known, checking open sockets' keys for revocation, the instance's event hub and the
+//! outbox relay. On Postgres each is a `SECURITY DEFINER` function created by the migrations
+//! (see `migrations::m20261203_000001_row_level_security`); the runtime role can call those
+//! functions and nothing else that crosses a tenant.
+
+mod audit;
+mod calls;
+pub mod documents;
+mod events;
+mod keys;
+mod outbox;
+pub mod queue;
+mod system;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, Statement, TransactionTrait,
+};
+use uuid::Uuid;
+
+pub use calls::{CallFilter, CallOrder, Change, Keyset, NewCall, PageQuery};
+pub use events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
+pub use keys::NewKey;
+pub use outbox::OutboxClaim;
+
+use crate::error::AppError;
+
+/// How to open the pool.
+pub struct ConnectSettings {
+    pub url: String,
+    pub max_connections: u32,
+    /// Counts every statement (the metrics' `db_statements`).
+    pub on_statement: Option<prometheus::IntCounter>,
+}
+
+/// A handle on the application database: cheap to clone, shared by every role of the process.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl From<DbErr> for AppError {
+    fn from(e: DbErr) -> Self {
+        AppError::Internal(anyhow::Error::new(e))
+    }
+}
+
+impl Store {
+    /// Opens the pool; prepares SQLite for several roles (WAL lets readers run beside the one
+    /// writer; the setting persists in the file).
+    pub async fn connect(settings: ConnectSettings) -> anyhow::Result<Self> {
+        let mut opts = ConnectOptions::new(settings.url.clone());
+        opts.max_connections(settings.max_connections.max(2))
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        let mut db = Database::connect(opts)
+            .await
+            .context("connecting to the database")?;
+        if db.get_database_backend() == DbBackend::Sqlite {
+            db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        }
+        if let Some(counter) = settings.on_statement {
+            db.set_metric_callback(move |info| {
+                counter.inc();
+                tracing::trace!(sql = %info.statement.sql, elapsed = ?info.elapsed, failed = info.failed, "statement");
+            });
+        }
+        Ok(Self { db })
+    }
+
+    /// A store over an open connection (tests, tools).
+    pub fn from_connection(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The connection underneath, for tests and fixtures that inspect tables directly. Product
+    /// code goes through the store's methods.
+    #[doc(hidden)]
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
+    /// Brings the schema up to date. Run as the role that owns the tables.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        use migrations::MigratorTrait;
+        migrations::Migrator::up(&self.db, None)
+            .await
+            .context("running migrations")
+    }
+
+    /// Grants the runtime role what it needs on the migrated schema (Postgres only): data access
+    /// on every table and the cross-tenant functions, nothing that owns or bypasses anything.
+    pub async fn grant_runtime_role(&self, role: &str) -> anyhow::Result<()> {
+        migrations::grant_runtime_role(&self.db, role)
+            .await
+            .with_context(|| format!("granting the runtime role {role}"))
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        Ok(self.db.ping().await?)
+    }
+
+    /// A transaction under `tenant`: on Postgres the row-level security policies see this
+    /// tenant's rows and no other's, until the transaction ends.
+    async fn tenant_txn(&self, tenant: Uuid) -> Result<DatabaseTransaction, DbErr> {
+        let txn = self.db.begin().await?;
+        if self.is_postgres() {
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT set_config('voicegraph.tenant_id', $1, true)",
+                [tenant.to_string().into()],
+            ))
+            .await?;
+        }
+        Ok(txn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The store is the only code that speaks SQL: no other module of the service names SeaORM
+    /// or the entities.
+    #[test]
+    fn only_the_store_imports_the_orm() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        assert!(files.len() > 20, "the sources were found");
+        let mut offenders = Vec::new();
+        for file in files {
+            if file.starts_with(src.join("store")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                if line.contains("sea_orm::")
+                    || line.contains("entities::")
+                    || line.contains("use sea_orm")
+                    || line.contains("use entities")
+                    || line.contains("migrations::")
+                {
+                    offenders.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "outside src/store:\n{}",
+            offenders.join("\n")
+        );
+    }
+}
