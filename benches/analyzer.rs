@@ -5,8 +5,27 @@ use std::io::Cursor;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use voicegraph::adapters::local::acoustic::{analyze_audio, probe};
-use voicegraph::domain::AnalysisRequest;
+use voicegraph::adapters::local::acoustic::{facts, probe, AudioError};
+use voicegraph::adapters::local::lexicon;
+use voicegraph::domain::conversation::{metrics, speaker_names};
+use voicegraph::domain::{compose, Analysis, AnalysisRequest, InsightsInput};
+
+/// The local analysis as the pipeline (`services::analysis::Pipeline`) composes it, without the
+/// async hops: the acoustic facts, their metrics, the lexicon's insights.
+fn analyze_audio(bytes: &[u8], req: &AnalysisRequest) -> Result<Analysis, AudioError> {
+    let facts = facts(bytes)?;
+    let speakers = speaker_names(facts.channels(), req.channels.as_deref());
+    let speech = facts.speech_segments(&speakers);
+    let m = metrics(&speakers, &speech, facts.duration_ms);
+    let insights = lexicon::insights(&InsightsInput {
+        speakers: speakers.clone(),
+        speech,
+        duration_ms: facts.duration_ms,
+        metrics: m.clone(),
+        request: req.clone(),
+    });
+    Ok(compose(&facts, speakers, m, insights))
+}
 
 const RATE: u32 = 16_000;
 const SECONDS: u32 = 300;

@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::config::Settings;
 use crate::http::metrics::Metrics;
-use crate::ports::{Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue};
+use crate::ports::{
+    Acoustics, Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue,
+};
 use crate::services::auth::Authenticator;
 use crate::services::limits::Limits;
 use crate::services::live::EventHub;
@@ -27,6 +29,8 @@ pub struct AppState {
     pub feed: Arc<dyn EventFeed>,
     pub blobs: Arc<dyn BlobStore>,
     pub analyzer: Arc<dyn Analyzer>,
+    /// Decodes and checks recordings (uploads at submission; the analysis reads its facts too).
+    pub acoustics: Arc<dyn Acoustics>,
     /// Set when blobs live in a directory: the app then serves their signed URLs itself.
     pub local_blobs: Option<Arc<FsBlobStore>>,
     /// The SNS→Redis fan-out this process's `relay` role runs, when configured.

@@ -9,9 +9,10 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::aws;
-use crate::adapters::local::analyzer::LocalAnalyzer;
+use crate::adapters::local::acoustic::LocalAcoustics;
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::adapters::local::bus::InProcessBus;
+use crate::adapters::local::lexicon::LexiconInsights;
 use crate::adapters::local::limiter::InProcessLimiter;
 use crate::adapters::redis::{RedisDocumentStore, RedisFanout, RedisFeed};
 use crate::adapters::redis_limiter::{RedisLimiter, SLOT_LEASE};
@@ -22,8 +23,9 @@ use crate::adapters::sqs::SqsQueue;
 use crate::config::{AnalyzerKind, Layers, Settings};
 use crate::http::metrics::Metrics;
 use crate::ports::{
-    Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue, RateLimiter,
+    Acoustics, Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue, RateLimiter,
 };
+use crate::services::analysis::Pipeline;
 use crate::services::auth::Authenticator;
 use crate::services::jwt::JwtVerifier;
 use crate::services::limits::{LimitMetrics, Limits};
@@ -313,8 +315,12 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         },
     ));
 
+    let acoustics: Arc<dyn Acoustics> = Arc::new(LocalAcoustics);
     let analyzer: Arc<dyn Analyzer> = match settings.analyzer {
-        AnalyzerKind::Local => Arc::new(LocalAnalyzer),
+        AnalyzerKind::Local => Arc::new(Pipeline {
+            acoustics: acoustics.clone(),
+            insights: Arc::new(LexiconInsights),
+        }),
         AnalyzerKind::Gemini => {
             return Err(not_in_this_build("VOICEGRAPH_ANALYZER=gemini", "Gemini"))
         }
@@ -336,6 +342,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         feed,
         blobs,
         analyzer,
+        acoustics,
         local_blobs,
         realtime,
         shutdown,

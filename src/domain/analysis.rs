@@ -134,3 +134,57 @@ pub struct Analysis {
     pub action_items: Vec<String>,
     pub metrics: CallMetrics,
 }
+
+/// What an insights adapter (the lexicon, a model) is given about a call besides its audio: the
+/// speakers, the acoustic speech segments and the metrics they imply, and what was submitted.
+#[derive(Debug, Clone)]
+pub struct InsightsInput {
+    /// Speaker names in channel order.
+    pub speakers: Vec<String>,
+    /// The acoustic speech segments, in time order.
+    pub speech: Vec<Segment>,
+    pub duration_ms: i64,
+    /// Talk-time metrics of the acoustic segments.
+    pub metrics: CallMetrics,
+    pub request: AnalysisRequest,
+}
+
+/// What reading a call gives: its segments with their words where known, and what the call
+/// says. Produced by an insights adapter; the audio's own facts are not its to change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Insights {
+    /// Which adapter produced them ("local", "gemini:<model>").
+    pub analyzer: String,
+    pub segments: Vec<Segment>,
+    pub transcript_text: Option<String>,
+    pub language: Option<String>,
+    pub summary: Option<String>,
+    pub sentiment: Option<Sentiment>,
+    pub topics: Vec<String>,
+    pub action_items: Vec<String>,
+}
+
+/// One analysis of a call: the audio's facts and their metrics, with the insights read from it.
+/// Duration, channels, sample rate and talk-time metrics always come from the audio.
+pub fn compose(
+    facts: &super::conversation::AcousticFacts,
+    speakers: Vec<String>,
+    metrics: CallMetrics,
+    insights: Insights,
+) -> Analysis {
+    Analysis {
+        analyzer: insights.analyzer,
+        duration_ms: facts.duration_ms,
+        channels: u16::try_from(facts.channels()).unwrap_or(u16::MAX),
+        sample_rate: facts.sample_rate,
+        language: insights.language,
+        speakers,
+        segments: insights.segments,
+        transcript_text: insights.transcript_text,
+        summary: insights.summary,
+        sentiment: insights.sentiment,
+        topics: insights.topics,
+        action_items: insights.action_items,
+        metrics,
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod call;
+pub mod conversation;
 pub mod gcra;
 pub mod records;
 

@@ -10,7 +10,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use crate::domain::{Analysis, AnalysisRequest, EventEnvelope, JobMessage};
+use crate::domain::conversation::AcousticFacts;
+use crate::domain::{
+    Analysis, AnalysisRequest, AudioInfo, EventEnvelope, Insights, InsightsInput, JobMessage,
+};
 
 /// A received job and the lease on it. The lease is valid until its visibility timeout.
 #[derive(Debug, Clone)]
@@ -123,6 +126,24 @@ pub enum Audio {
     File(PathBuf),
 }
 
+/// The audio's own facts: decoding and voice activity. Also checks uploads.
+#[async_trait]
+pub trait Acoustics: Send + Sync {
+    /// Checks a recording — its headers and first packets decode — and reads its format and
+    /// duration. An unreadable recording is `Permanent`, with the reason.
+    async fn probe(&self, audio: Audio) -> Result<AudioInfo, AnalyzeError>;
+    /// Decodes the whole recording: duration and when each channel carries speech.
+    async fn facts(&self, audio: Audio) -> Result<AcousticFacts, AnalyzeError>;
+}
+
+/// Reads a call's words: transcript segments, summary, sentiment, topics, action items.
+#[async_trait]
+pub trait InsightsSource: Send + Sync {
+    fn name(&self) -> String;
+    async fn insights(&self, audio: &Audio, input: InsightsInput)
+        -> Result<Insights, AnalyzeError>;
+}
+
 /// Turns a recording into transcript, speakers, metrics and insights.
 #[async_trait]
 pub trait Analyzer: Send + Sync {
@@ -218,4 +239,18 @@ pub trait RateLimiter: Send + Sync {
     async fn acquire(&self, key: &str, max: u64) -> anyhow::Result<Option<Slot>>;
     /// Places held under `key` now, on every instance.
     async fn held(&self, key: &str) -> anyhow::Result<u64>;
+}
+
+/// The object keys every `BlobStore` accepts: relative paths of safe characters; anything that
+/// could escape a root is refused.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 512
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
 }

@@ -10,10 +10,9 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::adapters::local::acoustic;
 use crate::domain::{AudioInfo, CallDirection, CallRecord, SegmentRecord, TranscriptInput};
 use crate::error::{AppError, AppResult};
-use crate::ports::PresignedPut;
+use crate::ports::{AnalyzeError, Audio, PresignedPut};
 use crate::services::auth::{Caller, Permission};
 use crate::state::AppState;
 use crate::store::{Change, Keyset, NewCall, PageQuery, Store};
@@ -270,10 +269,10 @@ pub async fn submit_call(
                 Some(ct) => check_content_type(&ct)?,
                 None => "application/octet-stream".into(),
             };
-            (check_bytes(data, ct, max).await?, None)
+            (check_bytes(state, data, ct, max).await?, None)
         }
         Recording::Key(key) => {
-            if !key.starts_with("uploads/") || !crate::adapters::local::blobs::valid_key(&key) {
+            if !key.starts_with("uploads/") || !crate::ports::valid_key(&key) {
                 return Err(AppError::bad_input(
                     "recordingKey is not an upload key (use createRecordingUpload)",
                 ));
@@ -427,16 +426,28 @@ fn check_size(size: u64, max: u64) -> AppResult<()> {
     Ok(())
 }
 
-/// Checks a recording sent inline: size, then a decode of its first packets.
-async fn check_bytes(data: Bytes, declared_type: String, max: u64) -> AppResult<Checked> {
-    check_size(data.len() as u64, max)?;
-    let probe_bytes = data.clone();
-    let (info, sha) = tokio::task::spawn_blocking(move || {
-        acoustic::probe(&probe_bytes).map(|info| (info, hex::encode(Sha256::digest(&probe_bytes))))
+/// Decodes a recording's headers and first packets (the `Acoustics` port): one that does not
+/// decode is the client's mistake, with the reason.
+async fn probe(state: &AppState, audio: Audio) -> AppResult<AudioInfo> {
+    state.acoustics.probe(audio).await.map_err(|e| match e {
+        AnalyzeError::Permanent(reason) => AppError::bad_input(reason),
+        AnalyzeError::Transient(e) => AppError::Internal(e),
     })
-    .await
-    .map_err(anyhow::Error::from)?
-    .map_err(|e| AppError::bad_input(e.to_string()))?;
+}
+
+/// Checks a recording sent inline: size, then a decode of its first packets.
+async fn check_bytes(
+    state: &AppState,
+    data: Bytes,
+    declared_type: String,
+    max: u64,
+) -> AppResult<Checked> {
+    check_size(data.len() as u64, max)?;
+    let info = probe(state, Audio::Bytes(data.clone())).await?;
+    let bytes = data.clone();
+    let sha = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
+        .await
+        .map_err(anyhow::Error::from)?;
     Ok(Checked {
         info,
         sha,
@@ -481,16 +492,16 @@ async fn check_stored(state: &AppState, key: &str, max: u64) -> AppResult<Checke
         .await?
         .ok_or_else(|| anyhow::anyhow!("the copy of an upload at {key} is missing"))?;
     check_size(size, max)?;
-    let (info, sha) = tokio::task::spawn_blocking(move || -> AppResult<(AudioInfo, String)> {
-        let info =
-            acoustic::probe_file(file.path()).map_err(|e| AppError::bad_input(e.to_string()))?;
+    let info = probe(state, Audio::File(file.path().to_path_buf())).await?;
+    let sha = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut hasher = Sha256::new();
-        let mut f = std::fs::File::open(file.path()).map_err(anyhow::Error::from)?;
-        std::io::copy(&mut f, &mut hasher).map_err(anyhow::Error::from)?;
-        Ok((info, hex::encode(hasher.finalize())))
+        let mut f = std::fs::File::open(file.path())?;
+        std::io::copy(&mut f, &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
     })
     .await
-    .map_err(anyhow::Error::from)??;
+    .map_err(anyhow::Error::from)?
+    .map_err(anyhow::Error::from)?;
     Ok(Checked {
         info,
         sha,

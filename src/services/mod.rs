@@ -2,6 +2,7 @@
 //! authenticate callers (API keys and JWTs), rate limits. They take
 //! the caller and the state, never axum or async-graphql types.
 
+pub mod analysis;
 pub mod audit;
 pub mod auth;
 pub mod calls;

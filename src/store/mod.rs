@@ -181,4 +181,22 @@ mod tests {
             offenders.join("\n")
         );
     }
+
+    /// The use cases and the domain know ports, never adapters: what backs a port is the
+    /// composition root's choice (`wiring`).
+    #[test]
+    fn services_and_the_domain_import_no_adapter() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for dir in ["services", "domain"] {
+            for entry in std::fs::read_dir(src.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    !text.contains("crate::adapters") && !text.contains("crate::store::queue"),
+                    "{} imports an adapter",
+                    path.display()
+                );
+            }
+        }
+    }
 }

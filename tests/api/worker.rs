@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use voicegraph::adapters::local::analyzer::LocalAnalyzer;
 use voicegraph::domain::{Analysis, AnalysisRequest, JobMessage};
 use voicegraph::ports::{AnalyzeError, Analyzer, Audio, Lease};
 use voicegraph::startup::Roles;
@@ -126,7 +125,11 @@ impl Analyzer for Gate {
         request: AnalysisRequest,
     ) -> Result<Analysis, AnalyzeError> {
         self.permits.acquire().await.unwrap().forget();
-        let mut a = LocalAnalyzer.analyze(audio, request).await?;
+        let local = voicegraph::services::analysis::Pipeline {
+            acoustics: Arc::new(voicegraph::adapters::local::acoustic::LocalAcoustics),
+            insights: Arc::new(voicegraph::adapters::local::lexicon::LexiconInsights),
+        };
+        let mut a = local.analyze(audio, request).await?;
         a.summary = Some(self.mark.into());
         Ok(a)
     }

@@ -36,18 +36,7 @@ pub enum SignatureError {
     BadKey,
 }
 
-/// Object keys are relative paths of safe characters; anything that could escape the root is refused.
-pub fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 512
-        && !key.starts_with('/')
-        && key
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
-}
+pub use crate::ports::valid_key;
 
 impl FsBlobStore {
     pub fn new(

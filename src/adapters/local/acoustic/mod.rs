@@ -1,15 +1,20 @@
-//! The local acoustic analyser: decodes a recording, finds who speaks when, and derives metrics
-//! and text insights, all in-process and deterministic.
+//! The local acoustic analysis: decodes a recording and finds when each channel carries speech,
+//! in-process and deterministic. These are the call's acoustic facts; what the words say is the
+//! insights adapters' business (`adapters::local::lexicon`, Gemini), and the metrics follow from
+//! the facts alone (`domain::conversation`).
 
 pub mod decode;
-pub mod text;
 pub mod vad;
 
 use std::path::Path;
 
-use crate::domain::{Analysis, AnalysisRequest, AudioInfo, Segment};
+use async_trait::async_trait;
 
-/// Longest recording `analyze_audio` accepts.
+use crate::domain::conversation::AcousticFacts;
+use crate::domain::AudioInfo;
+use crate::ports::{Acoustics, AnalyzeError, Audio};
+
+/// Longest recording the analysis accepts.
 pub const MAX_DURATION_SECS: u64 = 4 * 3600;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,112 +44,114 @@ pub fn probe_file(path: &Path) -> Result<AudioInfo, AudioError> {
     decode::probe_file(path, MAX_DURATION_SECS)
 }
 
-/// Full analysis. Deterministic. CPU-bound (the caller runs it in spawn_blocking).
-pub fn analyze_audio(bytes: &[u8], req: &AnalysisRequest) -> Result<Analysis, AudioError> {
-    analyze_with(req, |sink| decode::decode(bytes, sink, MAX_DURATION_SECS))
+/// The acoustic facts of a recording. Deterministic. CPU-bound (callers run it in
+/// spawn_blocking).
+pub fn facts(bytes: &[u8]) -> Result<AcousticFacts, AudioError> {
+    facts_with(|sink| decode::decode(bytes, sink, MAX_DURATION_SECS))
 }
 
-/// Like [`analyze_audio`], reading the recording from a file with bounded memory: the file is
-/// streamed through a fixed-size buffer and reduced to per-frame energies as it is decoded, so
-/// memory use does not grow with the file's size. Gives the same analysis as `analyze_audio`
-/// on the file's bytes. Errors as for [`probe_file`].
-pub fn analyze_file(path: &Path, req: &AnalysisRequest) -> Result<Analysis, AudioError> {
-    analyze_with(req, |sink| {
-        decode::decode_file(path, sink, MAX_DURATION_SECS)
-    })
+/// Like [`facts`], reading the recording from a file with bounded memory: the file is streamed
+/// through a fixed-size buffer and reduced to per-frame energies as it is decoded, so memory use
+/// does not grow with the file's size. Gives the same facts as `facts` on the file's bytes.
+/// Errors as for [`probe_file`].
+pub fn facts_file(path: &Path) -> Result<AcousticFacts, AudioError> {
+    facts_with(|sink| decode::decode_file(path, sink, MAX_DURATION_SECS))
 }
 
-fn analyze_with(
-    req: &AnalysisRequest,
+fn facts_with(
     decode: impl FnOnce(&mut vad::FrameEnergies) -> Result<decode::Decoded, AudioError>,
-) -> Result<Analysis, AudioError> {
+) -> Result<AcousticFacts, AudioError> {
     let cfg = vad::VadConfig::default();
     let mut energies = vad::FrameEnergies::new(cfg.frame_ms);
     let decoded = decode(&mut energies)?;
     let energies = energies.finish();
-    let channels = energies.frames.len();
     let sample_rate = decoded.info.sample_rate;
     let duration_ms = decode::frames_to_ms(decoded.frames, sample_rate);
-    let speakers = speaker_names(channels, req.channels.as_deref());
-
-    let mut segments: Vec<Segment> = Vec::new();
-    for (c, (frames, &samples)) in energies.frames.iter().zip(&energies.samples).enumerate() {
-        for (start_ms, end_ms) in
+    let speech = energies
+        .frames
+        .iter()
+        .zip(&energies.samples)
+        .map(|(frames, &samples)| {
             vad::detect(frames, energies.frame_len, sample_rate, samples, &cfg)
-        {
-            segments.push(Segment {
-                speaker: speakers[c].clone(),
-                channel: i32::try_from(c).unwrap_or(i32::MAX),
-                start_ms,
-                end_ms,
-                text: None,
-                sentiment: None,
-            });
-        }
-    }
-    segments.sort_by_key(|s| (s.start_ms, s.channel));
-    let metrics = vad::metrics(&speakers, &segments, duration_ms);
-
-    let (utterances, transcript_text) = match &req.transcript {
-        Some(t) => text::attach_transcript(&mut segments, &speakers, t),
-        None => (Vec::new(), None),
-    };
-    let mut summary = text::acoustic_description(duration_ms, &metrics);
-    for sentence in text::key_sentences(&utterances, &speakers) {
-        summary.push(' ');
-        summary.push_str(&sentence);
-    }
-    let language = [
-        req.language.as_deref(),
-        req.transcript.as_ref().and_then(|t| t.language.as_deref()),
-    ]
-    .into_iter()
-    .flatten()
-    .map(str::trim)
-    .find(|l| !l.is_empty())
-    .map(str::to_string);
-
-    Ok(Analysis {
-        analyzer: "local".into(),
+        })
+        .collect();
+    Ok(AcousticFacts {
+        info: decoded.info,
         duration_ms,
-        channels: u16::try_from(channels).unwrap_or(u16::MAX),
         sample_rate,
-        language,
-        speakers: speakers.clone(),
-        sentiment: text::call_sentiment(&utterances),
-        topics: text::topics(&utterances, &speakers),
-        action_items: text::action_items(&utterances),
-        segments,
-        transcript_text,
-        summary: Some(summary),
-        metrics,
+        speech,
     })
 }
 
-/// Names per channel: the submitted ones where given (and not blank), else the defaults —
-/// `agent` (left) and `customer` (right) for stereo, `speaker` for mono.
-pub fn speaker_names(channels: usize, given: Option<&[String]>) -> Vec<String> {
-    (0..channels)
-        .map(|c| {
-            given
-                .and_then(|names| names.get(c))
-                .map(|n| n.trim())
-                .filter(|n| !n.is_empty())
-                .map(str::to_string)
-                .unwrap_or_else(|| match (channels, c) {
-                    (1, _) => "speaker".to_string(),
-                    (_, 0) => "agent".to_string(),
-                    (_, 1) => "customer".to_string(),
-                    (_, c) => format!("speaker {}", c + 1),
-                })
+/// The local acoustic analysis behind the `Acoustics` port, off the async runtime. A recording
+/// it cannot read is a permanent failure; nothing here is worth a retry.
+#[derive(Debug, Default, Clone)]
+pub struct LocalAcoustics;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AudioError> + Send + 'static,
+) -> Result<T, AnalyzeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AnalyzeError::Transient(anyhow::anyhow!("audio task failed: {e}")))?
+        .map_err(|e| AnalyzeError::Permanent(e.to_string()))
+}
+
+#[async_trait]
+impl Acoustics for LocalAcoustics {
+    async fn probe(&self, audio: Audio) -> Result<AudioInfo, AnalyzeError> {
+        blocking(move || match audio {
+            Audio::Bytes(bytes) => probe(&bytes),
+            Audio::File(path) => probe_file(&path),
         })
-        .collect()
+        .await
+    }
+
+    async fn facts(&self, audio: Audio) -> Result<AcousticFacts, AnalyzeError> {
+        blocking(move || match audio {
+            Audio::Bytes(bytes) => facts(&bytes),
+            Audio::File(path) => facts_file(&path),
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{SentimentLabel, TranscriptInput};
+    use crate::adapters::local::lexicon;
+    use crate::domain::conversation::{metrics, speaker_names};
+    use crate::domain::{
+        compose, Analysis, AnalysisRequest, InsightsInput, SentimentLabel, TranscriptInput,
+    };
+
+    /// The local analysis as the pipeline composes it: acoustic facts, their metrics, the
+    /// lexicon's insights.
+    fn analyse(
+        facts: Result<AcousticFacts, AudioError>,
+        req: &AnalysisRequest,
+    ) -> Result<Analysis, AudioError> {
+        let facts = facts?;
+        let speakers = speaker_names(facts.channels(), req.channels.as_deref());
+        let speech = facts.speech_segments(&speakers);
+        let m = metrics(&speakers, &speech, facts.duration_ms);
+        let insights = lexicon::insights(&InsightsInput {
+            speakers: speakers.clone(),
+            speech,
+            duration_ms: facts.duration_ms,
+            metrics: m.clone(),
+            request: req.clone(),
+        });
+        Ok(compose(&facts, speakers, m, insights))
+    }
+
+    fn analyze_audio(bytes: &[u8], req: &AnalysisRequest) -> Result<Analysis, AudioError> {
+        analyse(facts(bytes), req)
+    }
+
+    fn analyze_file(path: &Path, req: &AnalysisRequest) -> Result<Analysis, AudioError> {
+        analyse(facts_file(path), req)
+    }
     use std::io::{Cursor, Write};
 
     const RATE: u32 = 16_000;

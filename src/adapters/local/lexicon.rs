@@ -1,10 +1,73 @@
-//! Text insights without a model: transcript attachment to speech segments, lexicon sentiment,
-//! the call summary, topics and action items.
+//! Insights without a model, behind the `Insights` port: the submitted transcript attached to
+//! the acoustic speech segments, lexicon sentiment, the call summary (what the audio shows, and
+//! the transcript's key sentences), topics and action items. Deterministic.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::domain::{CallMetrics, Segment, Sentiment, SentimentLabel, TranscriptInput};
+use async_trait::async_trait;
+
+use crate::domain::{
+    CallMetrics, Insights, InsightsInput, Segment, Sentiment, SentimentLabel, TranscriptInput,
+};
+use crate::ports::{AnalyzeError, Audio, InsightsSource};
+
+/// The lexicon's insights: all it needs is in `input` (it never reads the audio).
+pub fn insights(input: &InsightsInput) -> Insights {
+    let req = &input.request;
+    let speakers = &input.speakers;
+    let mut segments = input.speech.clone();
+    let (utterances, transcript_text) = match &req.transcript {
+        Some(t) => attach_transcript(&mut segments, speakers, t),
+        None => (Vec::new(), None),
+    };
+    let mut summary = acoustic_description(input.duration_ms, &input.metrics);
+    for sentence in key_sentences(&utterances, speakers) {
+        summary.push(' ');
+        summary.push_str(&sentence);
+    }
+    let language = [
+        req.language.as_deref(),
+        req.transcript.as_ref().and_then(|t| t.language.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::trim)
+    .find(|l| !l.is_empty())
+    .map(str::to_string);
+    Insights {
+        analyzer: "local".into(),
+        sentiment: call_sentiment(&utterances),
+        topics: topics(&utterances, speakers),
+        action_items: action_items(&utterances),
+        segments,
+        transcript_text,
+        language,
+        summary: Some(summary),
+    }
+}
+
+/// The lexicon behind the `InsightsSource` port.
+#[derive(Debug, Default, Clone)]
+pub struct LexiconInsights;
+
+#[async_trait]
+impl InsightsSource for LexiconInsights {
+    fn name(&self) -> String {
+        "local".into()
+    }
+
+    async fn insights(
+        &self,
+        _audio: &Audio,
+        input: InsightsInput,
+    ) -> Result<Insights, AnalyzeError> {
+        // Transcripts are bounded (1 MiB) at submission; the work is small but CPU-bound.
+        tokio::task::spawn_blocking(move || insights(&input))
+            .await
+            .map_err(|e| AnalyzeError::Transient(anyhow::anyhow!("lexicon task failed: {e}")))
+    }
+}
 
 /// Scores above this are POSITIVE, below its negation NEGATIVE.
 pub const LABEL_THRESHOLD: f64 = 0.05;

@@ -1,0 +1,339 @@
+//! The conversation as timed speech: who speaks when, and what follows from it alone — talk
+//! time, silence, overlap, interruptions, the longest monologue — from any list of timed
+//! segments, whoever produced them (the acoustic analysis, a transcript, a model). Pure.
+
+use crate::domain::{AudioInfo, CallMetrics, Segment, SpeakerTime};
+
+/// A speaker starting while the other's turn is this old (or older) interrupts it.
+pub const INTERRUPTION_MIN_TURN_MS: i64 = 300;
+/// ...provided the other turn goes on at least this long afterwards, so that a hand-over whose
+/// edges merely touch (frame rounding, a quick reply) is not counted.
+pub const INTERRUPTION_MIN_OVERLAP_MS: i64 = 100;
+/// A speaker's own pauses shorter than this do not end their monologue.
+pub const MONOLOGUE_MAX_PAUSE_MS: i64 = 1500;
+
+/// What the audio itself says, before anything reads its words: its format and duration, and
+/// when each channel carries speech (sorted, non-overlapping intervals per channel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcousticFacts {
+    pub info: AudioInfo,
+    pub duration_ms: i64,
+    pub sample_rate: u32,
+    /// Per channel, in channel order: `(start_ms, end_ms)` of each stretch of speech.
+    pub speech: Vec<Vec<(i64, i64)>>,
+}
+
+impl AcousticFacts {
+    pub fn channels(&self) -> usize {
+        self.speech.len()
+    }
+
+    /// The speech as segments named after their channel's speaker, in time order.
+    pub fn speech_segments(&self, speakers: &[String]) -> Vec<Segment> {
+        let mut segments: Vec<Segment> = Vec::new();
+        for (c, runs) in self.speech.iter().enumerate() {
+            for &(start_ms, end_ms) in runs {
+                segments.push(Segment {
+                    speaker: speakers.get(c).cloned().unwrap_or_default(),
+                    channel: i32::try_from(c).unwrap_or(i32::MAX),
+                    start_ms,
+                    end_ms,
+                    text: None,
+                    sentiment: None,
+                });
+            }
+        }
+        segments.sort_by_key(|s| (s.start_ms, s.channel));
+        segments
+    }
+}
+
+/// Names per channel: the submitted ones where given (and not blank), else the defaults —
+/// `agent` (left) and `customer` (right) for stereo, `speaker` for mono.
+pub fn speaker_names(channels: usize, given: Option<&[String]>) -> Vec<String> {
+    (0..channels)
+        .map(|c| {
+            given
+                .and_then(|names| names.get(c))
+                .map(|n| n.trim())
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .unwrap_or_else(|| match (channels, c) {
+                    (1, _) => "speaker".to_string(),
+                    (_, 0) => "agent".to_string(),
+                    (_, 1) => "customer".to_string(),
+                    (_, c) => format!("speaker {}", c + 1),
+                })
+        })
+        .collect()
+}
+
+/// What is going on during one elementary stretch of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    Silence,
+    Solo(usize),
+    Overlap,
+}
+
+/// Talk-time metrics from the speech segments; `speakers` gives the channel order.
+pub fn metrics(speakers: &[String], segments: &[Segment], duration_ms: i64) -> CallMetrics {
+    let duration_ms = duration_ms.max(0);
+    let n = speakers.len();
+    // Per channel: sorted, merged, clamped intervals.
+    let mut per: Vec<Vec<(i64, i64)>> = vec![Vec::new(); n];
+    for s in segments {
+        let Some(list) = usize::try_from(s.channel).ok().and_then(|c| per.get_mut(c)) else {
+            continue;
+        };
+        let (a, b) = (
+            s.start_ms.clamp(0, duration_ms),
+            s.end_ms.clamp(0, duration_ms),
+        );
+        if b > a {
+            list.push((a, b));
+        }
+    }
+    for list in &mut per {
+        list.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(list.len());
+        for &(a, b) in list.iter() {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *list = merged;
+    }
+
+    let talk_time = speakers
+        .iter()
+        .zip(&per)
+        .map(|(name, list)| SpeakerTime {
+            speaker: name.clone(),
+            ms: list.iter().map(|(a, b)| b - a).sum(),
+        })
+        .collect();
+
+    let timeline = timeline(&per, duration_ms);
+    let silence_ms = timeline
+        .iter()
+        .filter(|(f, _, _)| *f == Floor::Silence)
+        .map(|(_, a, b)| b - a)
+        .sum();
+    let overlap_ms = timeline
+        .iter()
+        .filter(|(f, _, _)| *f == Floor::Overlap)
+        .map(|(_, a, b)| b - a)
+        .sum();
+
+    CallMetrics {
+        talk_time,
+        silence_ms,
+        overlap_ms,
+        interruptions: interruptions(&per),
+        longest_monologue_ms: longest_monologue(&timeline),
+    }
+}
+
+/// Cuts [0, duration) at every segment boundary and says who holds the floor in each piece;
+/// adjacent pieces in the same state are merged.
+fn timeline(per: &[Vec<(i64, i64)>], duration_ms: i64) -> Vec<(Floor, i64, i64)> {
+    let mut cuts: Vec<i64> = Vec::with_capacity(2 + per.iter().map(|l| 2 * l.len()).sum::<usize>());
+    cuts.push(0);
+    cuts.push(duration_ms);
+    for list in per {
+        for &(a, b) in list {
+            cuts.push(a);
+            cuts.push(b);
+        }
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+
+    let mut cursor = vec![0usize; per.len()];
+    let mut out: Vec<(Floor, i64, i64)> = Vec::new();
+    for w in cuts.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let mut active = 0usize;
+        let mut who = 0usize;
+        for (c, list) in per.iter().enumerate() {
+            while cursor[c] < list.len() && list[cursor[c]].1 <= a {
+                cursor[c] += 1;
+            }
+            if list.get(cursor[c]).is_some_and(|&(s, _)| s <= a) {
+                active += 1;
+                who = c;
+            }
+        }
+        let floor = match active {
+            0 => Floor::Silence,
+            1 => Floor::Solo(who),
+            _ => Floor::Overlap,
+        };
+        match out.last_mut() {
+            Some(last) if last.0 == floor && last.2 == a => last.2 = b,
+            _ => out.push((floor, a, b)),
+        }
+    }
+    out
+}
+
+fn interruptions(per: &[Vec<(i64, i64)>]) -> i64 {
+    let mut count = 0;
+    for (c, list) in per.iter().enumerate() {
+        for &(start, _) in list {
+            let interrupts = per
+                .iter()
+                .enumerate()
+                .filter(|&(o, _)| o != c)
+                .any(|(_, other)| {
+                    // Segments of one channel do not overlap, so only the last one that began
+                    // before `start` can be in progress.
+                    let i = other.partition_point(|&(s, _)| s < start);
+                    i > 0 && {
+                        let (os, oe) = other[i - 1];
+                        start - os >= INTERRUPTION_MIN_TURN_MS
+                            && oe - start >= INTERRUPTION_MIN_OVERLAP_MS
+                    }
+                });
+            if interrupts {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+fn longest_monologue(timeline: &[(Floor, i64, i64)]) -> i64 {
+    let mut best = 0;
+    // (speaker, start, end of their last solo piece)
+    let mut current: Option<(usize, i64, i64)> = None;
+    for &(floor, a, b) in timeline {
+        match floor {
+            Floor::Silence => {}
+            Floor::Solo(c) => {
+                current = match current {
+                    Some((who, s, e)) if who == c && a - e < MONOLOGUE_MAX_PAUSE_MS => {
+                        Some((c, s, b))
+                    }
+                    _ => Some((c, a, b)),
+                };
+            }
+            Floor::Overlap => current = None,
+        }
+        if let Some((_, s, e)) = current {
+            best = best.max(e - s);
+        }
+        if let (Floor::Silence, Some((_, _, e))) = (floor, current) {
+            // A pause this long ends the monologue even if the same speaker resumes.
+            if b - e >= MONOLOGUE_MAX_PAUSE_MS {
+                current = None;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(channel: i32, start_ms: i64, end_ms: i64) -> Segment {
+        Segment {
+            speaker: if channel == 0 { "agent" } else { "customer" }.into(),
+            channel,
+            start_ms,
+            end_ms,
+            text: None,
+            sentiment: None,
+        }
+    }
+
+    fn names() -> Vec<String> {
+        vec!["agent".into(), "customer".into()]
+    }
+
+    #[test]
+    fn degenerate_segments_do_not_panic() {
+        let m = metrics(
+            &names(),
+            &[seg(0, 500, 100), seg(7, 0, 10), seg(-1, 0, 10)],
+            -5,
+        );
+        assert_eq!(m.talk_time.iter().map(|t| t.ms).sum::<i64>(), 0);
+        assert_eq!(m.silence_ms, 0);
+    }
+
+    #[test]
+    fn metrics_of_a_known_exchange() {
+        // agent 0.5–2.5 s and 6–8 s, customer 2.3–5 s, 9 s call.
+        let segs = [seg(0, 500, 2500), seg(1, 2300, 5000), seg(0, 6000, 8000)];
+        let m = metrics(&names(), &segs, 9000);
+        assert_eq!(
+            m.talk_time[0],
+            SpeakerTime {
+                speaker: "agent".into(),
+                ms: 4000
+            }
+        );
+        assert_eq!(m.talk_time[1].ms, 2700);
+        assert_eq!(m.overlap_ms, 200);
+        assert_eq!(m.silence_ms, 500 + 1000 + 1000);
+        assert_eq!(m.interruptions, 1);
+        // The customer holds the floor alone from 2.5 s to 5 s.
+        assert_eq!(m.longest_monologue_ms, 2500);
+    }
+
+    #[test]
+    fn interruption_needs_a_mid_turn_start() {
+        // Starts 200 ms into the agent's turn: too early to be an interruption.
+        let m = metrics(&names(), &[seg(0, 0, 2000), seg(1, 200, 1000)], 3000);
+        assert_eq!(m.interruptions, 0);
+        // Overlaps only 40 ms at the end of the agent's turn: a hand-over.
+        let m = metrics(&names(), &[seg(0, 0, 2000), seg(1, 1960, 3000)], 3000);
+        assert_eq!(m.interruptions, 0);
+        // Both directions count.
+        let m = metrics(
+            &names(),
+            &[seg(0, 0, 2000), seg(1, 1000, 4000), seg(0, 3000, 5000)],
+            5000,
+        );
+        assert_eq!(m.interruptions, 2);
+    }
+
+    #[test]
+    fn monologue_merges_own_short_pauses_only() {
+        // Agent 0–2 s, pause 1 s, 3–5 s: one 5 s monologue.
+        let m = metrics(&names(), &[seg(0, 0, 2000), seg(0, 3000, 5000)], 6000);
+        assert_eq!(m.longest_monologue_ms, 5000);
+        // The customer speaks in the pause: two 2 s stretches.
+        let m = metrics(
+            &names(),
+            &[seg(0, 0, 2000), seg(1, 2200, 2800), seg(0, 3000, 5000)],
+            6000,
+        );
+        assert_eq!(m.longest_monologue_ms, 2000);
+        // A 2 s pause ends the monologue.
+        let m = metrics(&names(), &[seg(0, 0, 2000), seg(0, 4000, 5500)], 6000);
+        assert_eq!(m.longest_monologue_ms, 2000);
+        // Overlap in the middle splits it.
+        let m = metrics(&names(), &[seg(0, 0, 5000), seg(1, 1000, 1500)], 6000);
+        assert_eq!(m.longest_monologue_ms, 3500);
+    }
+
+    #[test]
+    fn mono_metrics() {
+        let speakers = vec!["speaker".to_string()];
+        let s = |a, b| Segment {
+            speaker: "speaker".into(),
+            ..seg(0, a, b)
+        };
+        let m = metrics(&speakers, &[s(0, 1000), s(1500, 3000)], 4000);
+        assert_eq!(m.talk_time[0].ms, 2500);
+        assert_eq!(m.silence_ms, 1500);
+        assert_eq!(m.overlap_ms, 0);
+        assert_eq!(m.interruptions, 0);
+        assert_eq!(m.longest_monologue_ms, 3000);
+    }
+}

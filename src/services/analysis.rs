@@ -1,0 +1,45 @@
+//! One analysis of a call, composed: the audio's acoustic facts (an `Acoustics` adapter), the
+//! talk-time metrics they imply (`domain::conversation`), and the insights an `InsightsSource`
+//! reads from the call (the lexicon, or a model) — joined into one `Analysis` whose duration,
+//! channels and metrics always come from the audio.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::conversation::{metrics, speaker_names};
+use crate::domain::{compose, Analysis, AnalysisRequest, InsightsInput};
+use crate::ports::{Acoustics, AnalyzeError, Analyzer, Audio, InsightsSource};
+
+/// The analysis pipeline behind the `Analyzer` port the worker calls.
+pub struct Pipeline {
+    pub acoustics: Arc<dyn Acoustics>,
+    pub insights: Arc<dyn InsightsSource>,
+}
+
+#[async_trait]
+impl Analyzer for Pipeline {
+    fn name(&self) -> String {
+        self.insights.name()
+    }
+
+    async fn analyze(
+        &self,
+        audio: Audio,
+        request: AnalysisRequest,
+    ) -> Result<Analysis, AnalyzeError> {
+        let facts = self.acoustics.facts(audio.clone()).await?;
+        let speakers = speaker_names(facts.channels(), request.channels.as_deref());
+        let speech = facts.speech_segments(&speakers);
+        let metrics = metrics(&speakers, &speech, facts.duration_ms);
+        let input = InsightsInput {
+            speakers: speakers.clone(),
+            speech,
+            duration_ms: facts.duration_ms,
+            metrics: metrics.clone(),
+            request,
+        };
+        let insights = self.insights.insights(&audio, input).await?;
+        Ok(compose(&facts, speakers, metrics, insights))
+    }
+}
