@@ -17,6 +17,8 @@ pub struct Model {
     pub text: Option<String>,
     #[sea_orm(column_type = "Double", nullable)]
     pub sentiment: Option<f64>,
+    /// False where the words lie on silence of their channel (see `domain::Segment`).
+    pub grounded: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ mod m20261201_000001_persisted_queries;
 mod m20261202_000001_audit_log;
 mod m20261202_000002_call_upload_key;
 mod m20261203_000001_row_level_security;
+mod m20261203_000002_segment_grounded;
 mod roles;
 
 pub use roles::grant_runtime_role;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_audit_log::Migration),
             Box::new(m20261202_000002_call_upload_key::Migration),
             Box::new(m20261203_000001_row_level_security::Migration),
+            Box::new(m20261203_000002_segment_grounded::Migration),
         ]
     }
 }

@@ -54,6 +54,14 @@ pub struct Segment {
     pub text: Option<String>,
     /// Lexicon sentiment score in [-1, 1] when the segment has text.
     pub sentiment: Option<f64>,
+    /// Whether the segment lies on speech the acoustic analysis heard on its channel; `false`
+    /// flags words a transcript or a model placed where that channel is silent.
+    #[serde(default = "grounded_by_default")]
+    pub grounded: bool,
+}
+
+fn grounded_by_default() -> bool {
+    true
 }
 
 /// The overall tone of a sentiment score, as the analyser labels it.

@@ -40,12 +40,78 @@ impl AcousticFacts {
                     end_ms,
                     text: None,
                     sentiment: None,
+                    grounded: true,
                 });
             }
         }
         segments.sort_by_key(|s| (s.start_ms, s.channel));
         segments
     }
+}
+
+/// Words as a transcript or a model timed them, before grounding: on `channel` (the speaker's
+/// channel), from `start_ms` to `end_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedText {
+    pub channel: usize,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub text: String,
+    pub sentiment: Option<f64>,
+}
+
+/// How far a boundary may move to land on an edge of speech.
+pub const SNAP_TOLERANCE_MS: i64 = 600;
+
+/// Places timed words on the audio. Model timestamps for audio drift, so each item is matched
+/// to the speech the acoustic analysis heard on its channel: a boundary within
+/// [`SNAP_TOLERANCE_MS`] of an edge of speech snaps onto it (a start inside speech that began
+/// long before, or an end inside speech that goes on, stays where it is); an item touching no
+/// speech of its channel (even with the tolerance) keeps its times, clamped to the call, and is
+/// flagged `grounded: false`. Items on a channel the call does not have are put on the first.
+/// The result is in time order.
+pub fn ground(items: &[TimedText], facts: &AcousticFacts, speakers: &[String]) -> Vec<Segment> {
+    let duration = facts.duration_ms.max(0);
+    let channels = facts.channels().max(1);
+    let mut out: Vec<Segment> = items
+        .iter()
+        .map(|item| {
+            let channel = if item.channel < channels {
+                item.channel
+            } else {
+                0
+            };
+            let start = item.start_ms.clamp(0, duration);
+            let end = item.end_ms.clamp(start, duration);
+            let runs = facts.speech.get(channel).map(Vec::as_slice).unwrap_or(&[]);
+            let (lo, hi) = (start - SNAP_TOLERANCE_MS, end + SNAP_TOLERANCE_MS);
+            let touching: Vec<&(i64, i64)> =
+                runs.iter().filter(|(a, b)| *b > lo && *a < hi).collect();
+            let (start_ms, end_ms, grounded) = match (touching.first(), touching.last()) {
+                (Some(first), Some(last)) => {
+                    let s = if first.0 >= lo { first.0 } else { start };
+                    let e = if last.1 <= hi { last.1 } else { end };
+                    if s < e {
+                        (s, e, true)
+                    } else {
+                        (start, end, true)
+                    }
+                }
+                _ => (start, end, false),
+            };
+            Segment {
+                speaker: speakers.get(channel).cloned().unwrap_or_default(),
+                channel: i32::try_from(channel).unwrap_or(i32::MAX),
+                start_ms,
+                end_ms,
+                text: Some(item.text.clone()),
+                sentiment: item.sentiment,
+                grounded,
+            }
+        })
+        .collect();
+    out.sort_by_key(|s| (s.start_ms, s.channel));
+    out
 }
 
 /// Names per channel: the submitted ones where given (and not blank), else the defaults —
@@ -247,6 +313,7 @@ mod tests {
             end_ms,
             text: None,
             sentiment: None,
+            grounded: true,
         }
     }
 
@@ -335,5 +402,94 @@ mod tests {
         assert_eq!(m.overlap_ms, 0);
         assert_eq!(m.interruptions, 0);
         assert_eq!(m.longest_monologue_ms, 3000);
+    }
+
+    fn facts(speech: Vec<Vec<(i64, i64)>>, duration_ms: i64) -> AcousticFacts {
+        AcousticFacts {
+            info: AudioInfo {
+                format: "wav".into(),
+                channels: speech.len() as u16,
+                sample_rate: 16_000,
+                duration_ms: Some(duration_ms),
+            },
+            duration_ms,
+            sample_rate: 16_000,
+            speech,
+        }
+    }
+
+    fn item(channel: usize, start_ms: i64, end_ms: i64) -> TimedText {
+        TimedText {
+            channel,
+            start_ms,
+            end_ms,
+            text: format!("words {start_ms}"),
+            sentiment: None,
+        }
+    }
+
+    #[test]
+    fn boundaries_near_speech_snap_onto_it() {
+        // agent speaks 1.0–3.0 s and 5.0–9.0 s; customer 3.2–4.8 s.
+        let f = facts(
+            vec![vec![(1000, 3000), (5000, 9000)], vec![(3200, 4800)]],
+            10_000,
+        );
+        let g = ground(
+            &[
+                item(0, 1300, 2700),
+                item(1, 3000, 5100),
+                item(0, 6000, 8000),
+            ],
+            &f,
+            &names(),
+        );
+        let spans: Vec<_> = g
+            .iter()
+            .map(|s| (s.channel, s.start_ms, s.end_ms, s.grounded))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0, 1000, 3000, true),
+                (1, 3200, 4800, true),
+                // Inside a long stretch of speech: where the model put it.
+                (0, 6000, 8000, true),
+            ]
+        );
+        assert_eq!(g[1].speaker, "customer");
+        assert_eq!(g[0].text.as_deref(), Some("words 1300"));
+    }
+
+    #[test]
+    fn words_placed_in_silence_are_kept_and_flagged() {
+        let f = facts(vec![vec![(1000, 2000)], vec![(6000, 7000)]], 10_000);
+        // The customer is silent at 2.0–4.0 s; the agent too, beyond the tolerance.
+        let g = ground(&[item(1, 2000, 4000), item(0, 3000, 4000)], &f, &names());
+        assert!(g.iter().all(|s| !s.grounded), "{g:?}");
+        assert_eq!((g[0].start_ms, g[0].end_ms), (2000, 4000));
+        // Speech on the other channel does not ground it.
+        let g = ground(&[item(1, 1000, 2000)], &f, &names());
+        assert!(!g[0].grounded);
+    }
+
+    #[test]
+    fn out_of_range_items_are_clamped_and_ordered() {
+        let f = facts(vec![vec![(0, 5000)]], 5000);
+        let g = ground(
+            &[
+                item(7, 4000, 99_000),
+                item(0, -500, 300),
+                item(0, 9000, 8000),
+            ],
+            &f,
+            &["speaker".to_string()],
+        );
+        assert_eq!(g.len(), 3);
+        assert!(g
+            .iter()
+            .all(|s| s.channel == 0 && s.start_ms <= s.end_ms && s.end_ms <= 5000));
+        assert!(g.windows(2).all(|w| w[0].start_ms <= w[1].start_ms));
+        assert_eq!((g[0].start_ms, g[0].end_ms), (0, 300));
     }
 }

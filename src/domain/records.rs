@@ -57,6 +57,7 @@ pub struct SegmentRecord {
     pub end_ms: i64,
     pub text: Option<String>,
     pub sentiment: Option<f64>,
+    pub grounded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

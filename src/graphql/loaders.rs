@@ -69,6 +69,7 @@ impl Loader<Key> for SegmentsLoader {
                     end_ms: s.end_ms,
                     text: s.text,
                     sentiment: s.sentiment,
+                    grounded: s.grounded,
                 });
             }
         }

@@ -72,6 +72,7 @@ impl From<call_segments::Model> for SegmentRecord {
             end_ms: s.end_ms,
             text: s.text,
             sentiment: s.sentiment,
+            grounded: s.grounded,
         }
     }
 }
@@ -742,6 +743,7 @@ impl Store {
                 end_ms: Set(s.end_ms),
                 text: Set(s.text.clone()),
                 sentiment: Set(s.sentiment),
+                grounded: Set(s.grounded),
                 ..Default::default()
             })
             .collect();

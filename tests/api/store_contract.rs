@@ -225,6 +225,7 @@ fn analysis() -> Analysis {
                 end_ms: 900,
                 text: Some("hello".into()),
                 sentiment: Some(0.5),
+                grounded: true,
             },
             Segment {
                 speaker: "agent".into(),
@@ -233,6 +234,7 @@ fn analysis() -> Analysis {
                 end_ms: 1900,
                 text: None,
                 sentiment: None,
+                grounded: false,
             },
         ],
         transcript_text: Some("hello".into()),
@@ -293,10 +295,11 @@ async fn attempts_are_fenced_and_every_change_has_its_event() {
         let done = store.get_call(a, call.id).await.unwrap().unwrap();
         assert_eq!(done.status, CallStatus::Completed.as_str(), "{name}");
         assert_eq!(done.result_key.as_deref(), Some("r2"), "{name}");
+        let segments = store.segments_of_calls(a, &[call.id]).await.unwrap();
         assert_eq!(
-            store.segments_of_calls(a, &[call.id]).await.unwrap().len(),
-            2,
-            "{name}"
+            segments.iter().map(|s| s.grounded).collect::<Vec<_>>(),
+            vec![true, false],
+            "{name}: grounding is stored"
         );
         assert!(
             store

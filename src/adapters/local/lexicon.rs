@@ -831,6 +831,7 @@ mod tests {
             end_ms,
             text: None,
             sentiment: None,
+            grounded: true,
         }
     }
 

@@ -107,6 +107,10 @@ pub struct Segment {
     /// Sentiment score of the segment's text, from -1 (negative) to 1 (positive); null when it
     /// has no text.
     pub sentiment: Option<f64>,
+    /// Whether the segment lies on speech the acoustic analysis heard on its channel. `false`
+    /// flags words a transcript or a model placed where that channel is silent: kept, but not
+    /// to be trusted for timing.
+    pub grounded: bool,
 }
 
 /// The transcript: full text and timed segments per speaker.
