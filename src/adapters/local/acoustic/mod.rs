@@ -3,6 +3,7 @@
 //! insights adapters' business (`adapters::local::lexicon`, Gemini), and the metrics follow from
 //! the facts alone (`domain::conversation`).
 
+pub mod chunks;
 pub mod decode;
 pub mod vad;
 
@@ -759,5 +760,87 @@ mod tests {
     #[test]
     fn ogg_fixture() {
         check_fixture("call.ogg", "ogg");
+    }
+
+    #[test]
+    fn windows_split_channels_and_overlap() {
+        let f = temp_file(&exchange());
+        let dir = tempfile::tempdir().unwrap();
+        let windows = chunks::write_windows(
+            f.path(),
+            chunks::Windows {
+                window_ms: 4000,
+                overlap_ms: 1000,
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let spans: Vec<_> = windows.iter().map(|w| (w.start_ms, w.end_ms)).collect();
+        assert_eq!(spans, vec![(0, 4000), (3000, 7000), (6000, 9000)]);
+        for w in &windows {
+            assert_eq!(w.files.len(), 2);
+            for file in &w.files {
+                let info = probe_file(file).unwrap();
+                assert_eq!((info.channels, info.sample_rate), (1, RATE));
+                near(info.duration_ms.unwrap(), w.end_ms - w.start_ms, 20);
+            }
+        }
+        // Each file holds its channel alone: the agent's speech at 0.5–2.5 s in the first
+        // window's left file, the customer's from 2.3 s in its right one.
+        let left = facts_file(&windows[0].files[0]).unwrap();
+        let right = facts_file(&windows[0].files[1]).unwrap();
+        assert_eq!(left.speech[0].len(), 1, "{left:?}");
+        near(left.speech[0][0].0, 500, 100);
+        near(left.speech[0][0].1, 2500, 150);
+        near(right.speech[0][0].0, 2300, 100);
+        // The second window starts at 3 s: the customer's speech until 5 s is at 0–2 s in it.
+        let right2 = facts_file(&windows[1].files[1]).unwrap();
+        near(right2.speech[0][0].1, 2000, 150);
+    }
+
+    #[test]
+    fn windows_of_a_48_khz_recording_are_written_at_16_khz() {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 48_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut cur = Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut cur, spec).unwrap();
+        for i in 0..(48_000 * 3) {
+            // A 440 Hz tone for the first second, then silence.
+            let t = f64::from(i) / 48_000.0;
+            let v = if t < 1.0 {
+                (t * 440.0 * 2.0 * std::f64::consts::PI).sin() * 0.5
+            } else {
+                0.0
+            };
+            w.write_sample((v * 32767.0) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+        let f = temp_file(&cur.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let windows = chunks::write_windows(
+            f.path(),
+            chunks::Windows {
+                window_ms: 600_000,
+                overlap_ms: 30_000,
+            },
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(windows.len(), 1);
+        assert_eq!((windows[0].start_ms, windows[0].end_ms), (0, 3000));
+        let info = probe_file(&windows[0].files[0]).unwrap();
+        assert_eq!((info.channels, info.sample_rate), (1, 16_000));
+        near(info.duration_ms.unwrap(), 3000, 5);
+        // The tone survives the averaging: RMS of the first second well above silence.
+        let (_, pcm) =
+            decode::decode_pcm(&std::fs::read(&windows[0].files[0]).unwrap(), 60).unwrap();
+        let first: Vec<f32> = pcm.channels[0][..16_000].to_vec();
+        let rms = (first.iter().map(|x| x * x).sum::<f32>() / first.len() as f32).sqrt();
+        assert!(rms > 0.2, "rms {rms}");
+        assert!(pcm.channels[0][20_000..].iter().all(|x| x.abs() < 1e-3));
     }
 }
