@@ -1,6 +1,7 @@
 //! One module per technology behind the ports. Only `wiring.rs` names them.
 
 pub mod aws;
+pub mod gemini;
 pub mod local;
 pub mod redis;
 pub mod redis_limiter;

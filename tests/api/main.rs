@@ -2,6 +2,7 @@
 //! real HTTP and WebSocket to it.
 
 mod backends;
+mod gemini_server;
 mod helpers;
 
 mod audit;
@@ -13,6 +14,7 @@ mod connections;
 mod document_limits;
 mod events;
 mod feed_contract;
+mod gemini_client;
 mod hostile;
 mod http;
 mod jwt;
