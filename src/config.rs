@@ -145,6 +145,15 @@ impl Layers {
             gemini_base_url: self
                 .str("gemini_base_url")
                 .unwrap_or_else(|| "https://generativelanguage.googleapis.com".into()),
+            gemini_chunk: Duration::from_secs(self.parse("gemini_chunk_secs", 600)?),
+            gemini_chunk_overlap: Duration::from_secs(self.parse("gemini_chunk_overlap_secs", 15)?),
+            gemini_inline_limit_bytes: self.parse("gemini_inline_limit_bytes", 14 * 1024 * 1024)?,
+            gemini_max_concurrent: self.parse("gemini_max_concurrent", 4)?,
+            gemini_max_attempts: self.parse("gemini_max_attempts", 5)?,
+            gemini_backoff_base: Duration::from_millis(self.parse("gemini_backoff_base_ms", 1000)?),
+            gemini_request_timeout: Duration::from_secs(
+                self.parse("gemini_request_timeout_secs", 300)?,
+            ),
             bootstrap_admin_key: secret("bootstrap_admin_key"),
             jwt_hs256_secret: secret("jwt_hs256_secret"),
             jwt_jwks_url: self.str("jwt_jwks_url"),
@@ -313,6 +322,22 @@ pub struct Settings {
     pub gemini_model: String,
     /// Gemini endpoint (a proxy or test server may stand in).
     pub gemini_base_url: String,
+    /// Calls longer than this are analysed in windows of this length (`VOICEGRAPH_GEMINI_CHUNK_SECS`).
+    pub gemini_chunk: Duration,
+    /// How much consecutive windows share, so that no utterance is cut without context.
+    pub gemini_chunk_overlap: Duration,
+    /// A window whose audio is at most this many bytes goes inline (base64) in the request;
+    /// a larger one through the Files API. Gemini's inline limit is 20 MB per request, base64
+    /// and prompt included.
+    pub gemini_inline_limit_bytes: u64,
+    /// Gemini requests in flight at once from this process.
+    pub gemini_max_concurrent: usize,
+    /// Attempts per Gemini request (429 and 5xx are retried with backoff).
+    pub gemini_max_attempts: u32,
+    /// The first retry's backoff; each further one doubles, with jitter.
+    pub gemini_backoff_base: Duration,
+    /// Time allowed for one Gemini request.
+    pub gemini_request_timeout: Duration,
     /// Platform-admin API key created at first start with no tenants.
     pub bootstrap_admin_key: Option<SecretString>,
     /// HS256 secret for frontend JWTs (at least 32 bytes); unset: HS256 tokens are refused.

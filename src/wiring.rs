@@ -2,6 +2,7 @@
 //! production mode refuses the embedded backends here, with the variable to set.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -9,6 +10,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::aws;
+use crate::adapters::gemini::insights::{GeminiInsights, GeminiInsightsConfig};
+use crate::adapters::gemini::{GeminiClient, GeminiConfig};
 use crate::adapters::local::acoustic::LocalAcoustics;
 use crate::adapters::local::blobs::FsBlobStore;
 use crate::adapters::local::bus::InProcessBus;
@@ -54,10 +57,6 @@ fn refuse_embedded(settings: &Settings, what: &str, variable: &str) -> anyhow::R
         "VOICEGRAPH_ENV=production refuses the embedded {what}: set {variable}"
     );
     Ok(())
-}
-
-fn not_in_this_build(variable: &str, what: &str) -> anyhow::Error {
-    anyhow::anyhow!("{variable} is set, but this build has no {what} adapter yet; unset it to use the embedded backend")
 }
 
 pub fn database_backend(settings: &Settings) -> anyhow::Result<DatabaseBackend> {
@@ -322,7 +321,33 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
             insights: Arc::new(LexiconInsights),
         }),
         AnalyzerKind::Gemini => {
-            return Err(not_in_this_build("VOICEGRAPH_ANALYZER=gemini", "Gemini"))
+            let key = settings.gemini_api_key.clone().context(
+                "VOICEGRAPH_ANALYZER=gemini needs VOICEGRAPH_GEMINI_API_KEY (or `gemini_api_key` in the VOICEGRAPH_SECRET_ID secret)",
+            )?;
+            let mut config = GeminiConfig::new(
+                settings.gemini_base_url.clone(),
+                key,
+                settings.gemini_model.clone(),
+            );
+            config.max_concurrent = settings.gemini_max_concurrent.max(1);
+            config.max_attempts = settings.gemini_max_attempts.max(1);
+            config.backoff_base = settings.gemini_backoff_base;
+            config.request_timeout = settings.gemini_request_timeout;
+            let client = GeminiClient::new(config).context("VOICEGRAPH_GEMINI_*")?;
+            let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            Arc::new(Pipeline {
+                acoustics: acoustics.clone(),
+                insights: Arc::new(GeminiInsights::new(
+                    client,
+                    GeminiInsightsConfig {
+                        model: settings.gemini_model.clone(),
+                        window_ms: ms(settings.gemini_chunk),
+                        overlap_ms: ms(settings.gemini_chunk_overlap),
+                        inline_limit_bytes: settings.gemini_inline_limit_bytes,
+                        parallel_windows: settings.gemini_max_concurrent.max(1),
+                    },
+                )),
+            })
         }
     };
 

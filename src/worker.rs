@@ -96,7 +96,20 @@ async fn analyse(state: &AppState, call: &CallRecord) -> Result<(Analysis, Strin
             analysis_request(call),
         )
         .await?;
-    let result_key = format!("results/{}/{}.json", call.tenant_id, call.id);
+    let result_key = crate::domain::result_key(call.tenant_id, call.id);
+    if !analysis.model_responses.is_empty() {
+        // What the model answered, as it answered it, beside the results parsed from it.
+        let raw =
+            serde_json::to_vec_pretty(&analysis.model_responses).map_err(anyhow::Error::from)?;
+        state
+            .blobs
+            .put(
+                &crate::domain::model_responses_key(call.tenant_id, call.id),
+                raw.into(),
+                "application/json",
+            )
+            .await?;
+    }
     let json = serde_json::to_vec_pretty(&analysis).map_err(anyhow::Error::from)?;
     state
         .blobs

@@ -141,6 +141,38 @@ pub struct Analysis {
     pub topics: Vec<String>,
     pub action_items: Vec<String>,
     pub metrics: CallMetrics,
+    /// Tokens a model spent on the analysis (none for the local analyser).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+    /// The model's raw responses, kept in the blob store beside the results (not in them).
+    #[serde(skip)]
+    pub model_responses: Vec<serde_json::Value>,
+}
+
+/// Where a call's results are kept in the blob store.
+pub fn result_key(tenant: uuid::Uuid, call: uuid::Uuid) -> String {
+    format!("results/{tenant}/{call}.json")
+}
+
+/// Where a call's raw model responses are kept in the blob store, beside its results.
+pub fn model_responses_key(tenant: uuid::Uuid, call: uuid::Uuid) -> String {
+    format!("results/{tenant}/{call}.model.json")
+}
+
+/// Tokens a model spent, as its API reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub prompt_tokens: i64,
+    pub output_tokens: i64,
+    pub total_tokens: i64,
+}
+
+impl std::ops::AddAssign for TokenUsage {
+    fn add_assign(&mut self, o: Self) {
+        self.prompt_tokens += o.prompt_tokens;
+        self.output_tokens += o.output_tokens;
+        self.total_tokens += o.total_tokens;
+    }
 }
 
 /// What an insights adapter (the lexicon, a model) is given about a call besides its audio: the
@@ -170,6 +202,9 @@ pub struct Insights {
     pub sentiment: Option<Sentiment>,
     pub topics: Vec<String>,
     pub action_items: Vec<String>,
+    pub usage: Option<TokenUsage>,
+    /// Raw model responses, for the blob store.
+    pub model_responses: Vec<serde_json::Value>,
 }
 
 /// One analysis of a call: the audio's facts and their metrics, with the insights read from it.
@@ -194,5 +229,7 @@ pub fn compose(
         topics: insights.topics,
         action_items: insights.action_items,
         metrics,
+        usage: insights.usage,
+        model_responses: insights.model_responses,
     }
 }

@@ -491,10 +491,16 @@ impl Store {
         record_event(&txn, tenant, id, event_kind::DELETED, status, None).await?;
         enqueue_blob_delete(
             &txn,
-            [call.recording_key.clone(), call.result_key.clone()]
-                .into_iter()
-                .flatten()
-                .collect(),
+            [
+                call.recording_key.clone(),
+                call.result_key.clone(),
+                call.result_key
+                    .as_ref()
+                    .map(|_| crate::domain::model_responses_key(tenant, id)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             None,
         )
         .await?;

@@ -174,7 +174,12 @@ struct Hold {
     linger: Duration,
 }
 
+/// Answers a `generateContent` request from what it carries: its JSON and its decoded inline
+/// parts (a stand-in model). Consulted when no scripted reply is queued.
+pub type Responder = Arc<dyn Fn(&Value, &[(String, Vec<u8>)]) -> Reply + Send + Sync>;
+
 struct Inner {
+    responder: Mutex<Option<Responder>>,
     base_url: String,
     key: String,
     script: Mutex<VecDeque<Reply>>,
@@ -200,6 +205,7 @@ impl GeminiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let inner = Arc::new(Inner {
+            responder: Mutex::new(None),
             base_url,
             key: TEST_KEY.to_string(),
             script: Mutex::new(VecDeque::new()),
@@ -240,6 +246,19 @@ impl GeminiServer {
     /// Queues answers for the next `generateContent` calls; past the queue, a default success.
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inner.script.lock().unwrap().extend(replies);
+    }
+
+    /// Past the scripted replies, answer each request with `f` (instead of the default success).
+    pub fn answer_with(
+        &self,
+        f: impl Fn(&Value, &[(String, Vec<u8>)]) -> Reply + Send + Sync + 'static,
+    ) {
+        *self.inner.responder.lock().unwrap() = Some(Arc::new(f));
+    }
+
+    /// The bytes of every file uploaded and not deleted.
+    pub fn live_files(&self) -> usize {
+        self.inner.files.lock().unwrap().len()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -448,7 +467,30 @@ async fn generate_content(
     }
 
     let reply = s.script.lock().unwrap().pop_front();
-    let reply = reply.unwrap_or_else(|| Reply::json(json!({"ok": true}), (10, 2, 12)));
+    let responder = s.responder.lock().unwrap().clone();
+    let reply = match (reply, responder) {
+        (Some(r), _) => r,
+        (None, Some(f)) => {
+            // The audio the request carries: inline parts, then uploaded files by their URI.
+            let mut audio = s.requests.lock().unwrap()[index].inline_data.clone();
+            let prefix = format!("{}/v1beta/", s.base_url);
+            for part in value["contents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["parts"].as_array().into_iter().flatten())
+            {
+                if let Some(uri) = part["fileData"]["fileUri"].as_str() {
+                    let name = uri.strip_prefix(&prefix).unwrap_or(uri);
+                    if let Some(f) = s.files.lock().unwrap().get(name) {
+                        audio.push((f.mime_type.clone(), f.bytes.clone()));
+                    }
+                }
+            }
+            f(&value, &audio)
+        }
+        (None, None) => Reply::json(json!({"ok": true}), (10, 2, 12)),
+    };
     let response_id = format!("resp-{}", s.next_id.fetch_add(1, Ordering::SeqCst));
     let model_version = format!("{model}-001");
     match reply {

@@ -14,6 +14,7 @@ mod connections;
 mod document_limits;
 mod events;
 mod feed_contract;
+mod gemini_analysis;
 mod gemini_client;
 mod hostile;
 mod http;

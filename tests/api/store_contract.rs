@@ -243,6 +243,8 @@ fn analysis() -> Analysis {
         topics: vec![],
         action_items: vec![],
         metrics: CallMetrics::default(),
+        usage: None,
+        model_responses: Vec::new(),
     }
 }
 

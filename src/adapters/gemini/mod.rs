@@ -3,6 +3,7 @@
 //! per-process limit on concurrent model requests. The API key travels only in the
 //! `x-goog-api-key` header: never in a URL, a log line, an error or `Debug` output.
 
+pub mod insights;
 pub mod wire;
 
 use std::fmt;

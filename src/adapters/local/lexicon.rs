@@ -44,6 +44,8 @@ pub fn insights(input: &InsightsInput) -> Insights {
         transcript_text,
         language,
         summary: Some(summary),
+        usage: None,
+        model_responses: Vec::new(),
     }
 }
 
