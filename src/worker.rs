@@ -110,7 +110,8 @@ async fn analyse(state: &AppState, call: &CallRecord) -> Result<(Analysis, Strin
             )
             .await?;
     }
-    let json = serde_json::to_vec_pretty(&analysis).map_err(anyhow::Error::from)?;
+    let document = crate::domain::results::ResultsDocument::of(call.id, &analysis);
+    let json = serde_json::to_vec_pretty(&document).map_err(anyhow::Error::from)?;
     state
         .blobs
         .put(&result_key, json.into(), "application/json")

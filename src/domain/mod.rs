@@ -5,6 +5,7 @@ pub mod call;
 pub mod conversation;
 pub mod gcra;
 pub mod records;
+pub mod results;
 
 pub use analysis::*;
 pub use call::*;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::types::Segment;
 use crate::domain::{CallRecord, EventEnvelope};
-use crate::services::calls;
+use crate::services::{calls, events};
 use crate::store::Store;
 
 type Key = (Uuid, Uuid);
@@ -84,9 +84,7 @@ impl Loader<Key> for EventsLoader {
     async fn load(&self, keys: &[Key]) -> Result<HashMap<Key, Self::Value>, Self::Error> {
         let mut out: HashMap<Key, Vec<EventEnvelope>> = HashMap::new();
         for (tenant, ids) in by_tenant(keys) {
-            for e in self
-                .0
-                .events_of_calls(tenant, &ids)
+            for e in events::events_of_calls(&self.0, tenant, &ids)
                 .await
                 .map_err(Arc::new)?
             {

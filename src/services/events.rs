@@ -89,3 +89,13 @@ pub async fn run_watermark(state: AppState, every: Duration, shutdown: Cancellat
         }
     }
 }
+
+/// The sequenced events of some calls of a tenant (for the `events` field through a
+/// DataLoader), oldest first.
+pub async fn events_of_calls(
+    store: &crate::store::Store,
+    tenant: Uuid,
+    call_ids: &[Uuid],
+) -> anyhow::Result<Vec<EventEnvelope>> {
+    store.events_of_calls(tenant, call_ids).await
+}

@@ -117,8 +117,16 @@ async fn multipart_submission_is_analysed_and_every_field_resolves() {
         .json()
         .await
         .unwrap();
-    assert_eq!(result["duration_ms"], 2000);
+    assert_eq!(result["schemaVersion"], 1);
+    assert_eq!(result["callId"], id.as_str());
+    assert_eq!(result["durationMs"], 2000);
     assert_eq!(result["segments"].as_array().unwrap().len(), 2);
+    assert_eq!(result["segments"][0]["grounded"], true);
+    assert!(result["metrics"]["talkTime"].is_array());
+    assert!(
+        result.get("usage").is_none(),
+        "the local analyser spends no tokens"
+    );
 
     // node() resolves the same call.
     let n = app

@@ -194,7 +194,7 @@ async fn a_call_comes_back_transcribed_grounded_and_summarised() {
     let results = download_results(&app, &id).await;
     assert_eq!(
         results["usage"],
-        json!({"prompt_tokens": 1000, "output_tokens": 300, "total_tokens": 1300})
+        json!({"promptTokens": 1000, "outputTokens": 300, "totalTokens": 1300})
     );
     let raw = app
         .state
@@ -295,7 +295,7 @@ async fn a_long_call_is_analysed_in_windows_and_stitched_once() {
     );
     // Usage is summed over the windows.
     let results = download_results(&app, &id).await;
-    assert_eq!(results["usage"]["total_tokens"], 4 * 1300);
+    assert_eq!(results["usage"]["totalTokens"], 4 * 1300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

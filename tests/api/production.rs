@@ -104,7 +104,7 @@ async fn the_production_stack_runs_the_whole_flow() {
         .json()
         .await
         .unwrap();
-    assert_eq!(result["duration_ms"], 2000);
+    assert_eq!(result["durationMs"], 2000);
 
     // Production hides introspection: the schema is not described.
     let intro = app.gql("{ __schema { types { name } } }", json!({})).await;
