@@ -45,6 +45,10 @@ pub struct Model {
     pub completed_at: Option<DateTimeUtc>,
     /// The signed upload the recording was copied from at submission, if it came that way.
     pub upload_key: Option<String>,
+    /// Tokens a model spent on the latest analysis (null for the local analyser).
+    pub prompt_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -44,6 +44,8 @@ pub struct CallRecord {
     pub completed_at: Option<DateTime<Utc>>,
     /// The signed upload the recording was copied from at submission, if it came that way.
     pub upload_key: Option<String>,
+    /// Tokens a model spent on the latest analysis (none for the local analyser).
+    pub usage: Option<super::TokenUsage>,
 }
 
 /// One stored transcript segment of a call, in order (`idx`).
@@ -117,7 +119,7 @@ pub struct OutboxRecord {
 }
 
 /// What statistics aggregate of one call: created at, status, duration, sentiment score and
-/// label, and the talk-time metrics as stored.
+/// label, the talk-time metrics as stored, and the prompt, output and total tokens spent.
 pub type StatsRow = (
     DateTime<Utc>,
     String,
@@ -125,6 +127,9 @@ pub type StatsRow = (
     Option<f64>,
     Option<String>,
     Option<serde_json::Value>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
 );
 
 /// Which events a subscriber wants, within its tenant.

@@ -35,6 +35,11 @@ pub struct Stats {
     pub sentiment_sum: f64,
     pub sentiment_n: i64,
     pub daily: Vec<DayStats>,
+    /// Tokens models spent, over the calls a model analysed.
+    pub tokens: crate::domain::TokenUsage,
+    /// How many calls a model analysed, and their total duration.
+    pub model_calls: i64,
+    pub model_duration_ms: i64,
 }
 
 pub async fn call_stats(
@@ -56,7 +61,16 @@ fn aggregate(rows: Vec<Row>) -> Stats {
     let mut by_sentiment: BTreeMap<&'static str, (SentimentLabel, i64)> = BTreeMap::new();
     let mut talk: Vec<(String, i64)> = Vec::new();
     let mut days: BTreeMap<NaiveDate, DayStats> = BTreeMap::new();
-    for (created, status, duration, score, label, metrics) in rows {
+    for (created, status, duration, score, label, metrics, prompt, output, total) in rows {
+        if let Some(total) = total {
+            s.tokens += crate::domain::TokenUsage {
+                prompt_tokens: prompt.unwrap_or(0),
+                output_tokens: output.unwrap_or(0),
+                total_tokens: total,
+            };
+            s.model_calls += 1;
+            s.model_duration_ms += duration.unwrap_or(0);
+        }
         s.total += 1;
         let status = CallStatus::parse(&status).unwrap_or(CallStatus::Queued);
         by_status.entry(status.as_str()).or_insert((status, 0)).1 += 1;
@@ -150,8 +164,21 @@ mod tests {
                 Some(0.5),
                 Some("POSITIVE".into()),
                 m(600, 300),
+                Some(1000),
+                Some(200),
+                Some(1300),
             ),
-            (day1, "FAILED".into(), None, None, None, None),
+            (
+                day1,
+                "FAILED".into(),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ),
             (
                 day2,
                 "COMPLETED".into(),
@@ -159,6 +186,9 @@ mod tests {
                 Some(-0.1),
                 Some("NEGATIVE".into()),
                 m(100, 2000),
+                None,
+                None,
+                None,
             ),
         ]);
         assert_eq!(s.total, 3);
@@ -169,6 +199,10 @@ mod tests {
             vec![("agent".into(), 700), ("customer".into(), 2300)]
         );
         assert_eq!(s.interruptions, 2);
+        assert_eq!(
+            (s.tokens.total_tokens, s.model_calls, s.model_duration_ms),
+            (1300, 1, 1000)
+        );
         assert!((s.sentiment_sum - 0.4).abs() < 1e-9);
         assert_eq!(s.daily.len(), 2);
         assert_eq!(
@@ -195,6 +229,9 @@ mod tests {
                 None,
                 Some(0.0),
                 Some(label.to_string()),
+                None,
+                None,
+                None,
                 None,
             )
         };

@@ -57,6 +57,13 @@ impl From<calls::Model> for CallRecord {
             updated_at: m.updated_at,
             completed_at: m.completed_at,
             upload_key: m.upload_key,
+            usage: m
+                .total_tokens
+                .map(|total_tokens| crate::domain::TokenUsage {
+                    prompt_tokens: m.prompt_tokens.unwrap_or(0),
+                    output_tokens: m.output_tokens.unwrap_or(0),
+                    total_tokens,
+                }),
         }
     }
 }
@@ -310,6 +317,9 @@ impl Store {
             updated_at: Set(now),
             completed_at: Set(None),
             upload_key: Set(c.upload_key.clone()),
+            prompt_tokens: Set(None),
+            output_tokens: Set(None),
+            total_tokens: Set(None),
         }
         .insert(&txn)
         .await?
@@ -581,6 +591,9 @@ impl Store {
             .column(calls::Column::SentimentScore)
             .column(calls::Column::SentimentLabel)
             .column(calls::Column::Metrics)
+            .column(calls::Column::PromptTokens)
+            .column(calls::Column::OutputTokens)
+            .column(calls::Column::TotalTokens)
             .filter(filter.condition(tenant)?)
             .into_tuple()
             .all(&txn)
@@ -717,6 +730,18 @@ impl Store {
             .col_expr(
                 calls::Column::Analyzer,
                 Expr::value(analysis.analyzer.clone()),
+            )
+            .col_expr(
+                calls::Column::PromptTokens,
+                Expr::value(analysis.usage.map(|u| u.prompt_tokens)),
+            )
+            .col_expr(
+                calls::Column::OutputTokens,
+                Expr::value(analysis.usage.map(|u| u.output_tokens)),
+            )
+            .col_expr(
+                calls::Column::TotalTokens,
+                Expr::value(analysis.usage.map(|u| u.total_tokens)),
             )
             .col_expr(calls::Column::Error, Expr::value(Option::<String>::None))
             .col_expr(calls::Column::UpdatedAt, Expr::value(now))

@@ -208,6 +208,32 @@ async fn a_call_comes_back_transcribed_grounded_and_summarised() {
         .expect("raw responses stored");
     let raw: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(raw[0]["modelVersion"], format!("{MODEL}-001"));
+
+    // Tokens are kept with the call and summed in the statistics: the cost per call-minute.
+    let d = app
+        .gql_ok(
+            "query($id: ID!) { call(id: $id) { usage { promptTokens outputTokens totalTokens } }
+               callStats { tokens { totalTokens analysedCalls tokensPerCallMinute } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(
+        d["call"]["usage"],
+        json!({"promptTokens": 1000.0, "outputTokens": 300.0, "totalTokens": 1300.0})
+    );
+    let tokens = &d["callStats"]["tokens"];
+    assert_eq!(
+        (
+            tokens["totalTokens"].as_f64(),
+            tokens["analysedCalls"].as_i64()
+        ),
+        (Some(1300.0), Some(1))
+    );
+    // 1,300 tokens for a 6-second call: 13,000 per call-minute.
+    assert!(
+        (tokens["tokensPerCallMinute"].as_f64().unwrap() - 13_000.0).abs() < 1.0,
+        "{tokens}"
+    );
 }
 
 async fn tenant_of(app: &TestApp) -> String {

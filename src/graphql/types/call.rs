@@ -413,6 +413,15 @@ impl Call {
     async fn analyzer(&self) -> Option<&str> {
         self.0.analyzer.as_deref()
     }
+    /// Tokens the model spent on the call's analysis; null for the local analyser and until
+    /// the call is `COMPLETED`.
+    async fn usage(&self) -> Option<super::misc::TokenUsageGql> {
+        self.0.usage.map(|u| super::misc::TokenUsageGql {
+            prompt_tokens: u.prompt_tokens as f64,
+            output_tokens: u.output_tokens as f64,
+            total_tokens: u.total_tokens as f64,
+        })
+    }
     /// Why the last failed attempt failed; null when none has. Set with a `RETRYING` or
     /// `FAILED` event; cleared when the call completes or `retryCall` queues it again.
     async fn error(&self) -> Option<&str> {

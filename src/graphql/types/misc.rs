@@ -344,6 +344,37 @@ pub struct CallStats {
     /// One entry per UTC day of submission that has calls, oldest first; days without calls are
     /// left out.
     pub daily: Vec<DailyCallStats>,
+    /// Tokens models spent on the selected calls (their latest analyses); calls the local
+    /// analyser analysed spend none.
+    pub tokens: TokenTotals,
+}
+
+/// Tokens a model spent on one analysis, as its API reported them.
+#[derive(SimpleObject)]
+#[graphql(name = "TokenUsage")]
+pub struct TokenUsageGql {
+    /// Tokens of the request: the audio (32 per second per channel part) and the instructions.
+    pub prompt_tokens: f64,
+    /// Tokens of the answer, thinking included.
+    pub output_tokens: f64,
+    /// All tokens billed, as the API counts them.
+    pub total_tokens: f64,
+}
+
+/// Tokens spent by a model, summed; floats, since sums can exceed a GraphQL `Int`.
+#[derive(SimpleObject)]
+pub struct TokenTotals {
+    /// Tokens of the requests: audio and instructions.
+    pub prompt_tokens: f64,
+    /// Tokens of the answers, thinking included.
+    pub output_tokens: f64,
+    /// All tokens billed, as the API counts them.
+    pub total_tokens: f64,
+    /// How many of the calls a model analysed.
+    pub analysed_calls: i64,
+    /// Total tokens per minute of those calls' audio: the cost per call-minute; null when no
+    /// call was analysed by a model.
+    pub tokens_per_call_minute: Option<f64>,
 }
 
 fn avg(sum: f64, n: i64) -> Option<f64> {
@@ -396,6 +427,15 @@ impl From<Stats> for CallStats {
                     average_sentiment: avg(d.sentiment_sum, d.sentiment_n),
                 })
                 .collect(),
+            tokens: TokenTotals {
+                prompt_tokens: s.tokens.prompt_tokens as f64,
+                output_tokens: s.tokens.output_tokens as f64,
+                total_tokens: s.tokens.total_tokens as f64,
+                analysed_calls: s.model_calls,
+                tokens_per_call_minute: (s.model_duration_ms > 0).then(|| {
+                    s.tokens.total_tokens as f64 / (s.model_duration_ms as f64 / 60_000.0)
+                }),
+            },
         }
     }
 }
