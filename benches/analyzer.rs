@@ -20,7 +20,7 @@ fn analyze_audio(bytes: &[u8], req: &AnalysisRequest) -> Result<Analysis, AudioE
     let insights = lexicon::insights(&InsightsInput {
         speakers: speakers.clone(),
         speech,
-        duration_ms: facts.duration_ms,
+        facts: facts.clone(),
         metrics: m.clone(),
         request: req.clone(),
     });

@@ -162,7 +162,7 @@ async fn main() {
             metrics: metrics(&speakers, &speech, facts.duration_ms),
             speakers,
             speech,
-            duration_ms: facts.duration_ms,
+            facts: facts.clone(),
             request: AnalysisRequest::default(),
         };
         // Cutting alone, for the breakdown.

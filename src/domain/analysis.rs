@@ -183,7 +183,8 @@ pub struct InsightsInput {
     pub speakers: Vec<String>,
     /// The acoustic speech segments, in time order.
     pub speech: Vec<Segment>,
-    pub duration_ms: i64,
+    /// The audio's facts the segments come from: what a model's answers are grounded on.
+    pub facts: super::conversation::AcousticFacts,
     /// Talk-time metrics of the acoustic segments.
     pub metrics: CallMetrics,
     pub request: AnalysisRequest,

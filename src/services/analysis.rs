@@ -35,7 +35,7 @@ impl Analyzer for Pipeline {
         let input = InsightsInput {
             speakers: speakers.clone(),
             speech,
-            duration_ms: facts.duration_ms,
+            facts: facts.clone(),
             metrics: metrics.clone(),
             request,
         };

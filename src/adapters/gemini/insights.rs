@@ -4,7 +4,6 @@
 //! on their offsets, and every segment is grounded on the acoustic speech of its channel
 //! (`domain::conversation::ground`). Talk time and the other metrics never come from the model.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -387,14 +386,13 @@ impl InsightsSource for GeminiInsights {
             window_ms: self.config.window_ms.max(10_000),
             overlap_ms: self.config.overlap_ms.clamp(0, self.config.window_ms / 2),
         };
-        let out: &Path = dir.path();
-        let (source, out) = (path.clone(), out.to_path_buf());
+        let (source, out) = (path.clone(), dir.path().to_path_buf());
         let cut = tokio::task::spawn_blocking(move || write_windows(&source, windows, &out))
             .await
             .map_err(|e| AnalyzeError::Transient(anyhow::anyhow!("audio task failed: {e}")))?
             .map_err(|e| AnalyzeError::Permanent(e.to_string()))?;
         // The facts the pipeline measured are the ground truth the answers are placed on.
-        let facts = facts_of(&input);
+        let facts = &input.facts;
         let speakers = Arc::new(input.speakers.clone());
         let count = cut.len();
         let duration_ms = facts.duration_ms;
@@ -411,38 +409,10 @@ impl InsightsSource for GeminiInsights {
             .await?;
         Ok(stitch(
             results,
-            &facts,
+            facts,
             &input.speakers,
             &self.config.model,
             input.request.language.clone(),
         ))
-    }
-}
-
-/// The acoustic facts as the pipeline handed them over (speech per channel, duration).
-fn facts_of(input: &InsightsInput) -> AcousticFacts {
-    let channels = input.speakers.len().max(1);
-    let mut speech = vec![Vec::new(); channels];
-    for s in &input.speech {
-        if let Some(list) = usize::try_from(s.channel)
-            .ok()
-            .and_then(|c| speech.get_mut(c))
-        {
-            list.push((s.start_ms, s.end_ms));
-        }
-    }
-    for list in &mut speech {
-        list.sort_unstable();
-    }
-    AcousticFacts {
-        info: crate::domain::AudioInfo {
-            format: "wav".into(),
-            channels: u16::try_from(channels).unwrap_or(u16::MAX),
-            sample_rate: 0,
-            duration_ms: Some(input.duration_ms),
-        },
-        duration_ms: input.duration_ms,
-        sample_rate: 0,
-        speech,
     }
 }

@@ -21,7 +21,7 @@ pub fn insights(input: &InsightsInput) -> Insights {
         Some(t) => attach_transcript(&mut segments, speakers, t),
         None => (Vec::new(), None),
     };
-    let mut summary = acoustic_description(input.duration_ms, &input.metrics);
+    let mut summary = acoustic_description(input.facts.duration_ms, &input.metrics);
     for sentence in key_sentences(&utterances, speakers) {
         summary.push(' ');
         summary.push_str(&sentence);

@@ -139,7 +139,7 @@ mod tests {
         let insights = lexicon::insights(&InsightsInput {
             speakers: speakers.clone(),
             speech,
-            duration_ms: facts.duration_ms,
+            facts: facts.clone(),
             metrics: m.clone(),
             request: req.clone(),
         });
