@@ -258,9 +258,21 @@ pub async fn contract_dead_letter(q: &dyn JobQueue, t: Timing) -> JobMessage {
     m
 }
 
-/// Many concurrent receivers never share a job while its lease is valid, and with acks every
-/// job is received exactly once.
-pub async fn contract_concurrent_receivers(q: &dyn JobQueue) {
+/// What a queue promises concurrent receivers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Delivery {
+    /// A job is never handed to two receivers while its lease is valid (the embedded queue's
+    /// compare-and-set leases).
+    Exclusive,
+    /// At least once: an SQS standard queue may, rarely, hand one message to two receivers
+    /// (and moto's emulation does so under load, its receive being unlocked). The worker fences
+    /// such duplicates; the contract then asks that no job is lost.
+    AtLeastOnce,
+}
+
+/// Many concurrent receivers share the jobs — never one job while its lease is valid, for an
+/// exclusive queue — and with acks every job is received (exactly once, for an exclusive queue).
+pub async fn contract_concurrent_receivers(q: &dyn JobQueue, delivery: Delivery) {
     const JOBS: usize = 50;
     const RECEIVERS: usize = 8;
     let sent: Vec<JobMessage> = (0..JOBS).map(|_| message()).collect();
@@ -293,17 +305,25 @@ pub async fn contract_concurrent_receivers(q: &dyn JobQueue) {
         .collect();
     let ids: Vec<Uuid> = leases.iter().map(|l| l.message.call_id).collect();
     let distinct: HashSet<Uuid> = ids.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        ids.len(),
-        "a job was handed to two receivers while leased"
-    );
-    assert_eq!(ids.len(), JOBS, "every job is received");
+    if delivery == Delivery::Exclusive {
+        assert_eq!(
+            distinct.len(),
+            ids.len(),
+            "a job was handed to two receivers while leased"
+        );
+        assert_eq!(ids.len(), JOBS, "every job is received");
+        assert!(leases.iter().all(|l| l.receive_count == 1));
+    } else if ids.len() > distinct.len() {
+        println!(
+            "at-least-once: {} duplicate deliveries of {JOBS} jobs under contention",
+            ids.len() - distinct.len()
+        );
+    }
     assert_eq!(
         distinct,
-        sent.iter().map(|m| m.call_id).collect::<HashSet<_>>()
+        sent.iter().map(|m| m.call_id).collect::<HashSet<_>>(),
+        "every job is received"
     );
-    assert!(leases.iter().all(|l| l.receive_count == 1));
 
     // Phase 2: everything is acked concurrently; nothing is left or comes back.
     let acks = futures::future::join_all(leases.iter().map(|l| q.ack(l))).await;
@@ -342,7 +362,14 @@ pub async fn contract_concurrent_receivers(q: &dyn JobQueue) {
         .into_iter()
         .flatten()
         .collect();
-    assert_eq!(got.len(), JOBS, "each job exactly once");
+    if delivery == Delivery::Exclusive {
+        assert_eq!(got.len(), JOBS, "each job exactly once");
+    }
+    assert_eq!(
+        got.iter().map(|m| m.call_id).collect::<HashSet<_>>(),
+        sent.iter().map(|m| m.call_id).collect::<HashSet<_>>(),
+        "every job at least once"
+    );
     assert_eq!(
         got.iter().map(|m| m.call_id).collect::<HashSet<_>>(),
         sent.iter().map(|m| m.call_id).collect::<HashSet<_>>()
@@ -492,7 +519,7 @@ async fn embedded_dead_letter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_concurrent_receivers() {
     let (_app, q) = embedded("concurrent", 5).await;
-    contract_concurrent_receivers(&q).await;
+    contract_concurrent_receivers(&q, Delivery::Exclusive).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,7 +657,7 @@ async fn sqs_dead_letter() {
 async fn sqs_concurrent_receivers() {
     require!(backends::aws_endpoint());
     let f = sqs("concurrent", 5).await;
-    contract_concurrent_receivers(&f.queue).await;
+    contract_concurrent_receivers(&f.queue, Delivery::AtLeastOnce).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
