@@ -7,24 +7,13 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use voicegraph::adapters::local::acoustic::{facts, probe, AudioError};
 use voicegraph::adapters::local::lexicon;
-use voicegraph::domain::conversation::{metrics, speaker_names};
 use voicegraph::domain::{compose, Analysis, AnalysisRequest, InsightsInput};
 
 /// The local analysis as the pipeline (`services::analysis::Pipeline`) composes it, without the
 /// async hops: the acoustic facts, their metrics, the lexicon's insights.
 fn analyze_audio(bytes: &[u8], req: &AnalysisRequest) -> Result<Analysis, AudioError> {
-    let facts = facts(bytes)?;
-    let speakers = speaker_names(facts.channels(), req.channels.as_deref());
-    let speech = facts.speech_segments(&speakers);
-    let m = metrics(&speakers, &speech, facts.duration_ms);
-    let insights = lexicon::insights(&InsightsInput {
-        speakers: speakers.clone(),
-        speech,
-        facts: facts.clone(),
-        metrics: m.clone(),
-        request: req.clone(),
-    });
-    Ok(compose(&facts, speakers, m, insights))
+    let input = InsightsInput::of(facts(bytes)?, req.clone());
+    Ok(compose(&input, lexicon::insights(&input)))
 }
 
 const RATE: u32 = 16_000;

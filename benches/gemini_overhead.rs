@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use voicegraph::adapters::gemini::insights::{GeminiInsights, GeminiInsightsConfig};
 use voicegraph::adapters::gemini::{GeminiClient, GeminiConfig};
 use voicegraph::adapters::local::acoustic::facts_file;
-use voicegraph::domain::conversation::{metrics, speaker_names};
 use voicegraph::domain::{AnalysisRequest, InsightsInput};
 use voicegraph::ports::{Audio, InsightsSource};
 
@@ -155,16 +154,7 @@ async fn main() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("call.wav");
         write_call(&path, m);
-        let facts = facts_file(&path).unwrap();
-        let speakers = speaker_names(2, None);
-        let speech = facts.speech_segments(&speakers);
-        let input = InsightsInput {
-            metrics: metrics(&speakers, &speech, facts.duration_ms),
-            speakers,
-            speech,
-            facts: facts.clone(),
-            request: AnalysisRequest::default(),
-        };
+        let input = InsightsInput::of(facts_file(&path).unwrap(), AnalysisRequest::default());
         // Cutting alone, for the breakdown.
         let cut_dir = tempfile::tempdir().unwrap();
         let started = Instant::now();

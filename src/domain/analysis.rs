@@ -208,28 +208,42 @@ pub struct Insights {
     pub model_responses: Vec<serde_json::Value>,
 }
 
+impl InsightsInput {
+    /// What the audio's facts give an insights adapter: the speakers named per channel (the
+    /// submitted names, else the defaults), the speech as their segments, and its metrics.
+    pub fn of(facts: super::conversation::AcousticFacts, request: AnalysisRequest) -> Self {
+        let speakers =
+            super::conversation::speaker_names(facts.channels(), request.channels.as_deref());
+        let speech = facts.speech_segments(&speakers);
+        let metrics = super::conversation::metrics(&speakers, &speech, facts.duration_ms);
+        Self {
+            speakers,
+            speech,
+            facts,
+            metrics,
+            request,
+        }
+    }
+}
+
 /// One analysis of a call: the audio's facts and their metrics, with the insights read from it.
 /// Duration, channels, sample rate and talk-time metrics always come from the audio.
-pub fn compose(
-    facts: &super::conversation::AcousticFacts,
-    speakers: Vec<String>,
-    metrics: CallMetrics,
-    insights: Insights,
-) -> Analysis {
+pub fn compose(input: &InsightsInput, insights: Insights) -> Analysis {
+    let facts = &input.facts;
     Analysis {
         analyzer: insights.analyzer,
         duration_ms: facts.duration_ms,
         channels: u16::try_from(facts.channels()).unwrap_or(u16::MAX),
         sample_rate: facts.sample_rate,
         language: insights.language,
-        speakers,
+        speakers: input.speakers.clone(),
         segments: insights.segments,
         transcript_text: insights.transcript_text,
         summary: insights.summary,
         sentiment: insights.sentiment,
         topics: insights.topics,
         action_items: insights.action_items,
-        metrics,
+        metrics: input.metrics.clone(),
         usage: insights.usage,
         model_responses: insights.model_responses,
     }

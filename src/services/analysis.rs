@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::conversation::{metrics, speaker_names};
 use crate::domain::{compose, Analysis, AnalysisRequest, InsightsInput};
 use crate::ports::{Acoustics, AnalyzeError, Analyzer, Audio, InsightsSource};
 
@@ -29,17 +28,8 @@ impl Analyzer for Pipeline {
         request: AnalysisRequest,
     ) -> Result<Analysis, AnalyzeError> {
         let facts = self.acoustics.facts(audio.clone()).await?;
-        let speakers = speaker_names(facts.channels(), request.channels.as_deref());
-        let speech = facts.speech_segments(&speakers);
-        let metrics = metrics(&speakers, &speech, facts.duration_ms);
-        let input = InsightsInput {
-            speakers: speakers.clone(),
-            speech,
-            facts: facts.clone(),
-            metrics: metrics.clone(),
-            request,
-        };
-        let insights = self.insights.insights(&audio, input).await?;
-        Ok(compose(&facts, speakers, metrics, insights))
+        let input = InsightsInput::of(facts, request);
+        let insights = self.insights.insights(&audio, input.clone()).await?;
+        Ok(compose(&input, insights))
     }
 }

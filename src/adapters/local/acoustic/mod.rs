@@ -121,7 +121,7 @@ impl Acoustics for LocalAcoustics {
 mod tests {
     use super::*;
     use crate::adapters::local::lexicon;
-    use crate::domain::conversation::{metrics, speaker_names};
+    use crate::domain::conversation::speaker_names;
     use crate::domain::{
         compose, Analysis, AnalysisRequest, InsightsInput, SentimentLabel, TranscriptInput,
     };
@@ -132,18 +132,8 @@ mod tests {
         facts: Result<AcousticFacts, AudioError>,
         req: &AnalysisRequest,
     ) -> Result<Analysis, AudioError> {
-        let facts = facts?;
-        let speakers = speaker_names(facts.channels(), req.channels.as_deref());
-        let speech = facts.speech_segments(&speakers);
-        let m = metrics(&speakers, &speech, facts.duration_ms);
-        let insights = lexicon::insights(&InsightsInput {
-            speakers: speakers.clone(),
-            speech,
-            facts: facts.clone(),
-            metrics: m.clone(),
-            request: req.clone(),
-        });
-        Ok(compose(&facts, speakers, m, insights))
+        let input = InsightsInput::of(facts?, req.clone());
+        Ok(compose(&input, lexicon::insights(&input)))
     }
 
     fn analyze_audio(bytes: &[u8], req: &AnalysisRequest) -> Result<Analysis, AudioError> {
