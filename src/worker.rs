@@ -51,6 +51,7 @@ fn analysis_request(call: &CallRecord) -> AnalysisRequest {
             .clone()
             .and_then(|t| serde_json::from_value::<TranscriptInput>(t).ok()),
         language: call.language.clone(),
+        categories: Vec::new(),
     }
 }
 
@@ -96,7 +97,7 @@ async fn analyse(state: &AppState, call: &CallRecord) -> Result<(Analysis, Strin
             analysis_request(call),
         )
         .await?;
-    let result_key = crate::domain::result_key(call.tenant_id, call.id);
+    let result_key = crate::domain::result_key(call.tenant_id, call.id, call.id);
     if !analysis.model_responses.is_empty() {
         // What the model answered, as it answered it, beside the results parsed from it.
         let raw =
@@ -104,13 +105,13 @@ async fn analyse(state: &AppState, call: &CallRecord) -> Result<(Analysis, Strin
         state
             .blobs
             .put(
-                &crate::domain::model_responses_key(call.tenant_id, call.id),
+                &crate::domain::model_responses_key(call.tenant_id, call.id, call.id),
                 raw.into(),
                 "application/json",
             )
             .await?;
     }
-    let document = crate::domain::results::ResultsDocument::of(call.id, &analysis);
+    let document = crate::domain::results::ResultsDocument::of(call.id, call.id, &analysis);
     let json = serde_json::to_vec_pretty(&document).map_err(anyhow::Error::from)?;
     state
         .blobs

@@ -12,6 +12,104 @@ pub struct AnalysisRequest {
     pub transcript: Option<TranscriptInput>,
     /// Language hint (BCP-47), if known.
     pub language: Option<String>,
+    /// The tenant's categories when the analysis starts: each analysis reports which matched.
+    pub categories: Vec<CategoryRule>,
+}
+
+/// A category a tenant defined (like a Transcribe Call Analytics rule), as an analyser is given
+/// it: the lexicon matches its keywords, a model its instructions and keywords.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoryRule {
+    pub id: uuid::Uuid,
+    pub name: String,
+    /// What the category means, in words a model can follow ("the customer asks to cancel").
+    pub instructions: Option<String>,
+    /// Words or phrases whose mention in a segment matches the category (case-insensitive,
+    /// on word boundaries).
+    pub keywords: Vec<String>,
+}
+
+/// An insight that quotes the call: its text and the segments it rests on, as indexes into
+/// the analysis's `segments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Quote {
+    pub text: String,
+    pub segments: Vec<usize>,
+}
+
+impl Quote {
+    pub fn new(text: impl Into<String>, segments: Vec<usize>) -> Self {
+        Self {
+            text: text.into(),
+            segments,
+        }
+    }
+}
+
+/// Quotes were once stored as bare strings: both shapes read back.
+impl<'de> Deserialize<'de> for Quote {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Text(String),
+            Quote {
+                text: String,
+                #[serde(default)]
+                segments: Vec<usize>,
+            },
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Text(text) => Quote::new(text, Vec::new()),
+            Stored::Quote { text, segments } => Quote::new(text, segments),
+        })
+    }
+}
+
+/// Which of a tenant's categories an analysis found, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryMatch {
+    pub category_id: uuid::Uuid,
+    /// The category's name when it matched (kept if the category is renamed or deleted).
+    pub name: String,
+    /// Indexes into the analysis's `segments` where it matched, in time order.
+    pub segments: Vec<usize>,
+}
+
+/// How a call ended, as the analyser judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, async_graphql::Enum)]
+#[graphql(name = "CallOutcome")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CallOutcome {
+    /// The caller's request or problem was dealt with during the call.
+    Resolved,
+    /// The call ended with the request or problem still open and nothing agreed.
+    Unresolved,
+    /// Someone committed to a next step after the call (a callback, an email, a visit).
+    FollowUp,
+    /// The call was handed on to someone else (a supervisor, another team).
+    Escalated,
+}
+
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolved => "RESOLVED",
+            Self::Unresolved => "UNRESOLVED",
+            Self::FollowUp => "FOLLOW_UP",
+            Self::Escalated => "ESCALATED",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "RESOLVED" => Some(Self::Resolved),
+            "UNRESOLVED" => Some(Self::Unresolved),
+            "FOLLOW_UP" => Some(Self::FollowUp),
+            "ESCALATED" => Some(Self::Escalated),
+            _ => None,
+        }
+    }
 }
 
 /// A transcript supplied by the integrator.
@@ -139,8 +237,22 @@ pub struct Analysis {
     pub summary: Option<String>,
     pub sentiment: Option<Sentiment>,
     pub topics: Vec<String>,
-    pub action_items: Vec<String>,
+    /// What someone agreed to do or was asked to do, each with the segments that say so.
+    pub action_items: Vec<Quote>,
+    /// Problems the caller raised, each with the segments that say so.
+    pub issues: Vec<Quote>,
+    /// Why the caller called, in a few words.
+    pub intent: Option<String>,
+    pub outcome: Option<CallOutcome>,
+    /// The tenant's categories that matched, with where.
+    pub categories: Vec<CategoryMatch>,
     pub metrics: CallMetrics,
+    /// The model that produced it, if any (the `<model>` of `gemini:<model>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The version of the instructions and answer schema the model was given, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_version: Option<String>,
     /// Tokens a model spent on the analysis (none for the local analyser).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<TokenUsage>,
@@ -149,13 +261,18 @@ pub struct Analysis {
     pub model_responses: Vec<serde_json::Value>,
 }
 
-/// Where a call's results are kept in the blob store.
-pub fn result_key(tenant: uuid::Uuid, call: uuid::Uuid) -> String {
-    format!("results/{tenant}/{call}.json")
+/// Where one analysis of a call keeps its results document in the blob store.
+pub fn result_key(tenant: uuid::Uuid, call: uuid::Uuid, analysis: uuid::Uuid) -> String {
+    format!("results/{tenant}/{call}/{analysis}.json")
 }
 
-/// Where a call's raw model responses are kept in the blob store, beside its results.
-pub fn model_responses_key(tenant: uuid::Uuid, call: uuid::Uuid) -> String {
+/// Where one analysis of a call keeps its raw model responses, beside its results.
+pub fn model_responses_key(tenant: uuid::Uuid, call: uuid::Uuid, analysis: uuid::Uuid) -> String {
+    format!("results/{tenant}/{call}/{analysis}.model.json")
+}
+
+/// Where calls analysed before analyses were versioned kept their raw model responses.
+pub fn legacy_model_responses_key(tenant: uuid::Uuid, call: uuid::Uuid) -> String {
     format!("results/{tenant}/{call}.model.json")
 }
 
@@ -202,7 +319,14 @@ pub struct Insights {
     pub summary: Option<String>,
     pub sentiment: Option<Sentiment>,
     pub topics: Vec<String>,
-    pub action_items: Vec<String>,
+    pub action_items: Vec<Quote>,
+    pub issues: Vec<Quote>,
+    pub intent: Option<String>,
+    pub outcome: Option<CallOutcome>,
+    pub categories: Vec<CategoryMatch>,
+    /// The model that produced them, if any, and the version of what it was asked.
+    pub model: Option<String>,
+    pub prompt_version: Option<String>,
     pub usage: Option<TokenUsage>,
     /// Raw model responses, for the blob store.
     pub model_responses: Vec<serde_json::Value>,
@@ -243,7 +367,13 @@ pub fn compose(input: &InsightsInput, insights: Insights) -> Analysis {
         sentiment: insights.sentiment,
         topics: insights.topics,
         action_items: insights.action_items,
+        issues: insights.issues,
+        intent: insights.intent,
+        outcome: insights.outcome,
+        categories: insights.categories,
         metrics: input.metrics.clone(),
+        model: insights.model,
+        prompt_version: insights.prompt_version,
         usage: insights.usage,
         model_responses: insights.model_responses,
     }

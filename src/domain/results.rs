@@ -8,15 +8,25 @@ use uuid::Uuid;
 use super::{Analysis, TokenUsage};
 
 /// The current version of the document's shape.
-pub const RESULTS_SCHEMA_VERSION: u32 = 1;
+/// Version 2: `actionItems` became quotes (`{text, segments}`), with `analysisId`, `model`,
+/// `promptVersion`, `issues`, `intent`, `outcome` and `categories` added.
+pub const RESULTS_SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResultsDocument {
     pub schema_version: u32,
     pub call_id: Uuid,
+    /// Which analysis of the call this is (`Call.analyses { id }`).
+    pub analysis_id: Uuid,
     /// `local`, or `gemini:<model>`.
     pub analyzer: String,
+    /// The model, for a model's analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The version of the instructions and answer schema the model was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_version: Option<String>,
     pub duration_ms: i64,
     pub channels: u16,
     pub sample_rate: u32,
@@ -29,7 +39,16 @@ pub struct ResultsDocument {
     pub summary: Option<String>,
     pub sentiment: Option<ResultSentiment>,
     pub topics: Vec<String>,
-    pub action_items: Vec<String>,
+    /// Commitments made in the call, each with the indexes in `segments` that say so.
+    pub action_items: Vec<ResultQuote>,
+    /// Problems the caller raised, each with the indexes in `segments` that say so.
+    pub issues: Vec<ResultQuote>,
+    /// Why the caller called, in a few words.
+    pub intent: Option<String>,
+    /// `RESOLVED`, `UNRESOLVED`, `FOLLOW_UP` or `ESCALATED`, as in the API.
+    pub outcome: Option<String>,
+    /// The tenant's categories that matched, with the indexes in `segments` where.
+    pub categories: Vec<ResultCategory>,
     pub metrics: ResultMetrics,
     /// Tokens a model spent on the analysis; absent for the local analyser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +66,24 @@ pub struct ResultSegment {
     pub sentiment: Option<f64>,
     /// False where the words lie on silence of their channel.
     pub grounded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultQuote {
+    pub text: String,
+    /// Indexes into the document's `segments`.
+    pub segments: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultCategory {
+    pub category_id: Uuid,
+    /// The category's name when it matched.
+    pub name: String,
+    /// Indexes into the document's `segments`.
+    pub segments: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,11 +130,22 @@ impl From<TokenUsage> for ResultUsage {
 }
 
 impl ResultsDocument {
-    pub fn of(call_id: Uuid, a: &Analysis) -> Self {
+    pub fn of(call_id: Uuid, analysis_id: Uuid, a: &Analysis) -> Self {
+        let quotes = |qs: &[super::Quote]| {
+            qs.iter()
+                .map(|q| ResultQuote {
+                    text: q.text.clone(),
+                    segments: q.segments.clone(),
+                })
+                .collect()
+        };
         Self {
             schema_version: RESULTS_SCHEMA_VERSION,
             call_id,
+            analysis_id,
             analyzer: a.analyzer.clone(),
+            model: a.model.clone(),
+            prompt_version: a.prompt_version.clone(),
             duration_ms: a.duration_ms,
             channels: a.channels,
             sample_rate: a.sample_rate,
@@ -123,7 +171,19 @@ impl ResultsDocument {
                 label: s.label.as_str().to_string(),
             }),
             topics: a.topics.clone(),
-            action_items: a.action_items.clone(),
+            action_items: quotes(&a.action_items),
+            issues: quotes(&a.issues),
+            intent: a.intent.clone(),
+            outcome: a.outcome.map(|o| o.as_str().to_string()),
+            categories: a
+                .categories
+                .iter()
+                .map(|c| ResultCategory {
+                    category_id: c.category_id,
+                    name: c.name.clone(),
+                    segments: c.segments.clone(),
+                })
+                .collect(),
             metrics: ResultMetrics {
                 talk_time: a
                     .metrics

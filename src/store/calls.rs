@@ -506,7 +506,7 @@ impl Store {
                 call.result_key.clone(),
                 call.result_key
                     .as_ref()
-                    .map(|_| crate::domain::model_responses_key(tenant, id)),
+                    .map(|_| crate::domain::legacy_model_responses_key(tenant, id)),
             ]
             .into_iter()
             .flatten()

@@ -354,7 +354,16 @@ fn stitch(
             label: lexicon::label(score),
         }),
         topics: topics.into_iter().take(10).collect(),
-        action_items,
+        action_items: action_items
+            .into_iter()
+            .map(|a| crate::domain::Quote::new(a, Vec::new()))
+            .collect(),
+        issues: Vec::new(),
+        intent: None,
+        outcome: None,
+        categories: Vec::new(),
+        model: Some(model.to_string()),
+        prompt_version: Some(PROMPT_VERSION.to_string()),
         usage: Some(usage),
         model_responses: raw,
     }

@@ -39,7 +39,16 @@ pub fn insights(input: &InsightsInput) -> Insights {
         analyzer: "local".into(),
         sentiment: call_sentiment(&utterances),
         topics: topics(&utterances, speakers),
-        action_items: action_items(&utterances),
+        action_items: action_items(&utterances)
+            .into_iter()
+            .map(|a| crate::domain::Quote::new(a, Vec::new()))
+            .collect(),
+        issues: Vec::new(),
+        intent: None,
+        outcome: None,
+        categories: Vec::new(),
+        model: None,
+        prompt_version: None,
         segments,
         transcript_text,
         language,

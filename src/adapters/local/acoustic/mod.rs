@@ -340,7 +340,10 @@ mod tests {
             .ends_with("should not drop."));
         assert_eq!(a.topics, vec!["connection", "internet"]);
         assert_eq!(
-            a.action_items,
+            a.action_items
+                .iter()
+                .map(|q| q.text.as_str())
+                .collect::<Vec<_>>(),
             vec!["I will send a technician tomorrow and I'll call you back after the visit."]
         );
         let sentiment = a.sentiment.unwrap();
