@@ -269,10 +269,33 @@ pub enum Environment {
     Production,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which analyser analyses a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
 pub enum AnalyzerKind {
+    /// The local analyser: acoustic analysis (speech, talk time, silence, overlap, interruptions)
+    /// and a lexicon reading of a submitted transcript. Always available, costs no tokens.
     Local,
+    /// Google Gemini, grounded on the local acoustic analysis: transcript, summary, sentiment,
+    /// topics, action items, issues, intent, outcome and categories from the audio itself.
+    /// Available when the deployment has a Gemini API key.
     Gemini,
+}
+
+impl AnalyzerKind {
+    /// The name stored with an analysis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Gemini => "gemini",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => Some(Self::Local),
+            "gemini" => Some(Self::Gemini),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,7 +28,12 @@ pub struct AppState {
     pub publisher: Arc<dyn EventPublisher>,
     pub feed: Arc<dyn EventFeed>,
     pub blobs: Arc<dyn BlobStore>,
+    /// The deployment's default analyser (`VOICEGRAPH_ANALYZER`): submitted calls get it.
     pub analyzer: Arc<dyn Analyzer>,
+    /// The local analyser, for `reanalyzeCall(analyzer: LOCAL)` when the default is another.
+    pub local_analyzer: Arc<dyn Analyzer>,
+    /// Gemini, when the deployment has a key for it (whatever the default).
+    pub gemini_analyzer: Option<Arc<dyn Analyzer>>,
     /// Decodes and checks recordings (uploads at submission; the analysis reads its facts too).
     pub acoustics: Arc<dyn Acoustics>,
     /// Set when blobs live in a directory: the app then serves their signed URLs itself.

@@ -315,15 +315,13 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
     ));
 
     let acoustics: Arc<dyn Acoustics> = Arc::new(LocalAcoustics);
-    let analyzer: Arc<dyn Analyzer> = match settings.analyzer {
-        AnalyzerKind::Local => Arc::new(Pipeline {
-            acoustics: acoustics.clone(),
-            insights: Arc::new(LexiconInsights),
-        }),
-        AnalyzerKind::Gemini => {
-            let key = settings.gemini_api_key.clone().context(
-                "VOICEGRAPH_ANALYZER=gemini needs VOICEGRAPH_GEMINI_API_KEY (or `gemini_api_key` in the VOICEGRAPH_SECRET_ID secret)",
-            )?;
+    let local_analyzer: Arc<dyn Analyzer> = Arc::new(Pipeline {
+        acoustics: acoustics.clone(),
+        insights: Arc::new(LexiconInsights),
+    });
+    let gemini_analyzer: Option<Arc<dyn Analyzer>> = match settings.gemini_api_key.clone() {
+        None => None,
+        Some(key) => {
             let mut config = GeminiConfig::new(
                 settings.gemini_base_url.clone(),
                 key,
@@ -335,7 +333,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
             config.request_timeout = settings.gemini_request_timeout;
             let client = GeminiClient::new(config).context("VOICEGRAPH_GEMINI_*")?;
             let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-            Arc::new(Pipeline {
+            Some(Arc::new(Pipeline {
                 acoustics: acoustics.clone(),
                 insights: Arc::new(GeminiInsights::new(
                     client,
@@ -347,8 +345,14 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
                         parallel_windows: settings.gemini_max_concurrent.max(1),
                     },
                 )),
-            })
+            }))
         }
+    };
+    let analyzer: Arc<dyn Analyzer> = match settings.analyzer {
+        AnalyzerKind::Local => local_analyzer.clone(),
+        AnalyzerKind::Gemini => gemini_analyzer.clone().context(
+            "VOICEGRAPH_ANALYZER=gemini needs VOICEGRAPH_GEMINI_API_KEY (or `gemini_api_key` in the VOICEGRAPH_SECRET_ID secret)",
+        )?,
     };
 
     let auth = Arc::new(Authenticator::new(
@@ -367,6 +371,8 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         feed,
         blobs,
         analyzer,
+        local_analyzer,
+        gemini_analyzer,
         acoustics,
         local_blobs,
         realtime,

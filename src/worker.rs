@@ -8,9 +8,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::domain::{Analysis, AnalysisRequest, CallRecord, TranscriptInput};
-use crate::ports::{AnalyzeError, Audio, Lease};
+use std::sync::Arc;
+
+use crate::config::AnalyzerKind;
+use crate::domain::{
+    Analysis, AnalysisRecord, AnalysisRequest, CallRecord, CategoryRule, TranscriptInput,
+};
+use crate::ports::{AnalyzeError, Analyzer, Audio, Lease};
 use crate::state::AppState;
+use crate::store::ResultKeys;
 
 /// What became of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,16 +37,38 @@ pub enum Outcome {
 pub async fn start_attempt(
     state: &AppState,
     lease: &Lease,
-) -> anyhow::Result<Option<(CallRecord, i32)>> {
-    let Some(call) = state.store.start_attempt(&lease.message).await? else {
+) -> anyhow::Result<Option<(CallRecord, AnalysisRecord, i32)>> {
+    let Some((call, analysis)) = state.store.start_attempt(&lease.message).await? else {
         return Ok(None);
     };
     state.relay_wakeup.notify_one();
     let attempt = call.attempts;
-    Ok(Some((call, attempt)))
+    Ok(Some((call, analysis, attempt)))
 }
 
-fn analysis_request(call: &CallRecord) -> AnalysisRequest {
+/// The analyser an analysis asked for: the deployment's default when it named none (or named
+/// the default), else the local one or Gemini.
+fn analyzer_for(
+    state: &AppState,
+    analysis: &AnalysisRecord,
+) -> Result<Arc<dyn Analyzer>, AnalyzeError> {
+    let asked = analysis.analyzer.as_deref();
+    match asked.and_then(AnalyzerKind::parse) {
+        None if asked.is_none() => Ok(state.analyzer.clone()),
+        None => Err(AnalyzeError::Permanent(format!(
+            "the analysis asks for an analyser this worker does not know ({asked:?})"
+        ))),
+        Some(kind) if kind == state.settings.analyzer => Ok(state.analyzer.clone()),
+        Some(AnalyzerKind::Local) => Ok(state.local_analyzer.clone()),
+        Some(AnalyzerKind::Gemini) => state.gemini_analyzer.clone().ok_or_else(|| {
+            AnalyzeError::Permanent(
+                "Gemini is not configured on this deployment (no VOICEGRAPH_GEMINI_API_KEY)".into(),
+            )
+        }),
+    }
+}
+
+fn analysis_request(call: &CallRecord, categories: Vec<CategoryRule>) -> AnalysisRequest {
     AnalysisRequest {
         channels: call
             .channels
@@ -51,12 +79,26 @@ fn analysis_request(call: &CallRecord) -> AnalysisRequest {
             .clone()
             .and_then(|t| serde_json::from_value::<TranscriptInput>(t).ok()),
         language: call.language.clone(),
-        categories: Vec::new(),
+        categories,
     }
 }
 
 /// Analyses the call and stores the results. Errors are classified by the caller.
-async fn analyse(state: &AppState, call: &CallRecord) -> Result<(Analysis, String), AnalyzeError> {
+async fn analyse(
+    state: &AppState,
+    call: &CallRecord,
+    record: &AnalysisRecord,
+) -> Result<(Analysis, ResultKeys), AnalyzeError> {
+    let analyzer = analyzer_for(state, record)?;
+    // The tenant's categories as they are when the analysis starts.
+    let categories = state
+        .store
+        .list_categories(call.tenant_id)
+        .await
+        .map_err(|e| AnalyzeError::Transient(anyhow::anyhow!("reading the categories: {e}")))?
+        .iter()
+        .map(|c| c.rule())
+        .collect();
     let key = call
         .recording_key
         .as_deref()
@@ -90,34 +132,34 @@ async fn analyse(state: &AppState, call: &CallRecord) -> Result<(Analysis, Strin
             ));
         }
     }
-    let analysis = state
-        .analyzer
+    let analysis = analyzer
         .analyze(
             Audio::File(file.path().to_path_buf()),
-            analysis_request(call),
+            analysis_request(call, categories),
         )
         .await?;
-    let result_key = crate::domain::result_key(call.tenant_id, call.id, call.id);
+    let mut keys = ResultKeys {
+        results: crate::domain::result_key(call.tenant_id, call.id, record.id),
+        model_responses: None,
+    };
     if !analysis.model_responses.is_empty() {
         // What the model answered, as it answered it, beside the results parsed from it.
         let raw =
             serde_json::to_vec_pretty(&analysis.model_responses).map_err(anyhow::Error::from)?;
+        let key = crate::domain::model_responses_key(call.tenant_id, call.id, record.id);
         state
             .blobs
-            .put(
-                &crate::domain::model_responses_key(call.tenant_id, call.id, call.id),
-                raw.into(),
-                "application/json",
-            )
+            .put(&key, raw.into(), "application/json")
             .await?;
+        keys.model_responses = Some(key);
     }
-    let document = crate::domain::results::ResultsDocument::of(call.id, call.id, &analysis);
+    let document = crate::domain::results::ResultsDocument::of(call.id, record.id, &analysis);
     let json = serde_json::to_vec_pretty(&document).map_err(anyhow::Error::from)?;
     state
         .blobs
-        .put(&result_key, json.into(), "application/json")
+        .put(&keys.results, json.into(), "application/json")
         .await?;
-    Ok((analysis, result_key))
+    Ok((analysis, keys))
 }
 
 /// Stores the results, the segments and the `COMPLETED` event in one transaction, only if this
@@ -125,13 +167,14 @@ async fn analyse(state: &AppState, call: &CallRecord) -> Result<(Analysis, Strin
 async fn complete(
     state: &AppState,
     call: &CallRecord,
+    record: &AnalysisRecord,
     attempt: i32,
     analysis: &Analysis,
-    result_key: String,
+    keys: ResultKeys,
 ) -> anyhow::Result<bool> {
     let done = state
         .store
-        .complete_attempt(call, attempt, analysis, result_key)
+        .complete_attempt(call, record.id, attempt, analysis, keys)
         .await?;
     if done {
         state.relay_wakeup.notify_one();
@@ -143,13 +186,14 @@ async fn complete(
 async fn fail(
     state: &AppState,
     call: &CallRecord,
+    record: &AnalysisRecord,
     attempt: i32,
     reason: &str,
     permanent: bool,
 ) -> anyhow::Result<bool> {
     let done = state
         .store
-        .fail_attempt(call, attempt, reason, permanent)
+        .fail_attempt(call, record.id, attempt, reason, permanent)
         .await?;
     if done {
         state.relay_wakeup.notify_one();
@@ -165,7 +209,7 @@ fn backoff(receive_count: u32, base: Duration) -> Duration {
 /// Runs one leased job to its end, keeping the lease alive while it works.
 pub async fn process_one(state: &AppState, lease: &Lease) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let Some((call, attempt)) = start_attempt(state, lease).await? else {
+    let Some((call, record, attempt)) = start_attempt(state, lease).await? else {
         // A duplicate of a finished job; if our lease already lapsed, the newer delivery is acked later.
         if let Err(e) = state.queue.ack(lease).await {
             tracing::debug!(error = %e, "acknowledging a skipped job failed");
@@ -184,12 +228,12 @@ pub async fn process_one(state: &AppState, lease: &Lease) -> anyhow::Result<Outc
         }
     };
     let result = tokio::select! {
-        r = analyse(state, &call) => r,
+        r = analyse(state, &call, &record) => r,
         _ = heartbeat => unreachable!("the heartbeat never ends"),
     };
     let outcome = match result {
-        Ok((analysis, result_key)) => {
-            if complete(state, &call, attempt, &analysis, result_key).await? {
+        Ok((analysis, keys)) => {
+            if complete(state, &call, &record, attempt, &analysis, keys).await? {
                 state.queue.ack(lease).await?;
                 Outcome::Completed
             } else {
@@ -202,7 +246,7 @@ pub async fn process_one(state: &AppState, lease: &Lease) -> anyhow::Result<Outc
                 AnalyzeError::Transient(err) => (format!("{err:#}"), false),
             };
             let last = lease.receive_count >= state.queue.max_receives();
-            if fail(state, &call, attempt, &reason, permanent || last).await? {
+            if fail(state, &call, &record, attempt, &reason, permanent || last).await? {
                 if permanent {
                     state.queue.ack(lease).await?;
                     Outcome::Failed(reason)

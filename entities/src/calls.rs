@@ -49,6 +49,15 @@ pub struct Model {
     pub prompt_tokens: Option<i64>,
     pub output_tokens: Option<i64>,
     pub total_tokens: Option<i64>,
+    /// The analysis running or last run (`analyses.id`).
+    pub current_analysis_id: Option<Uuid>,
+    /// What the latest successful analysis found besides the columns above: problems the caller
+    /// raised (quotes), why they called, how the call ended, and the categories that matched.
+    pub issues: Option<Json>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub intent: Option<String>,
+    pub outcome: Option<String>,
+    pub category_matches: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,7 @@ mod m20261202_000002_call_upload_key;
 mod m20261203_000001_row_level_security;
 mod m20261203_000002_segment_grounded;
 mod m20261203_000003_call_token_usage;
+mod m20261204_000001_analyses_and_categories;
 mod roles;
 
 pub use roles::grant_runtime_role;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_row_level_security::Migration),
             Box::new(m20261203_000002_segment_grounded::Migration),
             Box::new(m20261203_000003_call_token_usage::Migration),
+            Box::new(m20261204_000001_analyses_and_categories::Migration),
         ]
     }
 }

@@ -32,7 +32,8 @@ use sea_orm_migration::sea_orm::{DbBackend, Statement};
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// The tables whose rows belong to a tenant (each has `tenant_id uuid NOT NULL`).
+/// The tables whose rows belong to a tenant (each has `tenant_id uuid NOT NULL`) as of this
+/// migration; tenant tables created later are isolated by their own migrations ([`isolate_table`]).
 pub(crate) const TENANT_TABLES: [&str; 5] = [
     "api_keys",
     "calls",
@@ -124,6 +125,39 @@ BEGIN
     {ret}
 END
 $$;
+"#
+    )
+}
+
+/// Row-level security on `table` (a tenant table, with `tenant_id`), enabled and forced, with the
+/// two policies: the tenant's rows, and any row to the owner while a definer function runs.
+/// Dropped first, so that it may run again over its own result. Later migrations creating a
+/// tenant table call it too.
+pub(crate) fn isolate_table(table: &str) -> String {
+    format!(
+        r#"
+ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS voicegraph_tenant ON {table};
+CREATE POLICY voicegraph_tenant ON {table} AS PERMISSIVE FOR ALL TO PUBLIC
+    USING (tenant_id = voicegraph_current_tenant())
+    WITH CHECK (tenant_id = voicegraph_current_tenant());
+DROP POLICY IF EXISTS voicegraph_definer ON {table};
+CREATE POLICY voicegraph_definer ON {table} AS PERMISSIVE FOR ALL TO CURRENT_USER
+    USING (current_setting('{DEFINER_SETTING}', true) = 'on')
+    WITH CHECK (current_setting('{DEFINER_SETTING}', true) = 'on');
+"#
+    )
+}
+
+/// Undoes [`isolate_table`].
+pub(crate) fn release_table(table: &str) -> String {
+    format!(
+        r#"
+DROP POLICY IF EXISTS voicegraph_tenant ON {table};
+DROP POLICY IF EXISTS voicegraph_definer ON {table};
+ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE {table} DISABLE ROW LEVEL SECURITY;
 "#
     )
 }
@@ -237,22 +271,8 @@ impl MigrationTrait for Migration {
                 "REVOKE ALL ON FUNCTION {schema}.{function} FROM PUBLIC;\n"
             ));
         }
-        // Dropped first, so that `up` may run again over its own result.
         for table in TENANT_TABLES {
-            sql.push_str(&format!(
-                r#"
-ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
-ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS voicegraph_tenant ON {table};
-CREATE POLICY voicegraph_tenant ON {table} AS PERMISSIVE FOR ALL TO PUBLIC
-    USING (tenant_id = voicegraph_current_tenant())
-    WITH CHECK (tenant_id = voicegraph_current_tenant());
-DROP POLICY IF EXISTS voicegraph_definer ON {table};
-CREATE POLICY voicegraph_definer ON {table} AS PERMISSIVE FOR ALL TO CURRENT_USER
-    USING (current_setting('{DEFINER_SETTING}', true) = 'on')
-    WITH CHECK (current_setting('{DEFINER_SETTING}', true) = 'on');
-"#
-            ));
+            sql.push_str(&isolate_table(table));
         }
         db.execute_unprepared(&sql).await?;
         Ok(())
@@ -267,14 +287,7 @@ CREATE POLICY voicegraph_definer ON {table} AS PERMISSIVE FOR ALL TO CURRENT_USE
 
         let mut sql = String::new();
         for table in TENANT_TABLES {
-            sql.push_str(&format!(
-                r#"
-DROP POLICY IF EXISTS voicegraph_tenant ON {table};
-DROP POLICY IF EXISTS voicegraph_definer ON {table};
-ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE {table} DISABLE ROW LEVEL SECURITY;
-"#
-            ));
+            sql.push_str(&release_table(table));
         }
         // The policies used the tenant accessor; they are gone now.
         for function in DEFINER_FUNCTIONS.iter().chain([&CURRENT_TENANT_FUNCTION]) {

@@ -95,6 +95,10 @@ pub enum CallEventKind {
     Failed,
     /// `retryCall` queued a FAILED call again (status `QUEUED`).
     Retried,
+    /// `reanalyzeCall` queued a new analysis of the call (status `QUEUED`; `analysisId` names
+    /// it). Its results replace the call's when it completes; until then, and if it fails, the
+    /// call keeps those of its latest successful analysis.
+    Reanalyzed,
     /// `tagCall` added tags (the status is unchanged).
     Tagged,
     /// `deleteCall` removed the call; its other events are gone and `CallEvent.call` is null
@@ -103,13 +107,14 @@ pub enum CallEventKind {
 }
 
 impl CallEventKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Submitted,
         Self::Processing,
         Self::Completed,
         Self::Retrying,
         Self::Failed,
         Self::Retried,
+        Self::Reanalyzed,
         Self::Tagged,
         Self::Deleted,
     ];
@@ -122,6 +127,7 @@ impl CallEventKind {
             Self::Retrying => "RETRYING",
             Self::Failed => "FAILED",
             Self::Retried => "RETRIED",
+            Self::Reanalyzed => "REANALYZED",
             Self::Tagged => "TAGGED",
             Self::Deleted => "DELETED",
         }
@@ -142,6 +148,7 @@ pub mod event_kind {
     pub const RETRYING: &str = CallEventKind::Retrying.as_str();
     pub const FAILED: &str = CallEventKind::Failed.as_str();
     pub const RETRIED: &str = CallEventKind::Retried.as_str();
+    pub const REANALYZED: &str = CallEventKind::Reanalyzed.as_str();
     pub const TAGGED: &str = CallEventKind::Tagged.as_str();
     pub const DELETED: &str = CallEventKind::Deleted.as_str();
 }
@@ -157,6 +164,10 @@ pub struct EventEnvelope {
     pub kind: String,
     pub status: CallStatus,
     pub at: chrono::DateTime<chrono::Utc>,
+    /// The analysis the event reports on, for the events of an analysis (`REANALYZED`,
+    /// `PROCESSING`, `COMPLETED`, `RETRYING`, `FAILED`; and `SUBMITTED`, `RETRIED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_id: Option<uuid::Uuid>,
 }
 
 /// The message on the job queue: which call to analyse.
@@ -164,6 +175,10 @@ pub struct EventEnvelope {
 pub struct JobMessage {
     pub tenant_id: uuid::Uuid,
     pub call_id: uuid::Uuid,
+    /// The analysis the job runs; absent in jobs queued before analyses were kept, which run the
+    /// call's current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_id: Option<uuid::Uuid>,
 }
 
 #[cfg(test)]

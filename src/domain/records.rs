@@ -46,6 +46,61 @@ pub struct CallRecord {
     pub upload_key: Option<String>,
     /// Tokens a model spent on the latest analysis (none for the local analyser).
     pub usage: Option<super::TokenUsage>,
+    /// The analysis running or last run.
+    pub current_analysis_id: Option<Uuid>,
+    /// Quotes (`[{text, segments}]`) of the problems the caller raised.
+    pub issues: Option<serde_json::Value>,
+    pub intent: Option<String>,
+    /// A `CallOutcome` name.
+    pub outcome: Option<String>,
+    /// The categories that matched (`[CategoryMatch]`).
+    pub category_matches: Option<serde_json::Value>,
+}
+
+/// One analysis of a call, as kept: every analysis is, the call showing the latest successful.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub call_id: Uuid,
+    /// `local` or `gemini`; `None` for the worker's default (an analysis backfilled while waiting).
+    pub analyzer: Option<String>,
+    pub model: Option<String>,
+    pub prompt_version: Option<String>,
+    /// A call status name.
+    pub status: String,
+    pub error: Option<String>,
+    pub attempts: i32,
+    pub result_key: Option<String>,
+    pub model_responses_key: Option<String>,
+    pub usage: Option<super::TokenUsage>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A tenant's category.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CategoryRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub instructions: Option<String>,
+    pub keywords: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl CategoryRecord {
+    /// The category as an analysis is given it.
+    pub fn rule(&self) -> super::CategoryRule {
+        super::CategoryRule {
+            id: self.id,
+            name: self.name.clone(),
+            instructions: self.instructions.clone(),
+            keywords: self.keywords.clone(),
+        }
+    }
 }
 
 /// One stored transcript segment of a call, in order (`idx`).

@@ -11,7 +11,7 @@ use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use uuid::Uuid;
 
 use super::types::Segment;
-use crate::domain::{CallRecord, EventEnvelope};
+use crate::domain::{AnalysisRecord, CallRecord, CategoryRecord, EventEnvelope};
 use crate::services::{calls, events};
 use crate::store::Store;
 
@@ -30,6 +30,9 @@ pub struct Loaders {
     pub segments: DataLoader<SegmentsLoader, HashMapCache>,
     pub events: DataLoader<EventsLoader, HashMapCache>,
     pub calls: DataLoader<CallLoader, HashMapCache>,
+    pub analyses: DataLoader<AnalysesLoader, HashMapCache>,
+    /// Keyed by (tenant, category id).
+    pub categories: DataLoader<CategoryLoader, HashMapCache>,
 }
 
 impl Loaders {
@@ -43,6 +46,8 @@ impl Loaders {
             segments: make(SegmentsLoader(db.clone()), delay, cache),
             events: make(EventsLoader(db.clone()), delay, cache),
             calls: make(CallLoader(db.clone()), delay, cache),
+            analyses: make(AnalysesLoader(db.clone()), delay, cache),
+            categories: make(CategoryLoader(db.clone()), delay, cache),
         })
     }
 }
@@ -50,6 +55,8 @@ impl Loaders {
 pub struct SegmentsLoader(pub Store);
 pub struct EventsLoader(pub Store);
 pub struct CallLoader(pub Store);
+pub struct AnalysesLoader(pub Store);
+pub struct CategoryLoader(pub Store);
 
 impl Loader<Key> for SegmentsLoader {
     type Value = Vec<Segment>;
@@ -63,6 +70,7 @@ impl Loader<Key> for SegmentsLoader {
                 .map_err(Arc::new)?
             {
                 out.entry((tenant, s.call_id)).or_default().push(Segment {
+                    index: s.idx,
                     speaker: s.speaker,
                     channel: s.channel,
                     start_ms: s.start_ms,
@@ -107,6 +115,48 @@ impl Loader<Key> for CallLoader {
                 .map_err(Arc::new)?
             {
                 out.insert((tenant, c.id), c);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Loader<Key> for AnalysesLoader {
+    type Value = Vec<AnalysisRecord>;
+    type Error = Arc<anyhow::Error>;
+
+    async fn load(&self, keys: &[Key]) -> Result<HashMap<Key, Self::Value>, Self::Error> {
+        let mut out = HashMap::new();
+        for (tenant, ids) in by_tenant(keys) {
+            for (call, list) in self
+                .0
+                .analyses_of_calls(tenant, &ids)
+                .await
+                .map_err(Arc::new)?
+            {
+                out.insert((tenant, call), list);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Loader<Key> for CategoryLoader {
+    type Value = CategoryRecord;
+    type Error = Arc<anyhow::Error>;
+
+    async fn load(&self, keys: &[Key]) -> Result<HashMap<Key, Self::Value>, Self::Error> {
+        let mut out = HashMap::new();
+        for (tenant, ids) in by_tenant(keys) {
+            for c in self
+                .0
+                .list_categories(tenant)
+                .await
+                .map_err(|e| Arc::new(anyhow::anyhow!("{e}")))?
+            {
+                if ids.contains(&c.id) {
+                    out.insert((tenant, c.id), c);
+                }
             }
         }
         Ok(out)

@@ -24,9 +24,9 @@ pub const API_KEY_PREFIX: &str = "vg_";
 pub enum Role {
     /// Manages the tenant's keys and does everything below.
     Admin,
-    /// Submits, retries, tags and deletes calls, and reads them.
+    /// Submits, retries, re-analyses, tags and deletes calls, and reads them.
     Integrator,
-    /// Reads calls and statistics, and tags calls.
+    /// Reads calls and statistics, tags calls and manages the categories.
     Analyst,
     /// Reads calls.
     Viewer,
@@ -60,6 +60,7 @@ pub enum Permission {
     SubmitCalls,
     TagCalls,
     ManageCalls,
+    ManageCategories,
     ManageKeys,
     ManageTenants,
     ReadAuditLog,
@@ -83,7 +84,7 @@ pub const PERMISSIONS: &[PermissionRow] = &[
     PermissionRow {
         permission: Permission::ReadCalls,
         operations:
-            "`call`, `calls`, `node`, `callUpdated`, `callEvents`, recording and result URLs",
+            "`call`, `calls`, `node`, `callUpdated`, `callEvents`, `categories`, recording and result URLs",
         roles: &[Role::Admin, Role::Integrator, Role::Analyst, Role::Viewer],
         platform_admin: false,
     },
@@ -107,8 +108,14 @@ pub const PERMISSIONS: &[PermissionRow] = &[
     },
     PermissionRow {
         permission: Permission::ManageCalls,
-        operations: "`retryCall`, `deleteCall`",
+        operations: "`retryCall`, `reanalyzeCall`, `deleteCall`",
         roles: &[Role::Admin, Role::Integrator],
+        platform_admin: false,
+    },
+    PermissionRow {
+        permission: Permission::ManageCategories,
+        operations: "`createCategory`, `updateCategory`, `deleteCategory`",
+        roles: &[Role::Admin, Role::Analyst],
         platform_admin: false,
     },
     PermissionRow {

@@ -66,7 +66,11 @@ pub enum Recording {
     Key(String),
 }
 
-fn check_text(value: Option<String>, field: &str, max: usize) -> AppResult<Option<String>> {
+pub(crate) fn check_text(
+    value: Option<String>,
+    field: &str,
+    max: usize,
+) -> AppResult<Option<String>> {
     let Some(v) = value else { return Ok(None) };
     let v = v.trim().to_string();
     if v.is_empty() {
@@ -372,6 +376,7 @@ pub async fn submit_call(
             metadata,
             upload_key: upload_key.clone(),
             delete_upload_at: now + upload_retention(state.settings.url_expiry),
+            analyzer: state.settings.analyzer.as_str().to_string(),
         })
         .await;
     let call = match inserted {
@@ -544,6 +549,39 @@ pub async fn retry_call(state: &AppState, caller: &Caller, id: Uuid) -> AppResul
         Change::Refused(call) => Err(AppError::Conflict(format!(
             "only FAILED calls can be retried; this one is {}",
             call.status
+        ))),
+        Change::Missing => Err(AppError::not_found("call")),
+    }
+}
+
+/// Queues a new analysis of a finished call by `analyzer` (the deployment's default when
+/// `None`), keeping every earlier one. CONFLICT while an analysis is queued or running;
+/// BAD_USER_INPUT for Gemini on a deployment without a Gemini key.
+pub async fn reanalyze_call(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    analyzer: Option<crate::config::AnalyzerKind>,
+) -> AppResult<CallRecord> {
+    caller.require(Permission::ManageCalls)?;
+    let kind = analyzer.unwrap_or(state.settings.analyzer);
+    if kind == crate::config::AnalyzerKind::Gemini && state.gemini_analyzer.is_none() {
+        return Err(AppError::bad_input(
+            "Gemini is not configured on this deployment (no VOICEGRAPH_GEMINI_API_KEY); use analyzer: LOCAL",
+        ));
+    }
+    match state
+        .store
+        .reanalyze_call(caller.tenant_id, id, kind.as_str())
+        .await?
+    {
+        Change::Done(call) => {
+            state.relay_wakeup.notify_one();
+            Ok(call)
+        }
+        Change::Refused(call) => Err(AppError::Conflict(format!(
+            "the call has an analysis {} already; re-analyse it once that ends",
+            call.status.to_lowercase()
         ))),
         Change::Missing => Err(AppError::not_found("call")),
     }

@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod audit;
 pub mod auth;
 pub mod calls;
+pub mod categories;
 pub mod events;
 pub mod jwt;
 pub mod limits;

@@ -3,7 +3,7 @@
 //! the reads — by id, by page with filters and keyset pagination, for DataLoaders, for stats.
 
 use chrono::{DateTime, Utc};
-use entities::{call_events, call_segments, calls};
+use entities::{analyses, call_events, call_segments, calls};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
@@ -11,11 +11,14 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::analyses::{
+    blob_keys_of_call, delete_analyses_of_call, find_analysis, insert_analysis, set_analysis_status,
+};
 use super::events::{enqueue_blob_delete, enqueue_job, record_event};
 use super::Store;
 use crate::domain::{
-    event_kind, Analysis, CallDirection, CallRecord, CallStatus, JobMessage, SegmentRecord,
-    StatsRow,
+    event_kind, Analysis, AnalysisRecord, CallDirection, CallRecord, CallStatus, JobMessage,
+    SegmentRecord, StatsRow,
 };
 use crate::error::AppResult;
 
@@ -64,6 +67,11 @@ impl From<calls::Model> for CallRecord {
                     output_tokens: m.output_tokens.unwrap_or(0),
                     total_tokens,
                 }),
+            current_analysis_id: m.current_analysis_id,
+            issues: m.issues,
+            intent: m.intent,
+            outcome: m.outcome,
+            category_matches: m.category_matches,
         }
     }
 }
@@ -110,6 +118,16 @@ pub struct NewCall {
     /// `delete_upload_at`.
     pub upload_key: Option<String>,
     pub delete_upload_at: DateTime<Utc>,
+    /// The analyser of its first analysis (`local` or `gemini`).
+    pub analyzer: String,
+}
+
+/// Where an analysis's documents went in the blob store.
+#[derive(Debug, Clone)]
+pub struct ResultKeys {
+    pub results: String,
+    /// The raw model responses, when a model answered.
+    pub model_responses: Option<String>,
 }
 
 /// Filters for listing calls and statistics, within one tenant. Checked by the service (tags
@@ -243,7 +261,7 @@ pub enum Change {
     Missing,
 }
 
-async fn find_call<C: ConnectionTrait>(
+pub(super) async fn find_call<C: ConnectionTrait>(
     db: &C,
     tenant: Uuid,
     id: Uuid,
@@ -259,7 +277,7 @@ async fn find_call<C: ConnectionTrait>(
 /// lock on Postgres, the database's write lock on SQLite — taken before any read, so that a
 /// SQLite transaction never has to upgrade a read lock (which fails at once when another writer
 /// holds the lock, instead of waiting). Returns whether the call exists.
-async fn lock_call<C: ConnectionTrait>(
+pub(super) async fn lock_call<C: ConnectionTrait>(
     txn: &C,
     tenant: Uuid,
     id: Uuid,
@@ -281,6 +299,7 @@ impl Store {
     pub async fn submit_call(&self, c: NewCall) -> AppResult<CallRecord> {
         let now = Utc::now();
         let txn = self.tenant_txn(c.tenant_id).await?;
+        let analysis = Uuid::new_v4();
         let call: CallRecord = calls::ActiveModel {
             id: Set(c.id),
             tenant_id: Set(c.tenant_id),
@@ -320,17 +339,23 @@ impl Store {
             prompt_tokens: Set(None),
             output_tokens: Set(None),
             total_tokens: Set(None),
+            current_analysis_id: Set(Some(analysis)),
+            issues: Set(None),
+            intent: Set(None),
+            outcome: Set(None),
+            category_matches: Set(None),
         }
         .insert(&txn)
         .await?
         .into();
+        insert_analysis(&txn, c.tenant_id, c.id, analysis, &c.analyzer).await?;
         record_event(
             &txn,
             c.tenant_id,
             c.id,
             event_kind::SUBMITTED,
             CallStatus::Queued,
-            None,
+            Some(serde_json::json!({ "analysisId": analysis, "analyzer": c.analyzer })),
         )
         .await?;
         enqueue_job(
@@ -338,6 +363,7 @@ impl Store {
             &JobMessage {
                 tenant_id: c.tenant_id,
                 call_id: c.id,
+                analysis_id: Some(analysis),
             },
         )
         .await?;
@@ -409,13 +435,20 @@ impl Store {
             txn.commit().await?;
             return Ok(call.map_or(Change::Missing, Change::Refused));
         }
+        // The failed analysis is the one tried again.
+        let analysis = find_call(&txn, tenant, id)
+            .await?
+            .and_then(|c| c.current_analysis_id);
+        if let Some(a) = analysis {
+            set_analysis_status(&txn, tenant, a, CallStatus::Queued, None).await?;
+        }
         record_event(
             &txn,
             tenant,
             id,
             event_kind::RETRIED,
             CallStatus::Queued,
-            None,
+            analysis.map(|a| serde_json::json!({ "analysisId": a })),
         )
         .await?;
         enqueue_job(
@@ -423,6 +456,7 @@ impl Store {
             &JobMessage {
                 tenant_id: tenant,
                 call_id: id,
+                analysis_id: analysis,
             },
         )
         .await?;
@@ -479,6 +513,8 @@ impl Store {
         let Some(call) = find_call(&txn, tenant, id).await? else {
             return Ok(Change::Missing);
         };
+        let mut blobs = blob_keys_of_call(&txn, tenant, id).await?;
+        delete_analyses_of_call(&txn, tenant, id).await?;
         call_segments::Entity::delete_many()
             .filter(call_segments::Column::CallId.eq(id))
             .filter(call_segments::Column::TenantId.eq(tenant))
@@ -499,21 +535,22 @@ impl Store {
         }
         let status = CallStatus::parse(&call.status).unwrap_or(CallStatus::Queued);
         record_event(&txn, tenant, id, event_kind::DELETED, status, None).await?;
-        enqueue_blob_delete(
-            &txn,
-            [
-                call.recording_key.clone(),
-                call.result_key.clone(),
-                call.result_key
-                    .as_ref()
-                    .map(|_| crate::domain::legacy_model_responses_key(tenant, id)),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            None,
-        )
-        .await?;
+        // Calls analysed before analyses were kept have their documents under the older keys.
+        for key in [
+            call.recording_key.clone(),
+            call.result_key.clone(),
+            call.result_key
+                .as_ref()
+                .map(|_| crate::domain::legacy_model_responses_key(tenant, id)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !blobs.contains(&key) {
+                blobs.push(key);
+            }
+        }
+        enqueue_blob_delete(&txn, blobs, None).await?;
         txn.commit().await?;
         Ok(Change::Done(call))
     }
@@ -636,11 +673,16 @@ impl Store {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    /// Marks the call `PROCESSING` and claims the next attempt number, with its `PROCESSING`
-    /// event. `None` when there is nothing to do (the call is finished or deleted).
-    pub async fn start_attempt(&self, job: &JobMessage) -> anyhow::Result<Option<CallRecord>> {
+    /// Marks the call and its analysis `PROCESSING` and claims the next attempt number, with its
+    /// `PROCESSING` event. `None` when there is nothing to do (the call is finished or deleted, or
+    /// the job's analysis is no longer the call's current one).
+    pub async fn start_attempt(
+        &self,
+        job: &JobMessage,
+    ) -> anyhow::Result<Option<(CallRecord, AnalysisRecord)>> {
+        let now = Utc::now();
         let txn = self.tenant_txn(job.tenant_id).await?;
-        let updated = calls::Entity::update_many()
+        let mut update = calls::Entity::update_many()
             .col_expr(
                 calls::Column::Status,
                 Expr::value(CallStatus::Processing.as_str()),
@@ -649,42 +691,74 @@ impl Store {
                 calls::Column::Attempts,
                 Expr::col(calls::Column::Attempts).add(1),
             )
-            .col_expr(calls::Column::UpdatedAt, Expr::value(Utc::now()))
+            .col_expr(calls::Column::UpdatedAt, Expr::value(now))
             .filter(calls::Column::Id.eq(job.call_id))
             .filter(calls::Column::TenantId.eq(job.tenant_id))
             .filter(
                 calls::Column::Status
                     .is_in([CallStatus::Queued.as_str(), CallStatus::Processing.as_str()]),
-            )
-            .exec(&txn)
-            .await?;
-        if updated.rows_affected == 0 {
+            );
+        if let Some(analysis) = job.analysis_id {
+            update = update.filter(calls::Column::CurrentAnalysisId.eq(analysis));
+        }
+        if update.exec(&txn).await?.rows_affected == 0 {
             return Ok(None);
         }
         let call = find_call(&txn, job.tenant_id, job.call_id)
             .await?
             .ok_or_else(|| anyhow::anyhow!("call vanished inside its transaction"))?;
+        let analysis_id = call
+            .current_analysis_id
+            .ok_or_else(|| anyhow::anyhow!("call {} has no current analysis", call.id))?;
+        analyses::Entity::update_many()
+            .col_expr(
+                analyses::Column::Status,
+                Expr::value(CallStatus::Processing.as_str()),
+            )
+            .col_expr(
+                analyses::Column::Attempts,
+                Expr::col(analyses::Column::Attempts).add(1),
+            )
+            .col_expr(
+                analyses::Column::StartedAt,
+                Func::coalesce([
+                    Expr::col(analyses::Column::StartedAt).into(),
+                    Expr::value(now),
+                ])
+                .into(),
+            )
+            .filter(analyses::Column::Id.eq(analysis_id))
+            .filter(analyses::Column::TenantId.eq(job.tenant_id))
+            .exec(&txn)
+            .await?;
+        let analysis = find_analysis(&txn, job.tenant_id, analysis_id)
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!("analysis {analysis_id} of call {} is missing", call.id)
+            })?;
         record_event(
             &txn,
             job.tenant_id,
             job.call_id,
             event_kind::PROCESSING,
             CallStatus::Processing,
-            Some(serde_json::json!({ "attempt": call.attempts })),
+            Some(serde_json::json!({ "attempt": call.attempts, "analysisId": analysis_id })),
         )
         .await?;
         txn.commit().await?;
-        Ok(Some(call))
+        Ok(Some((call, analysis)))
     }
 
-    /// Stores the results, the segments and the `COMPLETED` event in one transaction, only if
-    /// attempt `attempt` still owns the call (fencing). Returns whether it did.
+    /// Stores the results, the segments, the analysis's outcome and the `COMPLETED` event in one
+    /// transaction, only if attempt `attempt` of analysis `analysis` still owns the call
+    /// (fencing). Returns whether it did.
     pub async fn complete_attempt(
         &self,
         call: &CallRecord,
+        analysis_id: Uuid,
         attempt: i32,
         analysis: &Analysis,
-        result_key: String,
+        keys: ResultKeys,
     ) -> anyhow::Result<bool> {
         let now = Utc::now();
         let txn = self.tenant_txn(call.tenant_id).await?;
@@ -694,7 +768,7 @@ impl Store {
                 Expr::value(CallStatus::Completed.as_str()),
             )
             .col_expr(calls::Column::DurationMs, Expr::value(analysis.duration_ms))
-            .col_expr(calls::Column::ResultKey, Expr::value(result_key))
+            .col_expr(calls::Column::ResultKey, Expr::value(keys.results.clone()))
             .col_expr(
                 calls::Column::Language,
                 Expr::value(analysis.language.clone().or(call.language.clone())),
@@ -721,7 +795,20 @@ impl Store {
             )
             .col_expr(
                 calls::Column::ActionItems,
-                Expr::value(serde_json::json!(analysis.action_items)),
+                Expr::value(serde_json::to_value(&analysis.action_items)?),
+            )
+            .col_expr(
+                calls::Column::Issues,
+                Expr::value(serde_json::to_value(&analysis.issues)?),
+            )
+            .col_expr(calls::Column::Intent, Expr::value(analysis.intent.clone()))
+            .col_expr(
+                calls::Column::Outcome,
+                Expr::value(analysis.outcome.map(|o| o.as_str().to_string())),
+            )
+            .col_expr(
+                calls::Column::CategoryMatches,
+                Expr::value(serde_json::to_value(&analysis.categories)?),
             )
             .col_expr(
                 calls::Column::Metrics,
@@ -749,12 +836,53 @@ impl Store {
             .filter(calls::Column::Id.eq(call.id))
             .filter(calls::Column::TenantId.eq(call.tenant_id))
             .filter(calls::Column::Attempts.eq(attempt))
+            .filter(calls::Column::CurrentAnalysisId.eq(analysis_id))
             .filter(calls::Column::Status.eq(CallStatus::Processing.as_str()))
             .exec(&txn)
             .await?;
         if updated.rows_affected == 0 {
             return Ok(false);
         }
+        let kind = analysis
+            .analyzer
+            .split(':')
+            .next()
+            .unwrap_or(&analysis.analyzer)
+            .to_string();
+        analyses::Entity::update_many()
+            .col_expr(
+                analyses::Column::Status,
+                Expr::value(CallStatus::Completed.as_str()),
+            )
+            .col_expr(analyses::Column::Analyzer, Expr::value(kind))
+            .col_expr(analyses::Column::Model, Expr::value(analysis.model.clone()))
+            .col_expr(
+                analyses::Column::PromptVersion,
+                Expr::value(analysis.prompt_version.clone()),
+            )
+            .col_expr(analyses::Column::Error, Expr::value(Option::<String>::None))
+            .col_expr(analyses::Column::ResultKey, Expr::value(keys.results))
+            .col_expr(
+                analyses::Column::ModelResponsesKey,
+                Expr::value(keys.model_responses),
+            )
+            .col_expr(
+                analyses::Column::PromptTokens,
+                Expr::value(analysis.usage.map(|u| u.prompt_tokens)),
+            )
+            .col_expr(
+                analyses::Column::OutputTokens,
+                Expr::value(analysis.usage.map(|u| u.output_tokens)),
+            )
+            .col_expr(
+                analyses::Column::TotalTokens,
+                Expr::value(analysis.usage.map(|u| u.total_tokens)),
+            )
+            .col_expr(analyses::Column::CompletedAt, Expr::value(now))
+            .filter(analyses::Column::Id.eq(analysis_id))
+            .filter(analyses::Column::TenantId.eq(call.tenant_id))
+            .exec(&txn)
+            .await?;
         call_segments::Entity::delete_many()
             .filter(call_segments::Column::CallId.eq(call.id))
             .filter(call_segments::Column::TenantId.eq(call.tenant_id))
@@ -790,7 +918,7 @@ impl Store {
             call.id,
             event_kind::COMPLETED,
             CallStatus::Completed,
-            None,
+            Some(serde_json::json!({ "analysisId": analysis_id })),
         )
         .await?;
         txn.commit().await?;
@@ -802,6 +930,7 @@ impl Store {
     pub async fn fail_attempt(
         &self,
         call: &CallRecord,
+        analysis_id: Uuid,
         attempt: i32,
         reason: &str,
         permanent: bool,
@@ -819,12 +948,14 @@ impl Store {
             .filter(calls::Column::Id.eq(call.id))
             .filter(calls::Column::TenantId.eq(call.tenant_id))
             .filter(calls::Column::Attempts.eq(attempt))
+            .filter(calls::Column::CurrentAnalysisId.eq(analysis_id))
             .filter(calls::Column::Status.eq(CallStatus::Processing.as_str()))
             .exec(&txn)
             .await?;
         if updated.rows_affected == 0 {
             return Ok(false);
         }
+        set_analysis_status(&txn, call.tenant_id, analysis_id, status, Some(reason)).await?;
         let kind = if permanent {
             event_kind::FAILED
         } else {
@@ -836,7 +967,11 @@ impl Store {
             call.id,
             kind,
             status,
-            Some(serde_json::json!({ "error": reason, "attempt": attempt })),
+            Some(serde_json::json!({
+                "error": reason,
+                "attempt": attempt,
+                "analysisId": analysis_id,
+            })),
         )
         .await?;
         txn.commit().await?;

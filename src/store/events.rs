@@ -101,6 +101,12 @@ pub(super) fn envelope(m: &call_events::Model) -> Option<EventEnvelope> {
         kind: m.kind.clone(),
         status: CallStatus::parse(&m.status)?,
         at: m.created_at,
+        analysis_id: m
+            .payload
+            .as_ref()
+            .and_then(|p| p.get("analysisId"))
+            .and_then(|v| v.as_str())
+            .and_then(|s| Uuid::parse_str(s).ok()),
     })
 }
 

@@ -16,8 +16,10 @@
 //! (see `migrations::m20261203_000001_row_level_security`); the runtime role can call those
 //! functions and nothing else that crosses a tenant.
 
+mod analyses;
 mod audit;
 mod calls;
+mod categories;
 pub mod documents;
 mod events;
 mod keys;
@@ -34,7 +36,8 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-pub use calls::{CallFilter, CallOrder, Change, Keyset, NewCall, PageQuery};
+pub use calls::{CallFilter, CallOrder, Change, Keyset, NewCall, PageQuery, ResultKeys};
+pub use categories::CategoryFields;
 pub use events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
 pub use keys::NewKey;
 pub use outbox::OutboxClaim;

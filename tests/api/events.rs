@@ -275,6 +275,7 @@ async fn a_stray_event_far_ahead_does_not_swallow_real_ones() {
         kind: "SUBMITTED".into(),
         status: voicegraph::domain::CallStatus::Queued,
         at: chrono::Utc::now(),
+        analysis_id: None,
     };
     app.state.publisher.publish(&stray).await.unwrap();
     let id = app.submit_ok(short_call(), json!({})).await;

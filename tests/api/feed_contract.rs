@@ -42,6 +42,7 @@ fn event(tenant: Uuid, seq: i64) -> EventEnvelope {
         kind: "SUBMITTED".into(),
         status: CallStatus::Queued,
         at: Utc::now(),
+        analysis_id: Some(Uuid::new_v4()),
     }
 }
 

@@ -5,6 +5,7 @@ mod backends;
 mod gemini_server;
 mod helpers;
 
+mod analyses;
 mod audit;
 mod auth;
 mod blob_contract;

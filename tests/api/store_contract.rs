@@ -11,7 +11,8 @@ use voicegraph::domain::{
     Actor, Analysis, CallMetrics, CallStatus, EventFilter, JobMessage, Segment,
 };
 use voicegraph::store::{
-    CallFilter, CallOrder, Change, ConnectSettings, NewCall, NewKey, PageQuery, Store,
+    CallFilter, CallOrder, CategoryFields, Change, ConnectSettings, NewCall, NewKey, PageQuery,
+    ResultKeys, Store,
 };
 
 use crate::backends;
@@ -78,6 +79,14 @@ fn new_call(tenant: Uuid) -> NewCall {
         metadata: None,
         upload_key: None,
         delete_upload_at: Utc::now(),
+        analyzer: "local".into(),
+    }
+}
+
+fn keys(results: &str) -> ResultKeys {
+    ResultKeys {
+        results: results.into(),
+        model_responses: None,
     }
 }
 
@@ -259,45 +268,62 @@ async fn attempts_are_fenced_and_every_change_has_its_event() {
     for (name, store, _dir) in stores().await {
         let (a, b) = two_tenants(&store).await;
         let call = store.submit_call(new_call(a)).await.unwrap();
+        let submitted = call
+            .current_analysis_id
+            .expect("a submitted call has its analysis");
         let job = JobMessage {
             tenant_id: a,
             call_id: call.id,
+            analysis_id: Some(submitted),
         };
         // A job naming the wrong tenant claims nothing.
         assert!(
             store
                 .start_attempt(&JobMessage {
                     tenant_id: b,
-                    call_id: call.id
+                    call_id: call.id,
+                    analysis_id: Some(submitted),
                 })
                 .await
                 .unwrap()
                 .is_none(),
             "{name}"
         );
-        let first = store.start_attempt(&job).await.unwrap().unwrap();
-        let second = store.start_attempt(&job).await.unwrap().unwrap();
+        let (first, first_analysis) = store.start_attempt(&job).await.unwrap().unwrap();
+        let (second, second_analysis) = store.start_attempt(&job).await.unwrap().unwrap();
         assert_eq!((first.attempts, second.attempts), (1, 2), "{name}");
+        assert_eq!(first_analysis.id, submitted, "{name}");
+        assert_eq!(
+            (second_analysis.attempts, second_analysis.status.as_str()),
+            (2, "PROCESSING"),
+            "{name}"
+        );
         assert!(
             !store
-                .complete_attempt(&first, 1, &analysis(), "r1".into())
+                .complete_attempt(&first, submitted, 1, &analysis(), keys("r1"))
                 .await
                 .unwrap(),
             "{name}: fenced"
         );
         assert!(
-            !store.fail_attempt(&first, 1, "late", true).await.unwrap(),
+            !store
+                .fail_attempt(&first, submitted, 1, "late", true)
+                .await
+                .unwrap(),
             "{name}: fenced"
         );
         assert!(
             store
-                .complete_attempt(&second, 2, &analysis(), "r2".into())
+                .complete_attempt(&second, submitted, 2, &analysis(), keys("r2"))
                 .await
                 .unwrap(),
             "{name}"
         );
         assert!(
-            !store.fail_attempt(&second, 2, "after", true).await.unwrap(),
+            !store
+                .fail_attempt(&second, submitted, 2, "after", true)
+                .await
+                .unwrap(),
             "{name}: finished"
         );
         let done = store.get_call(a, call.id).await.unwrap().unwrap();
@@ -320,6 +346,95 @@ async fn attempts_are_fenced_and_every_change_has_its_event() {
         assert!(
             store.start_attempt(&job).await.unwrap().is_none(),
             "{name}: nothing left to do"
+        );
+
+        // Re-analysis: a new analysis, the results kept until it succeeds, every one listed.
+        assert!(
+            matches!(
+                store.reanalyze_call(b, call.id, "local").await.unwrap(),
+                Change::Missing
+            ),
+            "{name}"
+        );
+        let Change::Done(queued) = store.reanalyze_call(a, call.id, "gemini").await.unwrap() else {
+            panic!("{name}: re-analysed")
+        };
+        let again = queued.current_analysis_id.unwrap();
+        assert_ne!(again, submitted, "{name}");
+        assert_eq!(queued.status, CallStatus::Queued.as_str(), "{name}");
+        assert_eq!(
+            queued.summary.as_deref(),
+            Some("a greeting"),
+            "{name}: kept"
+        );
+        assert!(
+            matches!(
+                store.reanalyze_call(a, call.id, "local").await.unwrap(),
+                Change::Refused(_)
+            ),
+            "{name}: one analysis at a time"
+        );
+        assert!(
+            store.start_attempt(&job).await.unwrap().is_none(),
+            "{name}: the old analysis's job is stale"
+        );
+        let new_job = JobMessage {
+            analysis_id: Some(again),
+            ..job.clone()
+        };
+        let (running, record) = store.start_attempt(&new_job).await.unwrap().unwrap();
+        assert_eq!(record.analyzer.as_deref(), Some("gemini"), "{name}");
+        assert!(
+            store
+                .fail_attempt(&running, again, running.attempts, "model refused", true)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        let failed = store.get_call(a, call.id).await.unwrap().unwrap();
+        assert_eq!(failed.status, CallStatus::Failed.as_str(), "{name}");
+        assert_eq!(
+            failed.summary.as_deref(),
+            Some("a greeting"),
+            "{name}: kept"
+        );
+        let all = store.analyses_of_calls(a, &[call.id]).await.unwrap();
+        let statuses: Vec<_> = all[&call.id]
+            .iter()
+            .map(|r| {
+                (
+                    r.id,
+                    r.status.clone(),
+                    r.error.clone(),
+                    r.result_key.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![
+                (submitted, "COMPLETED".into(), None, Some("r2".into())),
+                (again, "FAILED".into(), Some("model refused".into()), None),
+            ],
+            "{name}"
+        );
+        assert!(
+            store
+                .analyses_of_calls(b, &[call.id])
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+        assert!(
+            matches!(store.retry_call(a, call.id).await.unwrap(), Change::Done(_)),
+            "{name}"
+        );
+        let retried = store.get_analysis(a, again).await.unwrap().unwrap();
+        assert_eq!(
+            (retried.status.as_str(), retried.error),
+            ("QUEUED", None),
+            "{name}: the failed analysis is the one retried"
         );
 
         // Retry applies to failed calls only; tags merge; deletion leaves a DELETED event.
@@ -377,6 +492,14 @@ async fn attempts_are_fenced_and_every_change_has_its_event() {
                 .unwrap()
                 .is_empty(),
             "{name}"
+        );
+        assert!(
+            store
+                .analyses_of_calls(a, &[call.id])
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: its analyses went with it"
         );
         store.sequence_pending().await.unwrap();
         let kinds: Vec<String> = store
@@ -525,5 +648,66 @@ async fn the_outbox_is_claimed_marked_and_rescheduled() {
             1,
             "{name}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categories_belong_to_their_tenant_and_names_are_unique_whatever_the_case() {
+    for (name, store, _dir) in stores().await {
+        let (a, b) = two_tenants(&store).await;
+        let fields = |n: &str| CategoryFields {
+            name: n.into(),
+            instructions: Some("The caller wants to cancel.".into()),
+            keywords: vec!["cancel".into(), "close my account".into()],
+        };
+        let c = store.create_category(a, fields("Churn")).await.unwrap();
+        assert!(
+            store.create_category(a, fields("churn")).await.is_err(),
+            "{name}: a name is taken whatever its case"
+        );
+        // Another tenant may use the name.
+        store.create_category(b, fields("CHURN")).await.unwrap();
+        let listed = store.list_categories(a).await.unwrap();
+        assert_eq!(listed.len(), 1, "{name}");
+        assert_eq!(
+            listed[0].keywords,
+            vec!["cancel", "close my account"],
+            "{name}"
+        );
+        assert_eq!(store.count_categories(b).await.unwrap(), 1, "{name}");
+        assert!(
+            store
+                .update_category(b, c.id, |_| Ok(fields("Stolen")))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: another tenant's category does not exist for b"
+        );
+        let renamed = store
+            .update_category(a, c.id, |current| {
+                Ok(CategoryFields {
+                    name: "Cancellation".into(),
+                    ..CategoryFields {
+                        name: current.name,
+                        instructions: current.instructions,
+                        keywords: current.keywords,
+                    }
+                })
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(renamed.name, "Cancellation", "{name}");
+        assert!(renamed.updated_at >= renamed.created_at, "{name}");
+        assert!(
+            store.delete_category(b, c.id).await.unwrap().is_none(),
+            "{name}"
+        );
+        assert!(
+            store.delete_category(a, c.id).await.unwrap().is_some(),
+            "{name}"
+        );
+        assert!(store.list_categories(a).await.unwrap().is_empty(), "{name}");
+        assert_eq!(store.list_categories(b).await.unwrap().len(), 1, "{name}");
     }
 }

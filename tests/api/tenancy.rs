@@ -39,6 +39,7 @@ struct Tenant {
     calls: Vec<String>,
     upload_key: String,
     recording_url: String,
+    category: String,
 }
 
 impl Tenant {
@@ -49,6 +50,8 @@ impl Tenant {
             format!("tenant-t{}", self.n),
             format!("owner-t{}", self.n),
             self.upload_key.clone(),
+            self.category.clone(),
+            format!("t{}-category", self.n),
         ];
         m.extend(self.calls.iter().cloned());
         m.extend(self.keys.iter().map(|(_, id, _)| id.clone()));
@@ -141,6 +144,17 @@ async fn no_operation_reaches_another_tenant() {
             ));
         }
         let integrator = keys[1].2.clone();
+        let category = app
+            .gql_as(
+                Some(&keys[0].2),
+                "mutation($n: String!) { createCategory(input: {name: $n, keywords: [\"hello\", \"tone\"]}) { id } }",
+                json!({ "n": format!("t{n}-category") }),
+            )
+            .await
+            .1["data"]["createCategory"]["id"]
+            .as_str()
+            .expect("a category")
+            .to_string();
         let mut calls = Vec::new();
         for i in 0..2 {
             let (status, body) = app
@@ -176,6 +190,7 @@ async fn no_operation_reaches_another_tenant() {
                 .unwrap()
                 .to_string(),
             recording_url: String::new(),
+            category,
         });
     }
     for t in &mut tenants {
@@ -229,7 +244,36 @@ async fn no_operation_reaches_another_tenant() {
                 let others = v.markers();
                 // Queries over everything the caller may see.
                 probe
-                    .check(key, "calls", "{ calls(first: 100) { totalCount nodes { id externalId tags metadata events { kind call { id } } transcript { segments { speaker } } } } }", json!({}), &others)
+                    .check(key, "calls", "{ calls(first: 100) { totalCount nodes { id externalId tags metadata events { kind analysisId call { id } } transcript { segments { speaker } } categories { name category { id name } segments { index } } quotes { text } analyses { id status } } } }", json!({}), &others)
+                    .await;
+                probe
+                    .check(
+                        key,
+                        "categories",
+                        "{ categories { id name keywords } }",
+                        json!({}),
+                        &others,
+                    )
+                    .await;
+                let d = probe
+                    .check(key, "updateCategory", "mutation($id: ID!) { updateCategory(id: $id, input: {name: \"pwned\"}) { id name } }", json!({ "id": v.category }), &others)
+                    .await;
+                assert!(
+                    d["data"].is_null() || d["data"]["updateCategory"].is_null(),
+                    "{d}"
+                );
+                probe
+                    .check(
+                        key,
+                        "deleteCategory",
+                        "mutation($id: ID!) { deleteCategory(id: $id) { id } }",
+                        json!({ "id": v.category }),
+                        &others,
+                    )
+                    .await;
+                ids_tried += 2;
+                probe
+                    .check(key, "createCategory", "mutation($n: String!) { createCategory(input: {name: $n, keywords: [\"x\"]}) { id name } }", json!({ "n": format!("probe {} {role} {}", t.n, v.n) }), &others)
                     .await;
                 probe
                     .check(key, "calls", "query($x: String) { calls(filter: {externalId: $x}) { totalCount nodes { id } } }", json!({ "x": format!("t{}-call-0", v.n) }), &others)
@@ -305,6 +349,15 @@ async fn no_operation_reaches_another_tenant() {
                         .await;
                     assert!(d["data"]["node"].is_null(), "{d}");
                     probe.check(key, "tagCall", "mutation($id: ID!) { tagCall(id: $id, tags: [\"pwned\"]) { id tags } }", vars.clone(), &others).await;
+                    probe
+                        .check(
+                            key,
+                            "reanalyzeCall",
+                            "mutation($id: ID!) { reanalyzeCall(id: $id, analyzer: LOCAL) { id } }",
+                            vars.clone(),
+                            &others,
+                        )
+                        .await;
                     probe
                         .check(
                             key,
@@ -471,12 +524,30 @@ async fn no_operation_reaches_another_tenant() {
         let d = app
             .gql_as(
                 Some(t.secret("ADMIN")),
-                "{ calls { totalCount nodes { tags } } apiKeys { revokedAt } }",
+                "{ calls { totalCount nodes { tags analyses { id } } } apiKeys { revokedAt } categories { id name } }",
                 json!({}),
             )
             .await
             .1;
         assert_eq!(d["data"]["calls"]["totalCount"], 2, "{d}");
+        assert!(
+            d["data"]["categories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(
+                    |c| c["id"] == t.category.as_str() && c["name"] == format!("t{}-category", t.n)
+                ),
+            "its category is untouched: {d}"
+        );
+        assert!(
+            d["data"]["calls"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["analyses"].as_array().unwrap().len() == 1),
+            "no call was re-analysed from another tenant: {d}"
+        );
         assert!(!d.to_string().contains("pwned"), "{d}");
         assert_eq!(d["data"]["apiKeys"].as_array().unwrap().len(), 4, "{d}");
         assert!(

@@ -69,7 +69,7 @@ async fn a_job_abandoned_mid_way_is_leased_again_and_completes_once() {
     let id = app.submit_ok(short_call(), json!({})).await;
     // A worker leases the job, marks the call PROCESSING, then dies (its lease is never renewed).
     let dead = lease(&app.state).await;
-    let (_, attempt) = worker::start_attempt(&app.state, &dead)
+    let (_, _, attempt) = worker::start_attempt(&app.state, &dead)
         .await
         .unwrap()
         .unwrap();
@@ -188,6 +188,7 @@ async fn a_stale_attempt_cannot_overwrite_a_newer_one() {
             &JobMessage {
                 tenant_id: redelivered.message.tenant_id,
                 call_id: redelivered.message.call_id,
+                analysis_id: redelivered.message.analysis_id,
             },
             None,
         )

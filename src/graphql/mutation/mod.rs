@@ -2,12 +2,17 @@
 
 mod admin;
 mod calls;
+mod categories;
 
-/// Submitting and managing calls, tenants and API keys. Every field needs an API key
+/// Submitting, re-analysing and managing calls, categories, tenants and API keys. Every field needs an API key
 /// (`Authorization: Bearer vg_…`) and names the roles that may call it; others get FORBIDDEN.
 /// Errors carry `extensions.code`: UNAUTHENTICATED, FORBIDDEN, BAD_USER_INPUT (an invalid
 /// argument; the message says which), NOT_FOUND, CONFLICT (the request clashes with the current
 /// state), INTERNAL (with `extensions.errorId` to quote when reporting it).
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct MutationRoot(calls::CallsMutation, admin::AdminMutation);
+pub struct MutationRoot(
+    calls::CallsMutation,
+    categories::CategoriesMutation,
+    admin::AdminMutation,
+);

@@ -29,11 +29,34 @@ async fn prefetch(ctx: &Context<'_>, page: &[(String, crate::domain::CallRecord)
     let l = loaders(ctx);
     let internal =
         |e: std::sync::Arc<anyhow::Error>| AppError::Internal(anyhow::anyhow!("{e}")).extend();
+    if nodes.iter().any(|n| {
+        n.field("transcript").field("segments").exists()
+            || n.field("quotes").field("segments").exists()
+            || n.field("categories").field("segments").exists()
+    }) {
+        l.segments.load_many(keys.clone()).await.map_err(internal)?;
+    }
+    if nodes.iter().any(|n| n.field("analyses").exists()) {
+        l.analyses.load_many(keys.clone()).await.map_err(internal)?;
+    }
     if nodes
         .iter()
-        .any(|n| n.field("transcript").field("segments").exists())
+        .any(|n| n.field("categories").field("category").exists())
     {
-        l.segments.load_many(keys.clone()).await.map_err(internal)?;
+        let matched: Vec<_> = page
+            .iter()
+            .flat_map(|(_, c)| {
+                c.category_matches
+                    .clone()
+                    .and_then(|v| {
+                        serde_json::from_value::<Vec<crate::domain::CategoryMatch>>(v).ok()
+                    })
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| (c.tenant_id, m.category_id))
+            })
+            .collect();
+        l.categories.load_many(matched).await.map_err(internal)?;
     }
     if nodes.iter().any(|n| n.field("events").exists()) {
         l.events.load_many(keys).await.map_err(internal)?;
@@ -46,6 +69,16 @@ async fn prefetch(ctx: &Context<'_>, page: &[(String, crate::domain::CallRecord)
 
 #[Object]
 impl CallsQuery {
+    /// The caller's tenant's categories, by name: what every analysis looks for. Any role.
+    async fn categories(&self, ctx: &Context<'_>) -> Result<Vec<crate::graphql::types::Category>> {
+        Ok(crate::services::categories::list(state(ctx), caller(ctx)?)
+            .await
+            .map_err(|e| e.extend())?
+            .into_iter()
+            .map(crate::graphql::types::Category)
+            .collect())
+    }
+
     /// One call of the caller's tenant; null when the tenant has no call with this id. Any role.
     async fn call(
         &self,

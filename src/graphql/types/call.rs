@@ -4,8 +4,10 @@ use crate::domain::CallRecord;
 use async_graphql::{ComplexObject, Context, Object, Result, SimpleObject, ID};
 use chrono::Utc;
 
+use super::analysis::{CallAnalysis, CallQuote, CategoryMatchGql, QuoteKind};
 use crate::domain::{
-    CallDirection, CallEventKind, CallMetrics, CallStatus, EventEnvelope, SentimentLabel,
+    CallDirection, CallEventKind, CallMetrics, CallOutcome, CallStatus, CategoryMatch,
+    EventEnvelope, Quote, SentimentLabel,
 };
 use crate::error::AppError;
 use crate::graphql::scalars::{Json, Timestamp};
@@ -32,6 +34,11 @@ fn bounded(value: Option<i32>, default: i32, max: i32, name: &str) -> Result<usi
 }
 
 fn json_list(v: &serde_json::Value) -> Vec<String> {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+/// Stored quotes (older rows hold bare strings, read as quotes without segments).
+fn quotes(v: &serde_json::Value) -> Vec<Quote> {
     serde_json::from_value(v.clone()).unwrap_or_default()
 }
 
@@ -92,6 +99,9 @@ impl From<CallMetrics> for CallMetricsGql {
 /// One stretch of speech by one speaker, as detected in the audio.
 #[derive(SimpleObject, Clone)]
 pub struct Segment {
+    /// The segment's position in the call's transcript, from 0 in time order: what quotes and
+    /// category matches refer to.
+    pub index: i32,
     /// The speaker's name: the name of the segment's channel (see `Call.channels`).
     pub speaker: String,
     /// The audio channel the speech was heard on: 0 = left (or the only channel of a mono
@@ -174,7 +184,11 @@ pub struct SignedUrl {
     pub expires_at: Timestamp,
 }
 
-async fn signed(ctx: &Context<'_>, key: &str, expires_in: Option<i32>) -> Result<SignedUrl> {
+pub(super) async fn signed(
+    ctx: &Context<'_>,
+    key: &str,
+    expires_in: Option<i32>,
+) -> Result<SignedUrl> {
     let expiry = url_expiry(ctx, expires_in)?;
     let expires_at = Utc::now() + chrono::Duration::from_std(expiry).unwrap_or_default();
     let url = state(ctx)
@@ -240,7 +254,9 @@ impl Recording {
 }
 
 /// A submitted call: what the integrator sent and, once the call is `COMPLETED`, the results of
-/// its analysis. Result fields are null (or empty lists) until then.
+/// its analysis. Result fields are null (or empty lists) until then. Every analysis is kept
+/// (`analyses`); the result fields show the latest successful one, also while a re-analysis is
+/// queued or running and after one fails.
 #[Object]
 impl Call {
     /// The call's id (a UUID), also its global id for `node`.
@@ -322,9 +338,9 @@ impl Call {
             None => Ok(None),
         }
     }
-    /// Transcript and speech segments; null until the call is `COMPLETED`.
+    /// Transcript and speech segments; null until an analysis of the call has completed.
     async fn transcript(&self) -> Option<Transcript> {
-        (self.0.status == CallStatus::Completed.as_str()).then(|| Transcript {
+        self.0.completed_at.is_some().then(|| Transcript {
             call: self.0.clone(),
         })
     }
@@ -357,7 +373,103 @@ impl Call {
     /// Follow-ups promised or asked for in the call, as the analyser found them; empty until the
     /// call is `COMPLETED`, and when there are none.
     async fn action_items(&self) -> Vec<String> {
-        json_list(&self.0.action_items)
+        quotes(&self.0.action_items)
+            .into_iter()
+            .map(|q| q.text)
+            .collect()
+    }
+    /// Problems the caller raised, as the analyser found them; empty until the call is
+    /// `COMPLETED`, and when there are none.
+    async fn issues(&self) -> Vec<String> {
+        self.0
+            .issues
+            .as_ref()
+            .map(quotes)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|q| q.text)
+            .collect()
+    }
+    /// The action items and issues with the transcript segments each rests on; `kind` keeps
+    /// one kind only. Empty until the call is `COMPLETED`.
+    async fn quotes(
+        &self,
+        #[graphql(
+            desc = "Only quotes of this kind; both kinds, action items first, unless given."
+        )]
+        kind: Option<QuoteKind>,
+    ) -> Vec<CallQuote> {
+        let mut out = Vec::new();
+        for (k, stored) in [
+            (QuoteKind::ActionItem, Some(&self.0.action_items)),
+            (QuoteKind::Issue, self.0.issues.as_ref()),
+        ] {
+            if kind.is_some_and(|want| want != k) {
+                continue;
+            }
+            for q in stored.map(quotes).unwrap_or_default() {
+                out.push(CallQuote {
+                    call: self.0.clone(),
+                    kind: k,
+                    text: q.text,
+                    segments: q.segments,
+                });
+            }
+        }
+        out
+    }
+    /// Why the caller called, in a few words; null until the call is `COMPLETED`, and when the
+    /// analyser could not tell (the local analyser needs a transcript).
+    async fn intent(&self) -> Option<&str> {
+        self.0.intent.as_deref()
+    }
+    /// How the call ended; null until the call is `COMPLETED`, and when the analyser could not
+    /// tell.
+    async fn outcome(&self) -> Option<CallOutcome> {
+        self.0.outcome.as_deref().and_then(CallOutcome::parse)
+    }
+    /// The tenant's categories that matched the call, with the segments where; empty until the
+    /// call is `COMPLETED`, and when none matched. Categories created or changed later apply
+    /// once the call is analysed again (`reanalyzeCall`).
+    async fn categories(&self, ctx: &Context<'_>) -> Result<Vec<CategoryMatchGql>> {
+        let matches: Vec<CategoryMatch> = self
+            .0
+            .category_matches
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(matches.len());
+        for m in matches {
+            let category = loaders(ctx)
+                .categories
+                .load_one((self.0.tenant_id, m.category_id))
+                .await
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?;
+            out.push(CategoryMatchGql {
+                call: self.0.clone(),
+                category,
+                name: m.name,
+                segments: m.segments,
+            });
+        }
+        Ok(out)
+    }
+    /// Every analysis of the call, oldest first: the first from `submitCall`, one more per
+    /// `reanalyzeCall`.
+    #[graphql(complexity = "20 * child_complexity + 1")]
+    async fn analyses(&self, ctx: &Context<'_>) -> Result<Vec<CallAnalysis>> {
+        Ok(loaders(ctx)
+            .analyses
+            .load_one((self.0.tenant_id, self.0.id))
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|record| CallAnalysis {
+                current: Some(record.id) == self.0.current_analysis_id,
+                record,
+            })
+            .collect())
     }
     /// Talk-time metrics measured from the audio; null until the call is `COMPLETED`.
     async fn metrics(&self) -> Option<CallMetricsGql> {
@@ -461,6 +573,13 @@ impl CallEvent {
     /// to resume without missing or repeating an event.
     async fn cursor(&self) -> String {
         self.0.seq.to_string()
+    }
+    /// The analysis the event reports on (`Call.analyses { id }`), for the events of an
+    /// analysis: `SUBMITTED`, `REANALYZED`, `RETRIED`, `PROCESSING`, `COMPLETED`, `RETRYING`,
+    /// `FAILED`. Null for the others, and for events of calls submitted before analyses were
+    /// kept.
+    async fn analysis_id(&self) -> Option<ID> {
+        self.0.analysis_id.map(|a| ID(a.to_string()))
     }
     /// What happened.
     async fn kind(&self) -> CallEventKind {

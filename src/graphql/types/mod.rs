@@ -1,8 +1,10 @@
 //! GraphQL types, written for clients rather than derived from tables; each wraps an entity or a
 //! service result and resolves nested lists through the DataLoaders.
 
+mod analysis;
 mod call;
 mod misc;
 
+pub use analysis::*;
 pub use call::*;
 pub use misc::*;
