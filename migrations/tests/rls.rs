@@ -18,12 +18,14 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-const TENANT_TABLES: [&str; 5] = [
+const TENANT_TABLES: [&str; 7] = [
     "api_keys",
     "calls",
     "call_segments",
     "call_events",
     "audit_log",
+    "analyses",
+    "categories",
 ];
 const SYSTEM_TABLES: [&str; 6] = [
     "tenants",
@@ -397,6 +399,18 @@ fn insert_row(table: &str, tenant: Uuid, call: Uuid) -> String {
             "INSERT INTO audit_log (tenant_id, action, target, created_at) \
              VALUES ('{tenant}', 'key.create', 'key', now())"
         ),
+        "analyses" => format!(
+            "INSERT INTO analyses (id, tenant_id, call_id, analyzer, status, created_at) \
+             VALUES ('{}', '{tenant}', '{call}', 'local', 'QUEUED', now())",
+            Uuid::new_v4()
+        ),
+        "categories" => {
+            let id = Uuid::new_v4();
+            format!(
+                "INSERT INTO categories (id, tenant_id, name, name_key, keywords, created_at, \
+                 updated_at) VALUES ('{id}', '{tenant}', 'c{id}', 'c{id}', '[]', now(), now())"
+            )
+        }
         other => panic!("no fixture for {other}"),
     }
 }
@@ -426,6 +440,8 @@ async fn seed(app: &DatabaseConnection) -> Tenant {
     exec(&txn, &insert_call(id, call)).await;
     exec(&txn, &insert_row("call_segments", id, call)).await;
     exec(&txn, &insert_row("audit_log", id, call)).await;
+    exec(&txn, &insert_row("analyses", id, call)).await;
+    exec(&txn, &insert_row("categories", id, call)).await;
     let event = scalar(
         &txn,
         &format!("{} RETURNING id", insert_row("call_events", id, call)),
@@ -1055,7 +1071,7 @@ async fn migrating_and_granting_again_is_harmless() {
             "SELECT count(*) FROM pg_policies WHERE policyname LIKE 'voicegraph\\_%'",
         )
         .await;
-        assert_eq!(policies, 10);
+        assert_eq!(policies, 2 * TENANT_TABLES.len() as i64);
 
         // Down, through the row-level security migration (and those after it): no policies, no
         // functions, no RLS.
@@ -1184,4 +1200,71 @@ async fn scalar_sqlite(db: &DatabaseConnection, sql: &str) -> i64 {
         .unwrap()
         .try_get_by_index(0)
         .unwrap()
+}
+
+#[tokio::test]
+async fn calls_analysed_before_analyses_were_kept_get_one_each_across_tenants() {
+    run(|fx| async move {
+        let a = seed(&fx.app).await;
+        let b = seed(&fx.app).await;
+        let txn = as_tenant(&fx.app, a.id).await;
+        exec(
+            &txn,
+            &format!(
+                "UPDATE calls SET status = 'COMPLETED', analyzer = 'gemini:gemini-2.5-flash', \
+                 result_key = 'results/old.json', prompt_tokens = 10, output_tokens = 5, \
+                 total_tokens = 15, attempts = 2, completed_at = now() WHERE id = '{}'",
+                a.call
+            ),
+        )
+        .await;
+        txn.commit().await.unwrap();
+        // Back to before the analyses migration, and up again as the owner, whom forced RLS
+        // binds: the backfill must see both tenants' calls all the same.
+        Migrator::down(&fx.owner, Some(1)).await.unwrap();
+        Migrator::up(&fx.owner, None).await.unwrap();
+        let found = rows(
+            &fx.su,
+            "SELECT a.id, a.tenant_id, a.call_id, a.analyzer, a.model, a.status, a.attempts, \
+             a.result_key, a.total_tokens, c.current_analysis_id FROM analyses a \
+             JOIN calls c ON c.id = a.call_id ORDER BY a.status",
+        )
+        .await;
+        assert_eq!(found.len(), 2);
+        let get = |r: &QueryResult, col: &str| -> Option<String> { r.try_get("", col).unwrap() };
+        let (done, waiting) = (&found[0], &found[1]);
+        assert_eq!(done.try_get::<Uuid>("", "tenant_id").unwrap(), a.id);
+        assert_eq!(done.try_get::<Uuid>("", "id").unwrap(), a.call);
+        assert_eq!(get(done, "analyzer").as_deref(), Some("gemini"));
+        assert_eq!(get(done, "model").as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(get(done, "status").as_deref(), Some("COMPLETED"));
+        assert_eq!(get(done, "result_key").as_deref(), Some("results/old.json"));
+        assert_eq!(done.try_get::<i32>("", "attempts").unwrap(), 2);
+        assert_eq!(
+            done.try_get::<Option<i64>>("", "total_tokens").unwrap(),
+            Some(15)
+        );
+        assert_eq!(waiting.try_get::<Uuid>("", "tenant_id").unwrap(), b.id);
+        assert_eq!(
+            get(waiting, "analyzer"),
+            None,
+            "the worker's default will run it"
+        );
+        assert_eq!(get(waiting, "status").as_deref(), Some("QUEUED"));
+        for r in &found {
+            assert_eq!(
+                r.try_get::<Option<Uuid>>("", "current_analysis_id")
+                    .unwrap(),
+                Some(r.try_get::<Uuid>("", "id").unwrap())
+            );
+        }
+        // Granted again, as `voicegraph migrate` does after migrating, the runtime role sees a
+        // tenant's analyses only under that tenant.
+        grant_runtime_role(&fx.owner, &fx.app_role).await.unwrap();
+        assert_eq!(count(&fx.app, "analyses").await, 0);
+        let txn = as_tenant(&fx.app, b.id).await;
+        assert_eq!(count(&txn, "analyses").await, 1);
+        txn.commit().await.unwrap();
+    })
+    .await;
 }
