@@ -357,7 +357,12 @@ impl Call {
     /// Follow-ups promised or asked for in the call, as the analyser found them; empty until the
     /// call is `COMPLETED`, and when there are none.
     async fn action_items(&self) -> Vec<String> {
-        json_list(&self.0.action_items)
+        // Stored as quotes (text and cited segments), or as bare texts by older versions.
+        serde_json::from_value::<Vec<crate::domain::Quote>>(self.0.action_items.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|q| q.text)
+            .collect()
     }
     /// Talk-time metrics measured from the audio; null until the call is `COMPLETED`.
     async fn metrics(&self) -> Option<CallMetricsGql> {
