@@ -117,7 +117,7 @@ async fn multipart_submission_is_analysed_and_every_field_resolves() {
         .json()
         .await
         .unwrap();
-    assert_eq!(result["schemaVersion"], 1);
+    assert_eq!(result["schemaVersion"], 2);
     assert_eq!(result["callId"], id.as_str());
     assert_eq!(result["durationMs"], 2000);
     assert_eq!(result["segments"].as_array().unwrap().len(), 2);
