@@ -107,7 +107,9 @@ async fn stand_in(server_ns: Arc<AtomicU64>) -> String {
                     }
                     let answer = json!({
                         "segments": segments, "summary": "A billing call.", "sentiment": 0.1,
-                        "topics": ["billing"], "actionItems": ["send the invoice"], "language": "en",
+                        "topics": ["billing"], "language": "en",
+                        "actionItems": [{"text": "send the invoice", "segments": [0]}],
+                        "issues": [], "intent": "a question about an invoice",
                     });
                     let response = json!({
                         "candidates": [{"content": {"role": "model", "parts": [{"text": answer.to_string()}]}, "finishReason": "STOP"}],

@@ -71,9 +71,19 @@ pub const SNAP_TOLERANCE_MS: i64 = 600;
 /// flagged `grounded: false`. Items on a channel the call does not have are put on the first.
 /// The result is in time order.
 pub fn ground(items: &[TimedText], facts: &AcousticFacts, speakers: &[String]) -> Vec<Segment> {
+    ground_placed(items, facts, speakers).0
+}
+
+/// [`ground`], saying also where each item went: one segment per item, in time order, and
+/// `placed[i]`, the index in those segments of the one grounded from `items[i]`.
+pub fn ground_placed(
+    items: &[TimedText],
+    facts: &AcousticFacts,
+    speakers: &[String],
+) -> (Vec<Segment>, Vec<usize>) {
     let duration = facts.duration_ms.max(0);
     let channels = facts.channels().max(1);
-    let mut out: Vec<Segment> = items
+    let out: Vec<Segment> = items
         .iter()
         .map(|item| {
             let channel = if item.channel < channels {
@@ -110,8 +120,16 @@ pub fn ground(items: &[TimedText], facts: &AcousticFacts, speakers: &[String]) -
             }
         })
         .collect();
-    out.sort_by_key(|s| (s.start_ms, s.channel));
-    out
+    // A stable sort of the items' indexes, so that equal keys keep the items' order.
+    let mut order: Vec<usize> = (0..out.len()).collect();
+    order.sort_by_key(|&i| (out[i].start_ms, out[i].channel));
+    let mut placed = vec![0; out.len()];
+    for (at, &i) in order.iter().enumerate() {
+        placed[i] = at;
+    }
+    let mut slots: Vec<Option<Segment>> = out.into_iter().map(Some).collect();
+    let segments = order.iter().filter_map(|&i| slots[i].take()).collect();
+    (segments, placed)
 }
 
 /// Names per channel: the submitted ones where given (and not blank), else the defaults —
@@ -471,6 +489,27 @@ mod tests {
         // Speech on the other channel does not ground it.
         let g = ground(&[item(1, 1000, 2000)], &f, &names());
         assert!(!g[0].grounded);
+    }
+
+    #[test]
+    fn placement_says_where_each_item_went() {
+        let f = facts(vec![vec![(0, 3000)], vec![(1000, 2000)]], 5000);
+        let items = [
+            item(1, 1000, 2000),
+            item(0, 2500, 2900),
+            item(0, 0, 900),
+            // Same start and channel as the first: the two keep their order.
+            TimedText {
+                text: "the second at 1000".into(),
+                ..item(1, 1000, 1500)
+            },
+        ];
+        let (segments, placed) = ground_placed(&items, &f, &names());
+        assert_eq!(segments, ground(&items, &f, &names()));
+        assert_eq!(placed, vec![1, 3, 0, 2]);
+        for (i, &at) in placed.iter().enumerate() {
+            assert_eq!(segments[at].text.as_deref(), Some(items[i].text.as_str()));
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use voicegraph::adapters::gemini::insights::PROMPT_VERSION;
 use voicegraph::startup::Roles;
 
 use crate::gemini_server::{FileOutcome, GeminiServer, Reply, TEST_KEY};
@@ -14,7 +15,8 @@ use crate::helpers::*;
 const MODEL: &str = "gemini-2.5-flash";
 
 /// A stand-in model: per audio part (one per channel), a segment per stretch of speech it hears,
-/// shifted by `drift_ms`; plus `extra` segments as given (window-relative seconds).
+/// shifted by `drift_ms`; plus `extra` segments as given (window-relative seconds). Its action
+/// item cites the first segment, its issue the last.
 fn listening_model(
     drift_ms: i64,
     extra: Vec<Value>,
@@ -41,13 +43,17 @@ fn listening_model(
             }
         }
         segments.extend(extra.iter().cloned());
+        let last = segments.len().saturating_sub(1);
         Reply::json(
             json!({
                 "segments": segments,
                 "summary": "The customer asked about an invoice.",
                 "sentiment": 0.4,
                 "topics": ["billing", "Billing", "invoice"],
-                "actionItems": ["send the invoice"],
+                "actionItems": [{"text": "send the invoice", "segments": [0]}],
+                "issues": [{"text": "an invoice is wrong", "segments": [last]}],
+                "intent": "a question about an invoice",
+                "outcome": "RESOLVED",
                 "language": "en",
             }),
             (1000, 200, 1300),
@@ -192,6 +198,19 @@ async fn a_call_comes_back_transcribed_grounded_and_summarised() {
 
     // The results document carries the token usage; the raw response is kept beside it.
     let results = download_results(&app, &id).await;
+    // Its insights cite the grounded segments: the agent's first words, the phantom ones.
+    assert_eq!(
+        results["actionItems"],
+        json!([{"text": "send the invoice", "segments": [0]}])
+    );
+    assert_eq!(
+        results["issues"],
+        json!([{"text": "an invoice is wrong", "segments": [2]}])
+    );
+    assert_eq!(results["intent"], "a question about an invoice");
+    assert_eq!(results["outcome"], "RESOLVED");
+    assert_eq!(results["model"], MODEL);
+    assert_eq!(results["promptVersion"], PROMPT_VERSION);
     assert_eq!(
         results["usage"],
         json!({"promptTokens": 1000, "outputTokens": 300, "totalTokens": 1300})
@@ -200,8 +219,9 @@ async fn a_call_comes_back_transcribed_grounded_and_summarised() {
         .state
         .blobs
         .get(&format!(
-            "results/{}/{id}.model.json",
-            tenant_of(&app).await
+            "results/{}/{id}/{}.model.json",
+            tenant_of(&app).await,
+            results["analysisId"].as_str().unwrap()
         ))
         .await
         .unwrap()
@@ -411,7 +431,8 @@ async fn failures_end_in_clear_states() {
         (
             Reply::json(
                 json!({"segments": [{"speaker": "narrator", "startSeconds": 0, "endSeconds": 1, "text": "x", "sentiment": 0}],
-                       "summary": "s", "sentiment": 0, "topics": [], "actionItems": []}),
+                       "summary": "s", "sentiment": 0, "topics": [], "actionItems": [],
+                       "issues": [], "intent": ""}),
                 (1, 1, 2),
             ),
             "unknown speaker",

@@ -17,6 +17,7 @@ mod events;
 mod feed_contract;
 mod gemini_analysis;
 mod gemini_client;
+mod gemini_insights;
 mod hostile;
 mod http;
 mod jwt;

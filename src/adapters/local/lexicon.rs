@@ -1,6 +1,7 @@
 //! Insights without a model, behind the `Insights` port: the submitted transcript attached to
 //! the acoustic speech segments, lexicon sentiment, the call summary (what the audio shows, and
-//! the transcript's key sentences), topics and action items. Deterministic.
+//! the transcript's key sentences), topics, action items and issues quoting their segments, the
+//! caller's intent, the call's outcome, and the tenant's categories by keyword. Deterministic.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -8,7 +9,8 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 
 use crate::domain::{
-    CallMetrics, Insights, InsightsInput, Segment, Sentiment, SentimentLabel, TranscriptInput,
+    CallMetrics, CallOutcome, CategoryMatch, CategoryRule, Insights, InsightsInput, Quote, Segment,
+    Sentiment, SentimentLabel, TranscriptInput,
 };
 use crate::ports::{AnalyzeError, Audio, InsightsSource};
 
@@ -39,14 +41,11 @@ pub fn insights(input: &InsightsInput) -> Insights {
         analyzer: "local".into(),
         sentiment: call_sentiment(&utterances),
         topics: topics(&utterances, speakers),
-        action_items: action_items(&utterances)
-            .into_iter()
-            .map(|a| crate::domain::Quote::new(a, Vec::new()))
-            .collect(),
-        issues: Vec::new(),
-        intent: None,
-        outcome: None,
-        categories: Vec::new(),
+        action_items: action_items(&utterances),
+        issues: issues(&utterances, speakers),
+        intent: intent(&utterances, speakers),
+        outcome: outcome(&utterances),
+        categories: categories(&segments, &req.categories),
         model: None,
         prompt_version: None,
         segments,
@@ -91,6 +90,9 @@ const NEGATION_WINDOW: usize = 3;
 const NEGATION_FACTOR: f64 = -0.75;
 const MAX_TOPICS: usize = 5;
 const MAX_ACTION_ITEMS: usize = 10;
+const MAX_ISSUES: usize = 10;
+/// The longest intent, in characters.
+pub const MAX_INTENT_CHARS: usize = 120;
 const MAX_SUMMARY_SENTENCES: usize = 2;
 
 // Valences on a 0.5–3 scale. Only unambiguous words: "like", "right", "sure", "help" are left out
@@ -190,6 +192,138 @@ const COMMITMENTS: &[&[&str]] = &[
     &["make", "sure"],
     &["schedule"],
     &["remind"],
+];
+
+/// Phrases in which a customer states a problem (matched as whole words, see [`issues`]).
+pub const ISSUE_PHRASES: &[&str] = &[
+    "not working",
+    "isn't working",
+    "stopped working",
+    "doesn't work",
+    "does not work",
+    "don't work",
+    "won't work",
+    "broken",
+    "broke",
+    "problem",
+    "problems",
+    "issue",
+    "issues",
+    "error",
+    "errors",
+    "can't",
+    "cannot",
+    "unable to",
+    "charged twice",
+    "double charged",
+    "overcharged",
+    "refund",
+    "complaint",
+    "complain",
+    "still waiting",
+    "still haven't",
+    "never arrived",
+    "hasn't arrived",
+    "didn't arrive",
+    "never received",
+    "haven't received",
+    "late",
+    "wrong",
+    "damaged",
+    "faulty",
+    "missing",
+    "keeps dropping",
+    "failed",
+    "outage",
+];
+
+/// Phrases in which a customer asks for something (see [`intent`]).
+pub const REQUEST_PHRASES: &[&str] = &[
+    "i want",
+    "i wanted",
+    "i'd like",
+    "i would like",
+    "i need",
+    "i'm calling",
+    "i am calling",
+    "calling about",
+    "calling to",
+    "calling because",
+    "i'm trying to",
+    "i am trying to",
+    "i was wondering",
+    "can you",
+    "could you",
+    "help me",
+    "how do i",
+    "how can i",
+    "looking to",
+];
+
+/// Phrases that hand a call on to someone else (see [`outcome`]).
+pub const ESCALATION_PHRASES: &[&str] = &[
+    "transfer you",
+    "transferring you",
+    "transferred to",
+    "put you through",
+    "connect you with",
+    "connect you to",
+    "supervisor",
+    "a manager",
+    "my manager",
+    "the manager",
+    "escalate",
+    "escalated",
+    "escalating",
+    "escalation",
+    "another department",
+];
+
+/// Phrases that promise a next step after the call (see [`outcome`]).
+pub const FOLLOW_UP_PHRASES: &[&str] = &[
+    "call you back",
+    "call back",
+    "get back to you",
+    "email you",
+    "send you an email",
+    "follow up",
+    "followup",
+    "reach out",
+    "be in touch",
+    "will contact you",
+    "we'll contact you",
+    "i'll contact you",
+];
+
+/// Phrases that say the problem is still open (see [`outcome`]).
+pub const UNRESOLVED_PHRASES: &[&str] = &[
+    "still not",
+    "still doesn't",
+    "still isn't",
+    "still can't",
+    "still broken",
+    "not resolved",
+    "unresolved",
+    "not fixed",
+    "nothing you can do",
+    "nothing we can do",
+    "nothing i can do",
+    "didn't help",
+    "doesn't help",
+];
+
+/// Phrases that say the problem was dealt with (see [`outcome`]).
+pub const RESOLVED_PHRASES: &[&str] = &[
+    "that fixed it",
+    "fixed it",
+    "all set",
+    "resolved",
+    "works now",
+    "working now",
+    "that helps",
+    "that helped",
+    "problem solved",
+    "sorted",
 ];
 
 struct Lexicon {
@@ -360,11 +494,17 @@ pub fn label(score: f64) -> SentimentLabel {
     }
 }
 
-/// One turn of the transcript as the integrator wrote it.
+/// One turn of the transcript as the integrator wrote it, and where it went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Utterance {
     /// The speaker, when the transcript names one.
     pub speaker: Option<String>,
+    /// The channel it is said on: its speaker's when the name resolves to a channel, else that
+    /// of the segment it was attached to; `None` when neither is known.
+    pub channel: Option<usize>,
+    /// The index of the segment its text was attached to (in the segments given to
+    /// [`attach_transcript`]); `None` when no segment took it.
+    pub segment: Option<usize>,
     pub text: String,
 }
 
@@ -504,6 +644,12 @@ impl<'a> Assigner<'a> {
         })
     }
 
+    /// The channel of segment `i`, when it is one of the call's.
+    fn channel_of(&self, i: usize) -> Option<usize> {
+        let c = usize::try_from(self.segments.get(i)?.channel).ok()?;
+        (c < self.per_channel.len()).then_some(c)
+    }
+
     fn attach(&mut self, i: usize, text: &str) {
         let seg = &mut self.segments[i];
         match &mut seg.text {
@@ -568,6 +714,8 @@ pub fn attach_transcript(
             });
             utterances.push(Utterance {
                 speaker,
+                channel: channel.or_else(|| target.and_then(|i| assigner.channel_of(i))),
+                segment: target,
                 text: text.to_string(),
             });
         }
@@ -589,6 +737,8 @@ pub fn attach_transcript(
             }
             utterances.push(Utterance {
                 speaker: channel.map(|c| speakers[c].clone()),
+                channel: channel.or_else(|| target.and_then(|i| assigner.channel_of(i))),
+                segment: target,
                 text: words.to_string(),
             });
         }
@@ -750,27 +900,221 @@ pub fn topics(utterances: &[Utterance], speakers: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Sentences containing a commitment ("I will", "we'll send", "follow up", ...), deduplicated.
-pub fn action_items(utterances: &[Utterance]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+/// Sentences containing a commitment ("I will", "we'll send", "follow up", ...), deduplicated
+/// (same words, whatever the case and punctuation), at most ten, in the order first said; each
+/// quote points at every segment that says it.
+pub fn action_items(utterances: &[Utterance]) -> Vec<Quote> {
+    quotes(utterances, MAX_ACTION_ITEMS, |_, ws| {
+        COMMITMENTS.iter().any(|pat| has_phrase(ws, pat))
+    })
+}
+
+/// Sentences in which the customer states a problem ("it's not working", "I was charged
+/// twice", "I want a refund", ...: [`ISSUE_PHRASES`]), deduplicated like action items, at most
+/// ten, in the order first said, each pointing at the segments that say it. The customer is
+/// anyone on a stereo call's second or later channel, and anyone on a mono call. A phrase right
+/// after "no", "any", "without" or "not a(n)" ("no problem", "any issues?") does not count.
+pub fn issues(utterances: &[Utterance], speakers: &[String]) -> Vec<Quote> {
+    quotes(utterances, MAX_ISSUES, |u, ws| {
+        is_customer(u, speakers) && states_issue(ws)
+    })
+}
+
+/// Why the caller called: the first sentence in which the customer states a problem (as in
+/// [`issues`]) or a request ("I'd like to...", "I'm calling about...", "can you...":
+/// [`REQUEST_PHRASES`]), shortened on a word boundary to at most [`MAX_INTENT_CHARS`]
+/// characters. The caller's own words rather than a label from a fixed list, so that the
+/// intent says what this call was about. `None` when the customer states neither (and so when
+/// there is no transcript).
+pub fn intent(utterances: &[Utterance], speakers: &[String]) -> Option<String> {
+    utterances
+        .iter()
+        .filter(|u| is_customer(u, speakers))
+        .flat_map(|u| sentences(&u.text))
+        .find(|s| {
+            let ws = phrase_words(s);
+            states_issue(&ws) || REQUEST_PHRASES.iter().any(|p| has_phrase_str(&ws, p))
+        })
+        .map(|s| shorten(&s, MAX_INTENT_CHARS))
+}
+
+/// How the call ended, from what anyone says in its closing part (the last 30 % of the
+/// utterances, at least one). In this order of precedence: `ESCALATED` when the call is handed
+/// on ("let me transfer you", "a supervisor": [`ESCALATION_PHRASES`]); else `FOLLOW_UP` when
+/// someone commits to a next step after the call ("we'll call you back", "I'll email you":
+/// [`FOLLOW_UP_PHRASES`]); else `UNRESOLVED` on explicit non-resolution ("it's still not
+/// working", "there's nothing you can do": [`UNRESOLVED_PHRASES`]); else `RESOLVED` on a
+/// resolution ("that fixed it", "all set", "works now": [`RESOLVED_PHRASES`]). A phrase right
+/// after a negator ("I can't transfer you", "that hasn't fixed it") does not count. A hand-over
+/// or a promised next step is what happens next whatever else is said, and an explicit "still
+/// not" outweighs the thanks callers give out of courtesy. `None` without such evidence (and so
+/// without a transcript).
+pub fn outcome(utterances: &[Utterance]) -> Option<CallOutcome> {
+    let spoken: Vec<&Utterance> = utterances
+        .iter()
+        .filter(|u| !words(&u.text).is_empty())
+        .collect();
+    let closing_len = (spoken.len() * 3).div_ceil(10).max(1);
+    let closing: Vec<Vec<String>> = spoken[spoken.len().saturating_sub(closing_len)..]
+        .iter()
+        .map(|u| phrase_words(&u.text))
+        .collect();
+    // "can't transfer you", "hasn't fixed it": a phrase right after a negator does not count.
+    let said = |phrases: &[&str]| {
+        closing.iter().any(|ws| {
+            phrases.iter().any(|phrase| {
+                let pattern: Vec<&str> = phrase.split_whitespace().collect();
+                phrase_at(ws, &pattern)
+                    .into_iter()
+                    .any(|at| at == 0 || !is_negator(&ws[at - 1]))
+            })
+        })
+    };
+    [
+        (ESCALATION_PHRASES, CallOutcome::Escalated),
+        (FOLLOW_UP_PHRASES, CallOutcome::FollowUp),
+        (UNRESOLVED_PHRASES, CallOutcome::Unresolved),
+        (RESOLVED_PHRASES, CallOutcome::Resolved),
+    ]
+    .into_iter()
+    .find(|(phrases, _)| said(phrases))
+    .map(|(_, outcome)| outcome)
+}
+
+/// The tenant's categories that the segments mention: a category matches a segment when one of
+/// its keywords (a word or a phrase) is said in it — case-insensitive, ignoring punctuation,
+/// whole words only ("cancel" does not match "cancellation"). Each match lists every such
+/// segment, ascending; categories that match nowhere are left out, the others keep the order
+/// given. The lexicon reads keywords only: a category's `instructions` are for a model.
+pub fn categories(segments: &[Segment], rules: &[CategoryRule]) -> Vec<CategoryMatch> {
+    let texts: Vec<Vec<String>> = segments
+        .iter()
+        .map(|s| s.text.as_deref().map(phrase_words).unwrap_or_default())
+        .collect();
+    rules
+        .iter()
+        .filter_map(|rule| {
+            let keywords: Vec<Vec<String>> = rule
+                .keywords
+                .iter()
+                .map(|k| phrase_words(k))
+                .filter(|k| !k.is_empty())
+                .collect();
+            let hits: Vec<usize> = texts
+                .iter()
+                .enumerate()
+                .filter(|(_, ws)| keywords.iter().any(|k| has_phrase(ws, k)))
+                .map(|(i, _)| i)
+                .collect();
+            (!hits.is_empty()).then(|| CategoryMatch {
+                category_id: rule.id,
+                name: rule.name.clone(),
+                segments: hits,
+            })
+        })
+        .collect()
+}
+
+/// The sentences of `utterances` that `pick` keeps (given the utterance and the sentence's
+/// words), deduplicated by their words, at most `cap`, in the order first said. Each quote
+/// points at every segment that says it (a repeat adds its segment even past the cap).
+fn quotes(
+    utterances: &[Utterance],
+    cap: usize,
+    pick: impl Fn(&Utterance, &[String]) -> bool,
+) -> Vec<Quote> {
+    let mut out: Vec<Quote> = Vec::new();
     let mut seen: Vec<Vec<String>> = Vec::new();
     for u in utterances {
         for sentence in sentences(&u.text) {
-            let ws = words(&sentence.replace('-', " "));
-            let commits = COMMITMENTS.iter().any(|pat| {
-                ws.windows(pat.len())
-                    .any(|win| win.iter().zip(pat.iter()).all(|(a, b)| a == b))
-            });
-            if commits && !seen.contains(&ws) {
-                seen.push(ws);
-                out.push(sentence);
-                if out.len() == MAX_ACTION_ITEMS {
-                    return out;
+            let ws = phrase_words(&sentence);
+            if !pick(u, &ws) {
+                continue;
+            }
+            let at = match seen.iter().position(|s| *s == ws) {
+                Some(at) => at,
+                None if out.len() < cap => {
+                    seen.push(ws);
+                    out.push(Quote::new(sentence, Vec::new()));
+                    out.len() - 1
                 }
+                None => continue,
+            };
+            if let Some(i) = u.segment {
+                out[at].segments.push(i);
             }
         }
     }
+    for q in &mut out {
+        q.segments.sort_unstable();
+        q.segments.dedup();
+    }
     out
+}
+
+/// Words of a text for phrase matching: hyphens separate words ("follow-up" is "follow up").
+fn phrase_words(text: &str) -> Vec<String> {
+    words(&text.replace('-', " "))
+}
+
+/// Whether `pattern` occurs in `ws` as consecutive words.
+fn has_phrase<S: AsRef<str>>(ws: &[String], pattern: &[S]) -> bool {
+    !phrase_at(ws, pattern).is_empty()
+}
+
+/// Where `pattern` starts in `ws`, each occurrence in order (none for an empty pattern).
+fn phrase_at<S: AsRef<str>>(ws: &[String], pattern: &[S]) -> Vec<usize> {
+    if pattern.is_empty() {
+        return Vec::new();
+    }
+    ws.windows(pattern.len())
+        .enumerate()
+        .filter(|(_, win)| {
+            win.iter()
+                .zip(pattern)
+                .all(|(a, b)| a.as_str() == b.as_ref())
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// [`has_phrase`] for a phrase written as one string of words.
+fn has_phrase_str(ws: &[String], phrase: &str) -> bool {
+    let pattern: Vec<&str> = phrase.split_whitespace().collect();
+    has_phrase(ws, &pattern)
+}
+
+/// Whether the words state a problem: an [`ISSUE_PHRASES`] phrase not right after "no",
+/// "any", "without" or "not a(n)".
+fn states_issue(ws: &[String]) -> bool {
+    ISSUE_PHRASES.iter().any(|phrase| {
+        let pattern: Vec<&str> = phrase.split_whitespace().collect();
+        phrase_at(ws, &pattern).into_iter().any(|at| {
+            let before = |back: usize| at.checked_sub(back).map(|i| ws[i].as_str());
+            let denied = matches!(before(1), Some("no" | "any" | "without"))
+                || (before(2) == Some("not") && matches!(before(1), Some("a" | "an")));
+            !denied
+        })
+    })
+}
+
+/// Whether an utterance is the customer's: on a call with one speaker, everyone's; otherwise
+/// what is said on the second or a later channel.
+fn is_customer(u: &Utterance, speakers: &[String]) -> bool {
+    speakers.len() <= 1 || u.channel.is_some_and(|c| c >= 1)
+}
+
+/// `text` cut on a word boundary so that it has at most `max` characters, an ellipsis marking
+/// the cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(max.saturating_sub(1)).collect();
+    let cut = head
+        .rfind(char::is_whitespace)
+        .map_or(head.as_str(), |i| &head[..i]);
+    format!("{}…", cut.trim_end_matches([' ', ',', ';', ':']))
 }
 
 /// The most informative sentences (dense in words the call keeps coming back to), in the
@@ -832,7 +1176,8 @@ pub fn key_sentences(utterances: &[Utterance], speakers: &[String]) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{SpeakerTime, TranscriptSegmentInput};
+    use crate::domain::conversation::AcousticFacts;
+    use crate::domain::{AnalysisRequest, AudioInfo, SpeakerTime, TranscriptSegmentInput};
 
     fn seg(channel: i32, start_ms: i64, end_ms: i64) -> Segment {
         Segment {
@@ -853,6 +1198,8 @@ mod tests {
     fn utt(text: &str) -> Utterance {
         Utterance {
             speaker: None,
+            channel: None,
+            segment: None,
             text: text.into(),
         }
     }
@@ -1026,7 +1373,7 @@ mod tests {
             utt("i will send you the invoice today"),
             utt("The next step is a technician visit."),
         ];
-        let a = action_items(&u);
+        let a: Vec<String> = action_items(&u).into_iter().map(|q| q.text).collect();
         assert_eq!(
             a,
             vec![
@@ -1040,6 +1387,323 @@ mod tests {
             .map(|i| utt(&format!("I will do task {i}.")))
             .collect();
         assert_eq!(action_items(&many).len(), 10);
+    }
+
+    /// A stereo call whose speech alternates agent, customer, agent, ... one second each.
+    fn alternating(turns: usize) -> AcousticFacts {
+        let mut speech = vec![Vec::new(), Vec::new()];
+        for t in 0..turns {
+            let start = t as i64 * 2000;
+            speech[t % 2].push((start, start + 1500));
+        }
+        AcousticFacts {
+            info: AudioInfo {
+                format: "wav".into(),
+                channels: 2,
+                sample_rate: 8000,
+                duration_ms: Some(turns as i64 * 2000),
+            },
+            duration_ms: turns as i64 * 2000,
+            sample_rate: 8000,
+            speech,
+        }
+    }
+
+    fn rule(name: &str, keywords: &[&str]) -> CategoryRule {
+        CategoryRule {
+            id: uuid::Uuid::new_v4(),
+            name: name.into(),
+            instructions: Some(format!("the call is about {name}")),
+            keywords: keywords.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    /// The lexicon's insights for a stereo call of `lines` (alternating agent and customer).
+    fn call(lines: &[&str], categories: Vec<CategoryRule>) -> Insights {
+        let text = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{}: {l}", if i % 2 == 0 { "Agent" } else { "Customer" }))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let request = AnalysisRequest {
+            transcript: Some(TranscriptInput {
+                text: Some(text),
+                ..Default::default()
+            }),
+            categories,
+            ..Default::default()
+        };
+        insights(&InsightsInput::of(alternating(lines.len()), request))
+    }
+
+    /// Every index points at a segment, ascending, once, and every quote's words are said
+    /// there.
+    fn assert_grounded(i: &Insights) {
+        let quotes = i.action_items.iter().chain(&i.issues);
+        for q in quotes {
+            assert!(!q.segments.is_empty(), "{q:?}");
+            assert!(q.segments.windows(2).all(|w| w[0] < w[1]), "{q:?}");
+            for &s in &q.segments {
+                let text = i.segments[s].text.as_deref().unwrap_or("");
+                assert!(
+                    has_phrase(&phrase_words(text), &phrase_words(&q.text)),
+                    "{q:?} is not in segment {s}: {text:?}"
+                );
+            }
+        }
+        for c in &i.categories {
+            assert!(c.segments.windows(2).all(|w| w[0] < w[1]), "{c:?}");
+            assert!(c.segments.iter().all(|&s| s < i.segments.len()), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn utterances_know_their_segment_and_channel() {
+        let mut segs = vec![seg(0, 0, 1000), seg(1, 1200, 2000), seg(0, 2500, 3000)];
+        let t = TranscriptInput {
+            text: Some("Agent: Hello.\nCustomer: Hi.\nsomeone: where am I?\nAgent: Bye.".into()),
+            ..Default::default()
+        };
+        let (utts, _) = attach_transcript(&mut segs, &speakers(), &t);
+        let placed: Vec<_> = utts.iter().map(|u| (u.channel, u.segment)).collect();
+        // The unknown speaker's line goes to the next segment in time, and so to its channel.
+        assert_eq!(
+            placed,
+            vec![
+                (Some(0), Some(0)),
+                (Some(1), Some(1)),
+                (Some(0), Some(2)),
+                (Some(0), Some(2))
+            ]
+        );
+        let (utts, _) = attach_transcript(&mut [], &speakers(), &t);
+        assert_eq!(utts[1].channel, Some(1));
+        assert!(utts.iter().all(|u| u.segment.is_none()));
+    }
+
+    #[test]
+    fn action_items_point_at_the_segments_that_say_them() {
+        let i = call(
+            &[
+                "Hello, how can I help?",
+                "My router is broken.",
+                "I will send you a new router. Anything else?",
+                "No, thanks.",
+                "I will send you a new router!",
+                "Great. I'll call you back if it fails.",
+            ],
+            vec![],
+        );
+        assert_eq!(
+            i.action_items,
+            vec![
+                Quote::new("I will send you a new router.", vec![2, 4]),
+                Quote::new("I'll call you back if it fails.", vec![5]),
+            ]
+        );
+        assert_grounded(&i);
+    }
+
+    #[test]
+    fn issues_are_the_customers_problems() {
+        let i = call(
+            &[
+                "Hi, is there a problem with your account?",
+                "Yes. I was charged twice this month and the app is not working!",
+                "No problem, I can look. Any issues with the login?",
+                "No issues there. But the delivery was late. I was charged twice this month and the app is not working.",
+                "I see the error.",
+                "It says Error 42, and I want a refund.",
+            ],
+            vec![],
+        );
+        let texts: Vec<&str> = i.issues.iter().map(|q| q.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "I was charged twice this month and the app is not working!",
+                "But the delivery was late.",
+                "It says Error 42, and I want a refund.",
+            ]
+        );
+        // The repeated complaint points at both turns that say it.
+        assert_eq!(i.issues[0].segments, vec![1, 3]);
+        assert_eq!(i.issues[1].segments, vec![3]);
+        assert_eq!(i.issues[2].segments, vec![5]);
+        assert_grounded(&i);
+
+        // On a mono call everyone is the customer; "no problem" is still no problem.
+        let u = [utt("The screen is broken."), utt("No problem at all.")];
+        let mono = issues(&u, &["speaker".to_string()]);
+        assert_eq!(mono, vec![Quote::new("The screen is broken.", vec![])]);
+        let many: Vec<Utterance> = (0..20).map(|n| utt(&format!("Error {n} again."))).collect();
+        assert_eq!(issues(&many, &["speaker".to_string()]).len(), 10);
+    }
+
+    #[test]
+    fn intent_is_the_first_request_or_problem_of_the_customer() {
+        let i = call(
+            &[
+                "Thanks for calling, can you give me your name?",
+                "Sure, it's Sam. I'm calling about my last invoice.",
+                "Okay.",
+                "It looks wrong.",
+            ],
+            vec![],
+        );
+        // The agent's "can you" is not why the customer called.
+        assert_eq!(
+            i.intent.as_deref(),
+            Some("I'm calling about my last invoice.")
+        );
+        let long = format!("I would like to {}.", "change the plan and ".repeat(20));
+        let u = [Utterance {
+            channel: Some(1),
+            ..utt(&long)
+        }];
+        let got = intent(&u, &speakers()).unwrap();
+        assert!(got.chars().count() <= MAX_INTENT_CHARS, "{got}");
+        let kept = got.strip_suffix('…').unwrap();
+        assert!(long.starts_with(kept), "{got}");
+        assert!(
+            long[kept.len()..].starts_with(' '),
+            "cut on a word boundary: {got}"
+        );
+        assert_eq!(
+            intent(
+                &[Utterance {
+                    channel: Some(1),
+                    ..utt("Hello there.")
+                }],
+                &speakers()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn outcome_follows_the_close_of_the_call() {
+        let closing = |last: &str| {
+            let mut u: Vec<Utterance> = (0..7).map(|n| utt(&format!("Line {n}."))).collect();
+            u.push(utt(last));
+            outcome(&u)
+        };
+        assert_eq!(
+            closing("Let me transfer you to my supervisor."),
+            Some(CallOutcome::Escalated)
+        );
+        assert_eq!(
+            closing("We'll call you back on Monday."),
+            Some(CallOutcome::FollowUp)
+        );
+        assert_eq!(
+            closing("It's still not working."),
+            Some(CallOutcome::Unresolved)
+        );
+        assert_eq!(
+            closing("Great, that fixed it, thanks!"),
+            Some(CallOutcome::Resolved)
+        );
+        assert_eq!(closing("You're all set."), Some(CallOutcome::Resolved));
+        assert_eq!(closing("Bye now."), None);
+        // A negated phrase is no evidence.
+        assert_eq!(closing("Sorry, I can't transfer you."), None);
+        assert_eq!(closing("That hasn't fixed it."), None);
+        // Precedence: escalation, then follow-up, then non-resolution, then resolution.
+        assert_eq!(
+            closing("That fixed it. Still not resolved on the bill, I'll transfer you."),
+            Some(CallOutcome::Escalated)
+        );
+        assert_eq!(
+            closing("It works now, but the bill is still not right; we'll email you."),
+            Some(CallOutcome::FollowUp)
+        );
+        assert_eq!(
+            closing("It works now, but the bill is still not right."),
+            Some(CallOutcome::Unresolved)
+        );
+        // Only the close counts: a resolution early in the call says nothing of its end.
+        let mut u = vec![utt("That fixed it.")];
+        u.extend((0..9).map(|n| utt(&format!("Line {n}."))));
+        assert_eq!(outcome(&u), None);
+        assert_eq!(outcome(&[]), None);
+    }
+
+    #[test]
+    fn categories_match_whole_words_and_phrases() {
+        let cancel = rule("Cancellation", &["cancel", "close my account"]);
+        let manager = rule("Escalation", &["speak to a MANAGER"]);
+        let billing = rule("Billing", &["invoice", "follow-up"]);
+        let never = rule("Never", &["warranty", "  ", ""]);
+        let i = call(
+            &[
+                "Hello, this is support.",
+                "I want to cancel. Please CLOSE my... account!",
+                "Sorry to hear that; the cancellation fee applies.",
+                "Then I'd like to speak to a manager.",
+                "Your invoice will follow up by email.",
+                "Cancel-it, now.",
+            ],
+            vec![cancel.clone(), manager.clone(), billing.clone(), never],
+        );
+        assert_eq!(
+            i.categories,
+            vec![
+                // "cancellation" is not "cancel"; punctuation and hyphens do not hide a word.
+                CategoryMatch {
+                    category_id: cancel.id,
+                    name: "Cancellation".into(),
+                    segments: vec![1, 5],
+                },
+                CategoryMatch {
+                    category_id: manager.id,
+                    name: "Escalation".into(),
+                    segments: vec![3],
+                },
+                CategoryMatch {
+                    category_id: billing.id,
+                    name: "Billing".into(),
+                    segments: vec![4],
+                },
+            ]
+        );
+        assert_grounded(&i);
+    }
+
+    #[test]
+    fn insights_are_deterministic_and_need_a_transcript() {
+        let lines = [
+            "Hello, how can I help?",
+            "My internet is not working since Monday.",
+            "I will book a technician for tomorrow.",
+            "Okay, that helps, thanks.",
+        ];
+        let rules = vec![rule("Technical", &["internet"])];
+        let a = call(&lines, rules.clone());
+        assert_eq!(a, call(&lines, rules.clone()));
+        assert_eq!(
+            a.intent.as_deref(),
+            Some("My internet is not working since Monday.")
+        );
+        assert_eq!(a.outcome, Some(CallOutcome::Resolved));
+        assert_eq!(a.issues.len(), 1);
+        assert_eq!(a.action_items.len(), 1);
+        assert_eq!(a.categories.len(), 1);
+        assert_eq!(
+            (a.model.as_deref(), a.prompt_version.as_deref()),
+            (None, None)
+        );
+        assert_grounded(&a);
+
+        let request = AnalysisRequest {
+            categories: rules,
+            ..Default::default()
+        };
+        let none = insights(&InsightsInput::of(alternating(4), request));
+        assert!(none.action_items.is_empty() && none.issues.is_empty());
+        assert!(none.categories.is_empty());
+        assert_eq!((none.intent, none.outcome), (None, None));
     }
 
     #[test]
