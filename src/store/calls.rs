@@ -722,7 +722,7 @@ impl Store {
             .col_expr(
                 analyses::Column::StartedAt,
                 Func::coalesce([
-                    Expr::col(analyses::Column::StartedAt).into(),
+                    Expr::col(analyses::Column::StartedAt),
                     Expr::value(now),
                 ])
                 .into(),

@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use entities::categories;
+use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use uuid::Uuid;
 
@@ -29,6 +30,24 @@ pub struct CategoryFields {
     pub name: String,
     pub instructions: Option<String>,
     pub keywords: Vec<String>,
+}
+
+/// Locks a category's row for the rest of the transaction by writing it first (`updated_at`),
+/// as `calls::lock_call` does, so that a SQLite transaction never has to upgrade a read lock.
+/// Returns whether the tenant has the category.
+async fn lock_category(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<bool, sea_orm::DbErr> {
+    Ok(categories::Entity::update_many()
+        .col_expr(categories::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(categories::Column::Id.eq(id))
+        .filter(categories::Column::TenantId.eq(tenant))
+        .exec(txn)
+        .await?
+        .rows_affected
+        > 0)
 }
 
 impl Store {
@@ -92,6 +111,9 @@ impl Store {
         change: impl FnOnce(CategoryRecord) -> AppResult<CategoryFields>,
     ) -> AppResult<Option<CategoryRecord>> {
         let txn = self.tenant_txn(tenant).await?;
+        if !lock_category(&txn, tenant, id).await? {
+            return Ok(None);
+        }
         let Some(current) = categories::Entity::find_by_id(id)
             .filter(categories::Column::TenantId.eq(tenant))
             .one(&txn)
@@ -119,6 +141,9 @@ impl Store {
         id: Uuid,
     ) -> AppResult<Option<CategoryRecord>> {
         let txn = self.tenant_txn(tenant).await?;
+        if !lock_category(&txn, tenant, id).await? {
+            return Ok(None);
+        }
         let Some(current) = categories::Entity::find_by_id(id)
             .filter(categories::Column::TenantId.eq(tenant))
             .one(&txn)

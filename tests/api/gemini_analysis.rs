@@ -482,3 +482,196 @@ async fn gemini_without_a_key_is_refused_at_start_up() {
     };
     assert!(err.contains("VOICEGRAPH_GEMINI_API_KEY"), "{err}");
 }
+
+/// `listening_model`, matching the first category it is given on the customer's segment.
+fn categorising_model() -> impl Fn(&Value, &[(String, Vec<u8>)]) -> Reply {
+    let listen = listening_model(0, Vec::new());
+    move |request, audio| {
+        let reply = listen(request, audio);
+        let Reply::Answer {
+            text,
+            finish_reason,
+            usage,
+        } = reply
+        else {
+            return reply;
+        };
+        let mut answer: Value = serde_json::from_str(&text).unwrap();
+        let schema = &request["generationConfig"]["responseSchema"]["properties"];
+        if let Some(name) = schema["categories"]["items"]["properties"]["name"]["enum"][0].as_str()
+        {
+            let customer = answer["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|s| s["speaker"] == "customer")
+                .unwrap();
+            answer["categories"] = json!([{ "name": name, "segments": [customer] }]);
+        }
+        Reply::Answer {
+            text: answer.to_string(),
+            finish_reason,
+            usage,
+        }
+    }
+}
+
+const INSIGHTS_QUERY: &str = "query($id: ID!) { call(id: $id) { status analyzer usage { totalTokens }
+    intent outcome issues actionItems
+    transcript { segments { index speaker } }
+    quotes { kind text segments { index speaker } }
+    categories { name category { id } segments { index speaker startMs endMs } }
+    analyses { id analyzer model promptVersion status error current usage { promptTokens outputTokens totalTokens } resultDownload { url } }
+    events(first: 100) { kind analysisId } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insights_cite_segments_and_every_analysis_is_kept_across_analysers() {
+    let server = GeminiServer::start().await;
+    server.answer_with(categorising_model());
+    let app = gemini_app(&server, |_| {}).await;
+    let billing = app
+        .gql_ok(
+            "mutation { createCategory(input: {name: \"Billing\", instructions: \"The caller disputes an invoice.\", keywords: [\"invoice\"]}) { id } }",
+            json!({}),
+        )
+        .await["createCategory"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = app.submit_ok(exchange(), json!({})).await;
+    app.wait_status(&id, "COMPLETED", 60).await;
+    let c = app.gql_ok(INSIGHTS_QUERY, json!({ "id": id })).await["call"].clone();
+    assert_eq!(c["intent"], "a question about an invoice", "{c}");
+    assert_eq!(c["outcome"], "RESOLVED");
+    assert_eq!(c["issues"], json!(["an invoice is wrong"]));
+    assert_eq!(
+        c["quotes"],
+        json!([
+            { "kind": "ACTION_ITEM", "text": "send the invoice", "segments": [{ "index": 0, "speaker": "agent" }] },
+            { "kind": "ISSUE", "text": "an invoice is wrong", "segments": [{ "index": 1, "speaker": "customer" }] },
+        ])
+    );
+    let m = &c["categories"][0];
+    assert_eq!(
+        (&m["name"], &m["category"]["id"]),
+        (&json!("Billing"), &json!(billing))
+    );
+    assert_eq!(m["segments"][0]["index"], 1, "{m}");
+    assert_eq!(m["segments"][0]["speaker"], "customer");
+    // On the speech the audio has: the customer speaks 2.5–4.0 s.
+    assert!(
+        (m["segments"][0]["startMs"].as_i64().unwrap() - 2500).abs() <= 60,
+        "{m}"
+    );
+    let a = &c["analyses"][0];
+    assert_eq!(
+        (
+            &a["analyzer"],
+            &a["model"],
+            &a["promptVersion"],
+            &a["status"]
+        ),
+        (
+            &json!("GEMINI"),
+            &json!(MODEL),
+            &json!(PROMPT_VERSION),
+            &json!("COMPLETED")
+        )
+    );
+    assert_eq!(a["usage"]["totalTokens"], 1300.0);
+    // The instructions reached the model.
+    assert!(server.generate_requests().iter().any(|r| r
+        .json
+        .as_ref()
+        .is_some_and(|j| j.to_string().contains("The caller disputes an invoice."))));
+
+    // Again with the local analyser, then with the default (Gemini): three analyses kept.
+    app.gql_ok(
+        "mutation($id: ID!) { reanalyzeCall(id: $id, analyzer: LOCAL) { id } }",
+        json!({ "id": id }),
+    )
+    .await;
+    app.wait_status(&id, "COMPLETED", 60).await;
+    let local = app.gql_ok(INSIGHTS_QUERY, json!({ "id": id })).await["call"].clone();
+    assert_eq!(local["analyzer"], "local", "{local}");
+    assert!(local["usage"].is_null() && local["intent"].is_null());
+    assert_eq!(
+        local["categories"],
+        json!([]),
+        "no transcript, no keyword to match"
+    );
+    app.gql_ok(
+        "mutation($id: ID!) { reanalyzeCall(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await;
+    app.wait_status(&id, "COMPLETED", 60).await;
+    let again = app.gql_ok(INSIGHTS_QUERY, json!({ "id": id })).await["call"].clone();
+    let kinds: Vec<(Value, Value, Value)> = again["analyses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["analyzer"].clone(),
+                a["status"].clone(),
+                a["current"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (json!("GEMINI"), json!("COMPLETED"), json!(false)),
+            (json!("LOCAL"), json!("COMPLETED"), json!(false)),
+            (json!("GEMINI"), json!("COMPLETED"), json!(true)),
+        ]
+    );
+    assert_eq!(again["categories"][0]["name"], "Billing");
+    // Each analysis's results document is its own.
+    let first_doc: Value = app
+        .client
+        .get(c["analyses"][0]["resultDownload"]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first_doc["analysisId"], c["analyses"][0]["id"]);
+    assert_eq!(first_doc["categories"][0]["categoryId"], billing.as_str());
+    assert_eq!(first_doc["issues"][0]["segments"], json!([1]));
+
+    // A re-analysis the API refuses fails with its message; the call keeps the latest results.
+    server.push([Reply::error(
+        400,
+        "INVALID_ARGUMENT",
+        "Request contains an invalid argument.",
+    )]);
+    app.gql_ok(
+        "mutation($id: ID!) { reanalyzeCall(id: $id, analyzer: GEMINI) { id } }",
+        json!({ "id": id }),
+    )
+    .await;
+    app.wait_status(&id, "FAILED", 60).await;
+    let failed = app.gql_ok(INSIGHTS_QUERY, json!({ "id": id })).await["call"].clone();
+    for field in [
+        "intent",
+        "outcome",
+        "quotes",
+        "categories",
+        "transcript",
+        "usage",
+    ] {
+        assert_eq!(failed[field], again[field], "{field} is kept");
+    }
+    let last = &failed["analyses"][3];
+    assert_eq!(
+        (&last["status"], &last["current"]),
+        (&json!("FAILED"), &json!(true))
+    );
+    assert!(
+        last["error"].as_str().unwrap().contains("INVALID_ARGUMENT"),
+        "{last}"
+    );
+}
