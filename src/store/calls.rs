@@ -292,6 +292,15 @@ pub(super) async fn lock_call<C: ConnectionTrait>(
         > 0)
 }
 
+/// The sum of `column` over the analyses of the row's call (NULL when none spent tokens), as a
+/// BIGINT on either backend (Postgres sums BIGINTs to NUMERIC).
+fn analyses_tokens(column: &str) -> sea_orm::sea_query::SimpleExpr {
+    Expr::cust(format!(
+        "(SELECT CAST(SUM(a.{column}) AS BIGINT) FROM analyses a \
+         WHERE a.call_id = calls.id AND a.tenant_id = calls.tenant_id)"
+    ))
+}
+
 impl Store {
     /// Creates a call with its `SUBMITTED` event, its analysis job and the deferred deletion of
     /// the upload it came from, in one transaction. A unique violation (the idempotency key or
@@ -628,9 +637,10 @@ impl Store {
             .column(calls::Column::SentimentScore)
             .column(calls::Column::SentimentLabel)
             .column(calls::Column::Metrics)
-            .column(calls::Column::PromptTokens)
-            .column(calls::Column::OutputTokens)
-            .column(calls::Column::TotalTokens)
+            // Tokens of every analysis of the call, re-analyses included: what was spent.
+            .column_as(analyses_tokens("prompt_tokens"), "prompt_tokens")
+            .column_as(analyses_tokens("output_tokens"), "output_tokens")
+            .column_as(analyses_tokens("total_tokens"), "total_tokens")
             .filter(filter.condition(tenant)?)
             .into_tuple()
             .all(&txn)
@@ -721,11 +731,7 @@ impl Store {
             )
             .col_expr(
                 analyses::Column::StartedAt,
-                Func::coalesce([
-                    Expr::col(analyses::Column::StartedAt),
-                    Expr::value(now),
-                ])
-                .into(),
+                Func::coalesce([Expr::col(analyses::Column::StartedAt), Expr::value(now)]).into(),
             )
             .filter(analyses::Column::Id.eq(analysis_id))
             .filter(analyses::Column::TenantId.eq(job.tenant_id))

@@ -628,6 +628,17 @@ async fn insights_cite_segments_and_every_analysis_is_kept_across_analysers() {
         ]
     );
     assert_eq!(again["categories"][0]["name"], "Billing");
+    // What was spent: both of Gemini's analyses count.
+    let stats = app
+        .gql_ok(
+            "{ callStats { tokens { totalTokens analysedCalls } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        stats["callStats"]["tokens"],
+        json!({ "totalTokens": 2600.0, "analysedCalls": 1 })
+    );
     // Each analysis's results document is its own.
     let first_doc: Value = app
         .client

@@ -344,8 +344,8 @@ pub struct CallStats {
     /// One entry per UTC day of submission that has calls, oldest first; days without calls are
     /// left out.
     pub daily: Vec<DailyCallStats>,
-    /// Tokens models spent on the selected calls (their latest analyses); calls the local
-    /// analyser analysed spend none.
+    /// Tokens models spent on the selected calls, every analysis of each counted (re-analyses
+    /// too: what was spent); calls only the local analyser analysed spend none.
     pub tokens: TokenTotals,
 }
 
@@ -370,10 +370,10 @@ pub struct TokenTotals {
     pub output_tokens: f64,
     /// All tokens billed, as the API counts them.
     pub total_tokens: f64,
-    /// How many of the calls a model analysed.
+    /// How many of the calls a model analysed, once or more.
     pub analysed_calls: i64,
-    /// Total tokens per minute of those calls' audio: the cost per call-minute; null when no
-    /// call was analysed by a model.
+    /// Total tokens per minute of those calls' audio: the cost per call-minute, re-analyses
+    /// included; null when no call was analysed by a model.
     pub tokens_per_call_minute: Option<f64>,
 }
 
