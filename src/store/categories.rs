@@ -32,22 +32,29 @@ pub struct CategoryFields {
     pub keywords: Vec<String>,
 }
 
-/// Locks a category's row for the rest of the transaction by writing it first (`updated_at`),
-/// as `calls::lock_call` does, so that a SQLite transaction never has to upgrade a read lock.
-/// Returns whether the tenant has the category.
-async fn lock_category(
+/// A category of the tenant, its row locked for the rest of the transaction by writing it first
+/// (`updated_at`), as `calls::lock_call` does, so that a SQLite transaction never has to upgrade
+/// a read lock. `None` when the tenant has no such category.
+async fn locked_category(
     txn: &sea_orm::DatabaseTransaction,
     tenant: Uuid,
     id: Uuid,
-) -> Result<bool, sea_orm::DbErr> {
-    Ok(categories::Entity::update_many()
+) -> Result<Option<categories::Model>, sea_orm::DbErr> {
+    let locked = categories::Entity::update_many()
         .col_expr(categories::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(categories::Column::Id.eq(id))
         .filter(categories::Column::TenantId.eq(tenant))
         .exec(txn)
         .await?
         .rows_affected
-        > 0)
+        > 0;
+    if !locked {
+        return Ok(None);
+    }
+    categories::Entity::find_by_id(id)
+        .filter(categories::Column::TenantId.eq(tenant))
+        .one(txn)
+        .await
 }
 
 impl Store {
@@ -111,14 +118,7 @@ impl Store {
         change: impl FnOnce(CategoryRecord) -> AppResult<CategoryFields>,
     ) -> AppResult<Option<CategoryRecord>> {
         let txn = self.tenant_txn(tenant).await?;
-        if !lock_category(&txn, tenant, id).await? {
-            return Ok(None);
-        }
-        let Some(current) = categories::Entity::find_by_id(id)
-            .filter(categories::Column::TenantId.eq(tenant))
-            .one(&txn)
-            .await?
-        else {
+        let Some(current) = locked_category(&txn, tenant, id).await? else {
             return Ok(None);
         };
         let fields = change(current.clone().into())?;
@@ -141,14 +141,7 @@ impl Store {
         id: Uuid,
     ) -> AppResult<Option<CategoryRecord>> {
         let txn = self.tenant_txn(tenant).await?;
-        if !lock_category(&txn, tenant, id).await? {
-            return Ok(None);
-        }
-        let Some(current) = categories::Entity::find_by_id(id)
-            .filter(categories::Column::TenantId.eq(tenant))
-            .one(&txn)
-            .await?
-        else {
+        let Some(current) = locked_category(&txn, tenant, id).await? else {
             return Ok(None);
         };
         categories::Entity::delete_many()
