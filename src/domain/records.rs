@@ -57,6 +57,16 @@ pub struct CallRecord {
     pub category_matches: Option<serde_json::Value>,
 }
 
+impl CallRecord {
+    /// The categories its latest successful analysis matched.
+    pub fn categories(&self) -> Vec<super::CategoryMatch> {
+        self.category_matches
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// One analysis of a call, as kept: every analysis is, the call showing the latest successful.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalysisRecord {

@@ -154,14 +154,12 @@ pub async fn create(
         )));
     }
     let name = fields.name.clone();
-    if taken(state, caller.tenant_id, &name, None).await? {
-        return Err(name_taken(&name));
-    }
+    // The unique index on the lower-cased name decides; a failed insert is a CONFLICT when the
+    // name is indeed taken (by an earlier category, or by a creation that won a race).
     match state.store.create_category(caller.tenant_id, fields).await {
         Ok(c) => Ok(c),
-        // Another creation of the name won the race.
         Err(e) if taken(state, caller.tenant_id, &name, None).await? => {
-            tracing::debug!(error = %e, "a category's name was taken concurrently");
+            tracing::debug!(error = %e, "a category's name is taken");
             Err(name_taken(&name))
         }
         Err(e) => Err(e),
@@ -177,12 +175,6 @@ pub async fn update(
     input: CategoryInput,
 ) -> AppResult<CategoryRecord> {
     caller.require(Permission::ManageCategories)?;
-    if let Some(name) = input.name.clone() {
-        let name = check_name(name)?;
-        if taken(state, caller.tenant_id, &name, Some(id)).await? {
-            return Err(name_taken(&name));
-        }
-    }
     let renamed = input.name.clone();
     match state
         .store
@@ -194,9 +186,10 @@ pub async fn update(
         Ok(Some(c)) => Ok(c),
         Ok(None) => Err(AppError::not_found("category")),
         Err(e @ (AppError::BadInput(_) | AppError::NotFound(_))) => Err(e),
+        // As for `create`: the unique index decides.
         Err(e) => match renamed {
             Some(name) if taken(state, caller.tenant_id, name.trim(), Some(id)).await? => {
-                tracing::debug!(error = %e, "a category's name was taken concurrently");
+                tracing::debug!(error = %e, "a category's name is taken");
                 Err(name_taken(name.trim()))
             }
             _ => Err(e),

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::calls::{find_call, lock_call, Change};
 use super::events::{enqueue_job, record_event};
 use super::Store;
-use crate::domain::{event_kind, AnalysisRecord, CallStatus, JobMessage, TokenUsage};
+use crate::domain::{event_kind, AnalysisRecord, CallStatus, JobMessage};
 use crate::error::AppResult;
 
 impl From<analyses::Model> for AnalysisRecord {
@@ -31,11 +31,7 @@ impl From<analyses::Model> for AnalysisRecord {
             attempts: m.attempts,
             result_key: m.result_key,
             model_responses_key: m.model_responses_key,
-            usage: m.total_tokens.map(|total_tokens| TokenUsage {
-                prompt_tokens: m.prompt_tokens.unwrap_or(0),
-                output_tokens: m.output_tokens.unwrap_or(0),
-                total_tokens,
-            }),
+            usage: super::token_usage(m.prompt_tokens, m.output_tokens, m.total_tokens),
             created_at: m.created_at,
             started_at: m.started_at,
             completed_at: m.completed_at,

@@ -60,13 +60,7 @@ impl From<calls::Model> for CallRecord {
             updated_at: m.updated_at,
             completed_at: m.completed_at,
             upload_key: m.upload_key,
-            usage: m
-                .total_tokens
-                .map(|total_tokens| crate::domain::TokenUsage {
-                    prompt_tokens: m.prompt_tokens.unwrap_or(0),
-                    output_tokens: m.output_tokens.unwrap_or(0),
-                    total_tokens,
-                }),
+            usage: super::token_usage(m.prompt_tokens, m.output_tokens, m.total_tokens),
             current_analysis_id: m.current_analysis_id,
             issues: m.issues,
             intent: m.intent,
@@ -444,10 +438,9 @@ impl Store {
             txn.commit().await?;
             return Ok(call.map_or(Change::Missing, Change::Refused));
         }
+        let call = find_call(&txn, tenant, id).await?;
         // The failed analysis is the one tried again.
-        let analysis = find_call(&txn, tenant, id)
-            .await?
-            .and_then(|c| c.current_analysis_id);
+        let analysis = call.as_ref().and_then(|c| c.current_analysis_id);
         if let Some(a) = analysis {
             set_analysis_status(&txn, tenant, a, CallStatus::Queued, None).await?;
         }
@@ -469,7 +462,6 @@ impl Store {
             },
         )
         .await?;
-        let call = find_call(&txn, tenant, id).await?;
         txn.commit().await?;
         Ok(call.map_or(Change::Missing, Change::Done))
     }

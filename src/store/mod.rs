@@ -141,6 +141,20 @@ impl Store {
     }
 }
 
+/// The tokens stored in a row's three token columns; `None` when the row records none (the
+/// local analyser, or not analysed yet).
+fn token_usage(
+    prompt: Option<i64>,
+    output: Option<i64>,
+    total: Option<i64>,
+) -> Option<crate::domain::TokenUsage> {
+    total.map(|total_tokens| crate::domain::TokenUsage {
+        prompt_tokens: prompt.unwrap_or(0),
+        output_tokens: output.unwrap_or(0),
+        total_tokens,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     /// The store is the only code that speaks SQL: no other module of the service names SeaORM

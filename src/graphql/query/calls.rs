@@ -46,12 +46,7 @@ async fn prefetch(ctx: &Context<'_>, page: &[(String, crate::domain::CallRecord)
         let matched: Vec<_> = page
             .iter()
             .flat_map(|(_, c)| {
-                c.category_matches
-                    .clone()
-                    .and_then(|v| {
-                        serde_json::from_value::<Vec<crate::domain::CategoryMatch>>(v).ok()
-                    })
-                    .unwrap_or_default()
+                c.categories()
                     .into_iter()
                     .map(|m| (c.tenant_id, m.category_id))
             })

@@ -3,7 +3,7 @@
 
 use async_graphql::{Context, Enum, ErrorExtensions, Object, Result, ID};
 
-use super::call::{signed, SignedUrl};
+use super::call::{signed_if, SignedUrl};
 use super::misc::TokenUsageGql;
 use super::Segment;
 use crate::config::AnalyzerKind;
@@ -205,9 +205,6 @@ impl CallAnalysis {
         )]
         expires_in: Option<i32>,
     ) -> Result<Option<SignedUrl>> {
-        match &self.record.result_key {
-            Some(key) => Ok(Some(signed(ctx, key, expires_in).await?)),
-            None => Ok(None),
-        }
+        signed_if(ctx, self.record.result_key.as_deref(), expires_in).await
     }
 }

@@ -6,8 +6,8 @@ use chrono::Utc;
 
 use super::analysis::{CallAnalysis, CallQuote, CategoryMatchGql, QuoteKind};
 use crate::domain::{
-    CallDirection, CallEventKind, CallMetrics, CallOutcome, CallStatus, CategoryMatch,
-    EventEnvelope, Quote, SentimentLabel,
+    CallDirection, CallEventKind, CallMetrics, CallOutcome, CallStatus, EventEnvelope, Quote,
+    SentimentLabel,
 };
 use crate::error::AppError;
 use crate::graphql::scalars::{Json, Timestamp};
@@ -202,6 +202,18 @@ pub(super) async fn signed(
     })
 }
 
+/// A signed link to `key`, when there is one.
+pub(super) async fn signed_if(
+    ctx: &Context<'_>,
+    key: Option<&str>,
+    expires_in: Option<i32>,
+) -> Result<Option<SignedUrl>> {
+    match key {
+        Some(key) => Ok(Some(signed(ctx, key, expires_in).await?)),
+        None => Ok(None),
+    }
+}
+
 /// The stored recording.
 pub struct Recording {
     key: String,
@@ -333,10 +345,7 @@ impl Call {
         )]
         expires_in: Option<i32>,
     ) -> Result<Option<SignedUrl>> {
-        match &self.0.result_key {
-            Some(key) => Ok(Some(signed(ctx, key, expires_in).await?)),
-            None => Ok(None),
-        }
+        signed_if(ctx, self.0.result_key.as_deref(), expires_in).await
     }
     /// Transcript and speech segments; null until an analysis of the call has completed.
     async fn transcript(&self) -> Option<Transcript> {
@@ -432,27 +441,21 @@ impl Call {
     /// call is `COMPLETED`, and when none matched. Categories created or changed later apply
     /// once the call is analysed again (`reanalyzeCall`).
     async fn categories(&self, ctx: &Context<'_>) -> Result<Vec<CategoryMatchGql>> {
-        let matches: Vec<CategoryMatch> = self
-            .0
-            .category_matches
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
-        let mut out = Vec::with_capacity(matches.len());
-        for m in matches {
-            let category = loaders(ctx)
-                .categories
-                .load_one((self.0.tenant_id, m.category_id))
-                .await
-                .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?;
-            out.push(CategoryMatchGql {
+        let matches = self.0.categories();
+        let mut found = loaders(ctx)
+            .categories
+            .load_many(matches.iter().map(|m| (self.0.tenant_id, m.category_id)))
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?;
+        Ok(matches
+            .into_iter()
+            .map(|m| CategoryMatchGql {
                 call: self.0.clone(),
-                category,
+                category: found.remove(&(self.0.tenant_id, m.category_id)),
                 name: m.name,
                 segments: m.segments,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
     /// Every analysis of the call, oldest first: the first from `submitCall`, one more per
     /// `reanalyzeCall`.
