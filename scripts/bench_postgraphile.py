@@ -4,10 +4,12 @@
 Run on demand, never in CI:
 
     python3 scripts/bench_postgraphile.py [--calls 2000] [--seconds 10] [--rounds 3]
-                                          [--conns 10,50] [--binary PATH]
+                                          [--conns 10,50] [--queries a,b,c] [--binary PATH]
+                                          [--db NAME]
 
 What it does:
-1. creates a fresh database (`vg_bench_<random>`) on VOICEGRAPH_TEST_POSTGRES_URL (default
+1. creates a fresh database (`vg_bench_<random>`, dropped at the end; `--db NAME` keeps it and
+   reuses it on the next run with the same name, skipping the seeding) on VOICEGRAPH_TEST_POSTGRES_URL (default
    postgres://postgres@127.0.0.1:5432), starts voicegraph on it (every role in one process,
    release build, rate limits and connection caps lifted so that the load generator is not
    refused), and seeds it through voicegraph's own API: `--calls` multipart `submitCall`s of a
@@ -16,7 +18,10 @@ What it does:
 2. starts PostGraphile 4 from npm (`scripts/postgraphile`, pinned by its lockfile) on the same
    database, with a smart-tags file declaring the `call_events -> calls` relation;
 3. checks that both answer queries (a), (b) and (c) with the same data;
-4. runs wrk on each query at each connection count, A B A B over `--rounds` rounds, and prints
+4. counts what one request of each query costs in SQL: the statements voicegraph issued (its
+   `db_statements_total` metric) and the transactions Postgres committed for its database
+   (`pg_stat_database`), over 200 requests one after another;
+5. runs wrk on each query at each connection count, A B A B over `--rounds` rounds, and prints
    requests/s and p50/p99 per server (the median of the rounds) and the ratio.
 
 The queries (voicegraph with its API key, PostGraphile with no auth at all):
@@ -49,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_DIR = os.path.join(ROOT, "scripts", "postgraphile")
-KEY = "vg_bench_" + uuid.uuid4().hex
+KEY = "vg_bench_" + uuid.uuid4().hex  # fixed per database with --db
 VG_PORT = 18480
 PG_PORT = 18481
 
@@ -266,14 +271,75 @@ def check_same(which, vg, pg):
         assert a == b, f"(c) differs: {json.dumps(a)[:400]} vs {json.dumps(b)[:400]}"
 
 
+def metric(vg_url, name):
+    text = urllib.request.urlopen(vg_url.replace("/graphql", "/metrics"), timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def transactions(db):
+    out = subprocess.run(
+        ["psql", pg_url(db), "-Atc",
+         f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return int(out.strip())
+
+
+def statements_per_request(vg_url, db, query, variables, n=200):
+    """What one request costs in SQL: statements voicegraph issued, transactions Postgres saw
+    (the statistics collector is flushed at most once a second, hence the pauses; psql's own
+    transactions are subtracted)."""
+    gql(vg_url, query, variables, KEY)
+    time.sleep(1.2)
+    s0, t0 = metric(vg_url, "db_statements_total"), transactions(db)
+    for _ in range(n):
+        gql(vg_url, query, variables, KEY)
+    time.sleep(1.2)
+    s1, t1 = metric(vg_url, "db_statements_total"), transactions(db)
+    # psql's own SELECT is a transaction; an idle process's background work shows here too.
+    return (s1 - s0) / n, (t1 - t0 - 1) / n
+
+
+def seed(vg_url, calls):
+    log(f"seeding {calls} calls through submitCall…")
+    audio = recording()
+    started = time.time()
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda n: submit(vg_url, audio, n), range(calls)))
+    log(f"submitted in {time.time() - started:.1f}s; waiting for every analysis")
+    while True:
+        stats = gql(vg_url, "{ callStats { total byStatus { status count } } }", key=KEY)
+        done = {s["status"]: s["count"] for s in stats["callStats"]["byStatus"]}
+        if done.get("COMPLETED", 0) == calls:
+            break
+        time.sleep(1)
+    # Every call's three events sequenced (listed by Call.events only once they are).
+    while True:
+        page = gql(vg_url, "{ calls(first: 100) { nodes { events { kind } } } }", key=KEY)
+        if all(len(n["events"]) == 3 for n in page["calls"]["nodes"]):
+            break
+        time.sleep(0.5)
+    log(f"seeded in {time.time() - started:.1f}s")
+
+    return ids
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", default="10,50")
+    ap.add_argument("--queries", default="a,b,c", help="which of the queries to run")
     ap.add_argument("--binary", help="a release voicegraph binary (default: cargo build --release)")
+    ap.add_argument("--db", help="keep the seeded database under this name and reuse it next time")
     args = ap.parse_args()
+    global KEY
+    if args.db:
+        if not re.fullmatch(r"vg_bench_[a-z0-9_]+", args.db):
+            sys.exit("--db must look like vg_bench_<letters, digits, _>")
+        KEY = "vg_bench_" + uuid.uuid5(uuid.NAMESPACE_URL, args.db).hex
     for tool in ("wrk", "psql", "npm", "node"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed (wrk: apt-get install wrk)")
@@ -287,8 +353,16 @@ def main():
     if not os.path.exists(os.path.join(PG_DIR, "node_modules", ".bin", "postgraphile")):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PG_DIR, check=True)
 
-    db = "vg_bench_" + uuid.uuid4().hex[:10]
-    psql(f"CREATE DATABASE {db}")
+    db = args.db or "vg_bench_" + uuid.uuid4().hex[:10]
+    seeded = False
+    if args.db:
+        seeded = subprocess.run(
+            ["psql", pg_url(db), "-Atc", "SELECT count(*) FROM calls WHERE status = 'COMPLETED'"],
+            capture_output=True, text=True,
+        ).stdout.strip() == str(args.calls)
+        psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)") if not seeded else None
+    if not seeded:
+        psql(f"CREATE DATABASE {db}")
     work = tempfile.mkdtemp(prefix="vg-bench-")
     procs = []
     try:
@@ -312,25 +386,12 @@ def main():
         vg_url = f"http://127.0.0.1:{VG_PORT}/graphql"
         wait_http(f"http://127.0.0.1:{VG_PORT}/healthz", "voicegraph", vg)
 
-        log(f"seeding {args.calls} calls through submitCall…")
-        audio = recording()
-        started = time.time()
-        with ThreadPoolExecutor(16) as pool:
-            ids = list(pool.map(lambda n: submit(vg_url, audio, n), range(args.calls)))
-        log(f"submitted in {time.time() - started:.1f}s; waiting for every analysis")
-        while True:
-            stats = gql(vg_url, "{ callStats { total byStatus { status count } } }", key=KEY)
-            done = {s["status"]: s["count"] for s in stats["callStats"]["byStatus"]}
-            if done.get("COMPLETED", 0) == args.calls:
-                break
-            time.sleep(1)
-        # Every call's three events sequenced (listed by Call.events only once they are).
-        while True:
-            page = gql(vg_url, "{ calls(first: 100) { nodes { events { kind } } } }", key=KEY)
-            if all(len(n["events"]) == 3 for n in page["calls"]["nodes"]):
-                break
-            time.sleep(0.5)
-        log(f"seeded in {time.time() - started:.1f}s")
+        if seeded:
+            log(f"reusing {db}, seeded with {args.calls} calls")
+            ids = [n["id"] for n in
+                   gql(vg_url, "{ calls(first: 100) { nodes { id } } }", key=KEY)["calls"]["nodes"]]
+        else:
+            ids = seed(vg_url, args.calls)
 
         pg_log = open(os.path.join(work, "postgraphile.log"), "w")
         pgr = subprocess.Popen(
@@ -358,8 +419,11 @@ def main():
                        gql(pg_graphql, q_pg, variables[which]))
         log("both servers answer (a), (b) and (c) with the same data")
 
+        chosen = {w: q for w, q in QUERIES.items() if w in args.queries.split(",")}
+        costs = {w: statements_per_request(vg_url, db, q[0], variables[w]) for w, q in chosen.items()}
+
         results = {}
-        for which, (q_vg, q_pg) in QUERIES.items():
+        for which, (q_vg, q_pg) in chosen.items():
             scripts = []
             for side, (q, key) in enumerate(((q_vg, KEY), (q_pg, None))):
                 path = os.path.join(work, f"{which}{side}.lua")
@@ -385,6 +449,11 @@ def main():
             (v, v50, v99), (p, p50, p99) = r[0], r[1]
             print(f"| {TITLES[which]} | {conns} | {v:,.0f} | {v50:.2f} / {v99:.2f} | {p:,.0f} | "
                   f"{p50:.2f} / {p99:.2f} | {v / p:.2f}× |")
+        print("\nSQL per request, over 200 requests one after another:\n")
+        print("| query | statements (voicegraph's db_statements_total) | transactions (pg_stat_database) |")
+        print("|---|---|---|")
+        for which, (statements, transactions) in costs.items():
+            print(f"| {TITLES[which]} | {statements:.2f} | {transactions:.2f} |")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -394,7 +463,8 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         try:
-            psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            if not args.db:
+                psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         except subprocess.CalledProcessError as e:
             log(f"dropping {db}: {e}")
         log(f"logs kept in {work}")

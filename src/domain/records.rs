@@ -4,6 +4,60 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+/// Which of a call's large fields (texts and JSON) a read fetches; the small ones always are.
+/// A field left out reads as empty (`None`, or an empty list), so a read names every field its
+/// reader looks at: the GraphQL layer derives this from the query's selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallColumns {
+    /// `transcript_text` and `transcript_input`.
+    pub transcript: bool,
+    pub summary: bool,
+    pub topics: bool,
+    pub action_items: bool,
+    pub issues: bool,
+    pub intent: bool,
+    /// `category_matches`.
+    pub categories: bool,
+    pub metrics: bool,
+    pub tags: bool,
+    pub metadata: bool,
+    pub error: bool,
+    pub channels: bool,
+}
+
+impl CallColumns {
+    /// Every column: what a read that does not know its reader fetches.
+    pub const ALL: Self = Self {
+        transcript: true,
+        summary: true,
+        topics: true,
+        action_items: true,
+        issues: true,
+        intent: true,
+        categories: true,
+        metrics: true,
+        tags: true,
+        metadata: true,
+        error: true,
+        channels: true,
+    };
+    /// The small columns only.
+    pub const NONE: Self = Self {
+        transcript: false,
+        summary: false,
+        topics: false,
+        action_items: false,
+        issues: false,
+        intent: false,
+        categories: false,
+        metrics: false,
+        tags: false,
+        metadata: false,
+        error: false,
+        channels: false,
+    };
+}
+
 /// A call as stored: its metadata, where its recording and results are, and what the analysis
 /// found.
 #[derive(Debug, Clone, PartialEq)]

@@ -45,15 +45,17 @@ pub enum LiveItem {
 /// Serializes an execution result. A request error (refused before execution: no path on any
 /// error and no data) has no `data` entry, as the GraphQL spec asks.
 pub fn result_json(resp: &Response) -> String {
-    let mut out = serde_json::Map::new();
-    let request_error = is_request_error(resp);
-    if !request_error {
-        out.insert(
-            "data".into(),
-            serde_json::to_value(&resp.data).unwrap_or_default(),
-        );
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        errors: Option<serde_json::Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        extensions: Option<&'a std::collections::BTreeMap<String, Value>>,
     }
-    if !resp.errors.is_empty() {
+    let request_error = is_request_error(resp);
+    let errors = (!resp.errors.is_empty()).then(|| {
         let mut errors = serde_json::to_value(&resp.errors).unwrap_or_default();
         if request_error {
             // Refusals the executor itself makes (an unknown operation name) carry no code.
@@ -63,15 +65,17 @@ pub fn result_json(resp: &Response) -> String {
                 }
             }
         }
-        out.insert("errors".into(), errors);
-    }
-    if !resp.extensions.is_empty() {
-        out.insert(
-            "extensions".into(),
-            serde_json::to_value(&resp.extensions).unwrap_or_default(),
-        );
-    }
-    serde_json::Value::Object(out).to_string()
+        errors
+    });
+    let out = Out {
+        data: (!request_error).then_some(&resp.data),
+        errors,
+        extensions: (!resp.extensions.is_empty()).then_some(&resp.extensions),
+    };
+    serde_json::to_string(&out).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "encoding a GraphQL response failed");
+        r#"{"errors":[{"message":"internal error: the response could not be encoded","extensions":{"code":"INTERNAL"}}]}"#.into()
+    })
 }
 
 /// Whether the response is a request error: nothing was executed.

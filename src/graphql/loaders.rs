@@ -15,7 +15,8 @@ use crate::domain::{AnalysisRecord, CallRecord, CategoryRecord, EventEnvelope};
 use crate::services::{calls, events};
 use crate::store::Store;
 
-type Key = (Uuid, Uuid);
+/// (tenant, id).
+pub type Key = (Uuid, Uuid);
 
 /// Groups keys by tenant so that every query stays inside one tenant.
 fn by_tenant(keys: &[Key]) -> HashMap<Uuid, Vec<Uuid>> {
@@ -104,7 +105,7 @@ impl Loader<Key> for EventsLoader {
 }
 
 impl Loader<Key> for CallLoader {
-    type Value = CallRecord;
+    type Value = Arc<CallRecord>;
     type Error = Arc<anyhow::Error>;
 
     async fn load(&self, keys: &[Key]) -> Result<HashMap<Key, Self::Value>, Self::Error> {
@@ -114,7 +115,7 @@ impl Loader<Key> for CallLoader {
                 .await
                 .map_err(Arc::new)?
             {
-                out.insert((tenant, c.id), c);
+                out.insert((tenant, c.id), Arc::new(c));
             }
         }
         Ok(out)

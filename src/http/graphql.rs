@@ -167,10 +167,10 @@ impl Answer {
         }
     }
 
-    fn to_json(&self) -> serde_json::Value {
+    fn to_json(&self) -> String {
         match self {
-            Self::Executed(r) => serde_json::from_str(&result_json(r)).unwrap_or_default(),
-            Self::Refused(e) => serde_json::json!({ "errors": [e] }),
+            Self::Executed(r) => result_json(r),
+            Self::Refused(e) => serde_json::json!({ "errors": [e] }).to_string(),
         }
     }
 }
@@ -185,14 +185,21 @@ fn respond(kind: ResponseType, answers: Vec<Answer>, batch: bool) -> Response {
         StatusCode::OK
     };
     let body = if batch {
-        serde_json::Value::Array(answers.iter().map(Answer::to_json).collect())
+        format!(
+            "[{}]",
+            answers
+                .iter()
+                .map(Answer::to_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     } else {
         answers
             .first()
             .map(Answer::to_json)
-            .unwrap_or(serde_json::Value::Null)
+            .unwrap_or_else(|| "null".into())
     };
-    let mut r = (status, body.to_string()).into_response();
+    let mut r = (status, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(kind.content_type()),

@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::{AudioInfo, CallDirection, CallRecord, SegmentRecord, TranscriptInput};
+use crate::domain::{
+    AudioInfo, CallColumns, CallDirection, CallRecord, SegmentRecord, TranscriptInput,
+};
 use crate::error::{AppError, AppResult};
 use crate::ports::{AnalyzeError, Audio, PresignedPut};
 use crate::services::auth::{Caller, Permission};
@@ -534,8 +536,18 @@ fn same_recording(existing: CallRecord, sha: &str) -> AppResult<(CallRecord, boo
 }
 
 pub async fn get_call(store: &Store, caller: &Caller, id: Uuid) -> AppResult<Option<CallRecord>> {
+    get_call_columns(store, caller, id, &CallColumns::ALL).await
+}
+
+/// A call of the caller's tenant with only the large fields `cols` names.
+pub async fn get_call_columns(
+    store: &Store,
+    caller: &Caller,
+    id: Uuid,
+    cols: &CallColumns,
+) -> AppResult<Option<CallRecord>> {
     caller.require(Permission::ReadCalls)?;
-    store.get_call(caller.tenant_id, id).await
+    store.get_call_columns(caller.tenant_id, id, cols).await
 }
 
 /// Puts a failed call back on the queue.
@@ -670,7 +682,7 @@ fn decode_cursor(s: &str) -> AppResult<Keyset> {
 
 /// One page of calls.
 pub struct CallPage {
-    pub calls: Vec<(String, CallRecord)>,
+    pub calls: Vec<(String, std::sync::Arc<CallRecord>)>,
     pub has_next_page: bool,
     pub has_previous_page: bool,
 }
@@ -688,6 +700,7 @@ pub async fn list_calls(
     filter: &CallFilter,
     order: Order,
     page: PageArgs,
+    cols: &CallColumns,
 ) -> AppResult<CallPage> {
     caller.require(Permission::ReadCalls)?;
     let max = state.settings.max_page_size;
@@ -720,7 +733,7 @@ pub async fn list_calls(
     };
     let mut rows = state
         .store
-        .list_calls(caller.tenant_id, &filter, &query)
+        .list_calls(caller.tenant_id, &filter, &query, cols)
         .await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
@@ -730,7 +743,7 @@ pub async fn list_calls(
     Ok(CallPage {
         calls: rows
             .into_iter()
-            .map(|c| (encode_cursor(&c, order.field), c))
+            .map(|c| (encode_cursor(&c, order.field), std::sync::Arc::new(c)))
             .collect(),
         has_next_page: if backward {
             page.before.is_some()

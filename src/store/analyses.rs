@@ -201,15 +201,12 @@ impl Store {
         tenant: Uuid,
         call_ids: &[Uuid],
     ) -> anyhow::Result<HashMap<Uuid, Vec<AnalysisRecord>>> {
-        let txn = self.tenant_txn(tenant).await?;
-        let rows = analyses::Entity::find()
+        let select = analyses::Entity::find()
             .filter(analyses::Column::TenantId.eq(tenant))
             .filter(analyses::Column::CallId.is_in(call_ids.iter().copied()))
             .order_by_asc(analyses::Column::CreatedAt)
-            .order_by_asc(analyses::Column::Id)
-            .all(&txn)
-            .await?;
-        txn.commit().await?;
+            .order_by_asc(analyses::Column::Id);
+        let rows = self.tenant_read(tenant, select).await?;
         let mut out: HashMap<Uuid, Vec<AnalysisRecord>> = HashMap::new();
         for r in rows {
             out.entry(r.call_id).or_default().push(r.into());

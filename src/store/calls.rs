@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use entities::{analyses, call_events, call_segments, calls};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, IdenStatic,
+    Iterable, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, Set,
 };
 use uuid::Uuid;
 
@@ -17,8 +17,8 @@ use super::analyses::{
 use super::events::{enqueue_blob_delete, enqueue_job, record_event};
 use super::Store;
 use crate::domain::{
-    event_kind, Analysis, AnalysisRecord, CallDirection, CallRecord, CallStatus, JobMessage,
-    SegmentRecord, StatsRow,
+    event_kind, Analysis, AnalysisRecord, CallColumns, CallDirection, CallRecord, CallStatus,
+    JobMessage, SegmentRecord, StatsRow,
 };
 use crate::error::AppResult;
 
@@ -255,6 +255,52 @@ pub enum Change {
     Missing,
 }
 
+/// A `SELECT` of calls that reads the large columns `cols` names and, in place of the others,
+/// a placeholder of their type (null, or an empty list for the lists that are never null), so
+/// that the rows still decode as whole models.
+fn select_calls(cols: &CallColumns, backend: DbBackend) -> Select<calls::Entity> {
+    use calls::Column as C;
+    let skipped: &[(C, bool)] = &[
+        (C::TranscriptText, cols.transcript),
+        (C::TranscriptInput, cols.transcript),
+        (C::Summary, cols.summary),
+        (C::Topics, cols.topics),
+        (C::ActionItems, cols.action_items),
+        (C::Issues, cols.issues),
+        (C::Intent, cols.intent),
+        (C::CategoryMatches, cols.categories),
+        (C::Metrics, cols.metrics),
+        (C::Tags, cols.tags),
+        (C::Metadata, cols.metadata),
+        (C::Error, cols.error),
+        (C::Channels, cols.channels),
+    ];
+    if *cols == CallColumns::ALL {
+        return calls::Entity::find();
+    }
+    let postgres = backend == DbBackend::Postgres;
+    let mut select = calls::Entity::find().select_only();
+    for col in C::iter() {
+        let wanted = skipped
+            .iter()
+            .find(|(c, _)| c.as_str() == col.as_str())
+            .is_none_or(|(_, wanted)| *wanted);
+        select = if wanted {
+            select.column(col)
+        } else {
+            let placeholder = match (col, postgres) {
+                (C::Topics | C::ActionItems | C::Tags, true) => "'[]'::jsonb",
+                (C::Topics | C::ActionItems | C::Tags, false) => "'[]'",
+                (C::TranscriptText | C::Summary | C::Intent | C::Error, true) => "NULL::text",
+                (_, true) => "NULL::jsonb",
+                (_, false) => "NULL",
+            };
+            select.column_as(Expr::cust(placeholder), col.as_str())
+        };
+    }
+    select
+}
+
 pub(super) async fn find_call<C: ConnectionTrait>(
     db: &C,
     tenant: Uuid,
@@ -378,10 +424,21 @@ impl Store {
     }
 
     pub async fn get_call(&self, tenant: Uuid, id: Uuid) -> AppResult<Option<CallRecord>> {
-        let txn = self.tenant_txn(tenant).await?;
-        let call = find_call(&txn, tenant, id).await?;
-        txn.commit().await?;
-        Ok(call)
+        self.get_call_columns(tenant, id, &CallColumns::ALL).await
+    }
+
+    /// A call with only the large columns `cols` names (see [`CallColumns`]).
+    pub async fn get_call_columns(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+        cols: &CallColumns,
+    ) -> AppResult<Option<CallRecord>> {
+        let select = select_calls(cols, self.db.get_database_backend())
+            .filter(calls::Column::Id.eq(id))
+            .filter(calls::Column::TenantId.eq(tenant));
+        let rows = self.tenant_read(tenant, select).await?;
+        Ok(rows.into_iter().next().map(Into::into))
     }
 
     pub async fn call_by_idempotency_key(
@@ -562,6 +619,7 @@ impl Store {
         tenant: Uuid,
         filter: &CallFilter,
         page: &PageQuery,
+        cols: &CallColumns,
     ) -> AppResult<Vec<CallRecord>> {
         let col = match page.order {
             CallOrder::CreatedAt => calls::Column::CreatedAt,
@@ -592,15 +650,15 @@ impl Store {
             cond = cond.add(keyset(before, false));
         }
         let walk_desc = page.descending != page.backward;
-        let mut query = calls::Entity::find().filter(cond);
+        let mut query = select_calls(cols, self.db.get_database_backend()).filter(cond);
         query = if walk_desc {
             query.order_by_desc(col).order_by_desc(calls::Column::Id)
         } else {
             query.order_by_asc(col).order_by_asc(calls::Column::Id)
         };
-        let txn = self.tenant_txn(tenant).await?;
-        let rows = query.limit(page.limit as u64 + 1).all(&txn).await?;
-        txn.commit().await?;
+        let rows = self
+            .tenant_read(tenant, query.limit(page.limit as u64 + 1))
+            .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -647,15 +705,12 @@ impl Store {
         tenant: Uuid,
         call_ids: &[Uuid],
     ) -> anyhow::Result<Vec<SegmentRecord>> {
-        let txn = self.tenant_txn(tenant).await?;
-        let rows = call_segments::Entity::find()
+        let select = call_segments::Entity::find()
             .filter(call_segments::Column::TenantId.eq(tenant))
             .filter(call_segments::Column::CallId.is_in(call_ids.iter().copied()))
             .order_by_asc(call_segments::Column::CallId)
-            .order_by_asc(call_segments::Column::Idx)
-            .all(&txn)
-            .await?;
-        txn.commit().await?;
+            .order_by_asc(call_segments::Column::Idx);
+        let rows = self.tenant_read(tenant, select).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -665,13 +720,10 @@ impl Store {
         tenant: Uuid,
         ids: &[Uuid],
     ) -> anyhow::Result<Vec<CallRecord>> {
-        let txn = self.tenant_txn(tenant).await?;
-        let rows = calls::Entity::find()
+        let select = calls::Entity::find()
             .filter(calls::Column::TenantId.eq(tenant))
-            .filter(calls::Column::Id.is_in(ids.iter().copied()))
-            .all(&txn)
-            .await?;
-        txn.commit().await?;
+            .filter(calls::Column::Id.is_in(ids.iter().copied()));
+        let rows = self.tenant_read(tenant, select).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 

@@ -60,14 +60,11 @@ async fn locked_category(
 impl Store {
     /// A tenant's categories, by name.
     pub async fn list_categories(&self, tenant: Uuid) -> AppResult<Vec<CategoryRecord>> {
-        let txn = self.tenant_txn(tenant).await?;
-        let rows = categories::Entity::find()
+        let select = categories::Entity::find()
             .filter(categories::Column::TenantId.eq(tenant))
             .order_by_asc(categories::Column::Name)
-            .order_by_asc(categories::Column::Id)
-            .all(&txn)
-            .await?;
-        txn.commit().await?;
+            .order_by_asc(categories::Column::Id);
+        let rows = self.tenant_read(tenant, select).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 

@@ -163,15 +163,12 @@ impl Store {
         tenant: Uuid,
         call_ids: &[Uuid],
     ) -> anyhow::Result<Vec<EventEnvelope>> {
-        let txn = self.tenant_txn(tenant).await?;
-        let rows = call_events::Entity::find()
+        let select = call_events::Entity::find()
             .filter(call_events::Column::TenantId.eq(tenant))
             .filter(call_events::Column::CallId.is_in(call_ids.iter().copied()))
             .filter(call_events::Column::Seq.is_not_null())
-            .order_by_asc(call_events::Column::Seq)
-            .all(&txn)
-            .await?;
-        txn.commit().await?;
+            .order_by_asc(call_events::Column::Seq);
+        let rows = self.tenant_read(tenant, select).await?;
         Ok(rows.iter().filter_map(envelope).collect())
     }
 

@@ -56,6 +56,9 @@ pub struct ConnectSettings {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Counts the statements that bypass SeaORM (see [`Store::tenant_read`]), as its metric
+    /// callback counts the others.
+    statements: Option<prometheus::IntCounter>,
 }
 
 impl From<DbErr> for AppError {
@@ -80,18 +83,22 @@ impl Store {
         if db.get_database_backend() == DbBackend::Sqlite {
             db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
         }
+        let statements = settings.on_statement.clone();
         if let Some(counter) = settings.on_statement {
             db.set_metric_callback(move |info| {
                 counter.inc();
                 tracing::trace!(sql = %info.statement.sql, elapsed = ?info.elapsed, failed = info.failed, "statement");
             });
         }
-        Ok(Self { db })
+        Ok(Self { db, statements })
     }
 
     /// A store over an open connection (tests, tools).
     pub fn from_connection(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self {
+            db,
+            statements: None,
+        }
     }
 
     /// The connection underneath, for tests and fixtures that inspect tables directly. Product
@@ -139,6 +146,104 @@ impl Store {
         }
         Ok(txn)
     }
+}
+
+impl Store {
+    /// One read of a tenant's rows, decoded as the entity's models; the read-only twin of
+    /// [`Store::tenant_txn`] for the hot paths (a call, a page of calls, their nested lists).
+    ///
+    /// On Postgres, a read whose values are all of types that cannot carry SQL (uuids, numbers,
+    /// timestamps, booleans: every read by id, page and cursor) is sent as ONE simple-protocol
+    /// message, `SELECT set_config('voicegraph.tenant_id', …, true); SELECT …`, with the values
+    /// written into the text by SeaQuery. Postgres runs the statements of one such message as
+    /// one implicit transaction, so the tenant setting holds for the `SELECT` and ends with it,
+    /// exactly as in a transaction of its own — one round trip instead of four (`BEGIN`, the
+    /// setting, the query, `COMMIT`). Any other read (a filter with text in it), and every read
+    /// on SQLite, goes through a transaction with bound parameters.
+    async fn tenant_read<E>(
+        &self,
+        tenant: Uuid,
+        select: sea_orm::Select<E>,
+    ) -> Result<Vec<E::Model>, DbErr>
+    where
+        E: sea_orm::EntityTrait,
+    {
+        use sea_orm::{FromQueryResult, QueryTrait};
+        if self.is_postgres() {
+            let statement = select.build(DbBackend::Postgres);
+            let inlinable = statement
+                .values
+                .as_ref()
+                .is_none_or(|v| v.0.iter().all(cannot_carry_sql));
+            if inlinable {
+                let sql = format!(
+                    "SELECT set_config('voicegraph.tenant_id', '{tenant}', true); {}",
+                    select
+                        .as_query()
+                        .to_string(sea_orm::sea_query::PostgresQueryBuilder)
+                );
+                let rows = self.simple_rows(sql).await?;
+                return rows
+                    .into_iter()
+                    .map(|row| E::Model::from_query_result(&row.into(), ""))
+                    .collect();
+            }
+        }
+        let txn = self.tenant_txn(tenant).await?;
+        let rows = select.all(&txn).await?;
+        txn.commit().await?;
+        Ok(rows)
+    }
+
+    /// The rows of the last statement of a simple-protocol message of two (see
+    /// [`Store::tenant_read`]).
+    async fn simple_rows(&self, sql: String) -> Result<Vec<sea_orm::sqlx::postgres::PgRow>, DbErr> {
+        use futures::TryStreamExt;
+        use sea_orm::sqlx::Either;
+        let pool = self.db.get_postgres_connection_pool();
+        let mut results =
+            sea_orm::sqlx::raw_sql(sea_orm::sqlx::AssertSqlSafe(sql)).fetch_many(pool);
+        let mut finished = 0;
+        let mut rows = Vec::new();
+        while let Some(item) = results
+            .try_next()
+            .await
+            .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e))))?
+        {
+            match item {
+                Either::Left(_) => finished += 1,
+                Either::Right(row) if finished == 1 => rows.push(row),
+                // The setting's own row.
+                Either::Right(_) => {}
+            }
+        }
+        if let Some(c) = &self.statements {
+            c.inc_by(2);
+        }
+        Ok(rows)
+    }
+}
+
+/// Whether a value written into SQL text can only be a literal of its type: numbers, booleans,
+/// uuids and times can; text, JSON and bytes are always bound as parameters instead.
+fn cannot_carry_sql(v: &sea_orm::Value) -> bool {
+    use sea_orm::Value as V;
+    matches!(
+        v,
+        V::Bool(_)
+            | V::TinyInt(_)
+            | V::SmallInt(_)
+            | V::Int(_)
+            | V::BigInt(_)
+            | V::TinyUnsigned(_)
+            | V::SmallUnsigned(_)
+            | V::Unsigned(_)
+            | V::BigUnsigned(_)
+            | V::Float(_)
+            | V::Double(_)
+            | V::Uuid(_)
+            | V::ChronoDateTimeUtc(_)
+    )
 }
 
 /// The tokens stored in a row's three token columns; `None` when the row records none (the

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use chrono::Utc;
 use uuid::Uuid;
 use voicegraph::domain::{
-    Actor, Analysis, CallMetrics, CallStatus, EventFilter, JobMessage, Segment,
+    Actor, Analysis, CallColumns, CallMetrics, CallStatus, EventFilter, JobMessage, Segment,
 };
 use voicegraph::store::{
     CallFilter, CallOrder, CategoryFields, Change, ConnectSettings, NewCall, NewKey, PageQuery,
@@ -145,7 +145,7 @@ async fn calls_and_their_events_stay_in_their_tenant() {
             "{name}"
         );
         let listed = store
-            .list_calls(a, &CallFilter::default(), &page(10))
+            .list_calls(a, &CallFilter::default(), &page(10), &CallColumns::ALL)
             .await
             .unwrap();
         assert_eq!(
@@ -155,7 +155,7 @@ async fn calls_and_their_events_stay_in_their_tenant() {
         );
         assert_eq!(
             store
-                .list_calls(a, &CallFilter::default(), &page(1))
+                .list_calls(a, &CallFilter::default(), &page(1), &CallColumns::ALL)
                 .await
                 .unwrap()
                 .len(),
@@ -715,5 +715,56 @@ async fn categories_belong_to_their_tenant_and_names_are_unique_whatever_the_cas
         );
         assert!(store.list_categories(a).await.unwrap().is_empty(), "{name}");
         assert_eq!(store.list_categories(b).await.unwrap().len(), 1, "{name}");
+    }
+}
+
+/// What the store's one-message reads (`Store::tenant_read`) rest on, as the runtime role bound
+/// by row-level security: the statements of one simple-protocol message run as one implicit
+/// transaction, so the tenant set by the first holds for the second (which sees that tenant's
+/// rows and no other's, with no tenant filter of its own) and is gone for the connection's
+/// next statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_set_in_one_message_holds_for_that_message_only() {
+    use futures::TryStreamExt;
+    use sea_orm::sqlx::{self, Either, Row};
+    for (name, store, _dir) in stores().await {
+        if name != "postgres" {
+            continue;
+        }
+        let (a, b) = two_tenants(&store).await;
+        for tenant in [a, a, b] {
+            store.submit_call(new_call(tenant)).await.unwrap();
+        }
+        let pool = store.connection().get_postgres_connection_pool();
+        let mut conn = pool.acquire().await.unwrap();
+        let counts = |tenant: Option<Uuid>| {
+            let set = tenant.map_or(String::new(), |t| {
+                format!("SELECT set_config('voicegraph.tenant_id', '{t}', true); ")
+            });
+            format!("{set}SELECT count(*) AS n FROM calls")
+        };
+        for (tenant, expected) in [(Some(a), 2i64), (Some(b), 1), (None, 0)] {
+            let rows: Vec<_> = sqlx::raw_sql(sqlx::AssertSqlSafe(counts(tenant)))
+                .fetch_many(&mut *conn)
+                .try_filter_map(|item| async move {
+                    Ok(match item {
+                        Either::Right(row) if row.try_get::<i64, _>("n").is_ok() => Some(row),
+                        _ => None,
+                    })
+                })
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 1, "{name}");
+            let n: i64 = rows[0].try_get("n").unwrap();
+            assert_eq!(n, expected, "{name}: calls seen under {tenant:?}");
+        }
+        // The same connection, after the messages: no tenant is left set.
+        let left: Option<String> =
+            sqlx::query_scalar("SELECT nullif(current_setting('voicegraph.tenant_id', true), '')")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(left, None, "{name}");
     }
 }

@@ -121,7 +121,7 @@ impl CallsMutation {
             .await
             .map_err(|e| e.extend())?;
         Ok(SubmitCallPayload {
-            call: Call(call),
+            call: Call::from(call),
             deduplicated,
         })
     }
@@ -135,7 +135,7 @@ impl CallsMutation {
         #[graphql(desc = "The call's id (`Call.id`).")] id: ID,
     ) -> Result<Call> {
         let id = parse_id(&id)?;
-        Ok(Call(
+        Ok(Call::from(
             calls::retry_call(state(ctx), caller(ctx)?, id)
                 .await
                 .map_err(|e| e.extend())?,
@@ -155,7 +155,7 @@ impl CallsMutation {
         tags: Vec<String>,
     ) -> Result<Call> {
         let id = parse_id(&id)?;
-        Ok(Call(
+        Ok(Call::from(
             calls::tag_call(state(ctx), caller(ctx)?, id, tags)
                 .await
                 .map_err(|e| e.extend())?,

@@ -111,7 +111,7 @@ impl CategoriesMutation {
         let id = parse_id(&id)?;
         calls::reanalyze_call(state(ctx), caller(ctx)?, id, analyzer)
             .await
-            .map(Call)
+            .map(Call::from)
             .map_err(|e| e.extend())
     }
 }

@@ -1,7 +1,11 @@
 //! Reading calls: one by id, pages with filters and ordering, and the Relay `node` field.
 
+use std::sync::Arc;
+
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use async_graphql::{Context, Interface, Object, Result, ID};
 
+use crate::domain::{CallColumns, CallRecord};
 use crate::error::{AppError, AppResult};
 use crate::graphql::types::{
     Call, CallConnection, CallEdge, CallFilter, CallOrder, CallOrderField, OrderDirection, PageInfo,
@@ -21,44 +25,107 @@ pub enum Node {
 pub struct CallsQuery;
 
 /// Loads the nested lists the query asks for, for the whole page in one batch each, so that the
-/// statements a page costs do not depend on its size or on timing.
-async fn prefetch(ctx: &Context<'_>, page: &[(String, crate::domain::CallRecord)]) -> Result<()> {
+/// statements a page costs do not depend on its size or on timing. The page knows its ids, so
+/// the batches are loaded at once, side by side, without the loaders' batching delay, and the
+/// results are put in the request's loaders where the fields find them.
+async fn prefetch(
+    ctx: &Context<'_>,
+    page: &[(String, Arc<CallRecord>)],
+    cols: &CallColumns,
+) -> Result<()> {
     let look = ctx.look_ahead();
     let nodes = [look.field("edges").field("node"), look.field("nodes")];
+    let asks = |f: &dyn Fn(&async_graphql::Lookahead<'_>) -> bool| nodes.iter().any(f);
     let keys: Vec<_> = page.iter().map(|(_, c)| (c.tenant_id, c.id)).collect();
     let l = loaders(ctx);
-    let internal =
-        |e: std::sync::Arc<anyhow::Error>| AppError::Internal(anyhow::anyhow!("{e}")).extend();
-    if nodes.iter().any(|n| {
+    let segments = asks(&|n| {
         n.field("transcript").field("segments").exists()
             || n.field("quotes").field("segments").exists()
             || n.field("categories").field("segments").exists()
-    }) {
-        l.segments.load_many(keys.clone()).await.map_err(internal)?;
-    }
-    if nodes.iter().any(|n| n.field("analyses").exists()) {
-        l.analyses.load_many(keys.clone()).await.map_err(internal)?;
-    }
-    if nodes
-        .iter()
-        .any(|n| n.field("categories").field("category").exists())
-    {
-        let matched: Vec<_> = page
-            .iter()
+    });
+    let matched: Vec<_> = if asks(&|n| n.field("categories").field("category").exists()) {
+        page.iter()
             .flat_map(|(_, c)| {
                 c.categories()
                     .into_iter()
                     .map(|m| (c.tenant_id, m.category_id))
             })
-            .collect();
-        l.categories.load_many(matched).await.map_err(internal)?;
+            .collect()
+    } else {
+        Vec::new()
+    };
+    futures::try_join!(
+        prime(&l.segments, &keys, segments, Some(Vec::new())),
+        prime(
+            &l.analyses,
+            &keys,
+            asks(&|n| n.field("analyses").exists()),
+            Some(Vec::new())
+        ),
+        prime(&l.categories, &matched, !matched.is_empty(), None),
+        prime(
+            &l.events,
+            &keys,
+            asks(&|n| n.field("events").exists()),
+            Some(Vec::new())
+        ),
+    )
+    .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")).extend())?;
+    // `CallEvent.call` finds the page's calls in the loader when they were read whole (which
+    // `calls` does when it is asked for): a call read with some columns left out must not
+    // answer a selection that wants them.
+    if *cols == CallColumns::ALL && asks(&|n| n.field("events").field("call").exists()) {
+        l.calls
+            .feed_many(page.iter().map(|(_, c)| ((c.tenant_id, c.id), c.clone())))
+            .await;
     }
-    if nodes.iter().any(|n| n.field("events").exists()) {
-        l.events.load_many(keys).await.map_err(internal)?;
+    Ok(())
+}
+
+/// The large columns a selection of `Call` fields reads (see `types::Call`): a column is
+/// fetched when a field that reads it is selected, whatever fragments or directives say.
+fn call_columns(calls: &[async_graphql::Lookahead<'_>]) -> CallColumns {
+    let asks = |field: &str| calls.iter().any(|c| c.field(field).exists());
+    CallColumns {
+        transcript: calls
+            .iter()
+            .any(|c| c.field("transcript").field("text").exists()),
+        summary: asks("summary"),
+        topics: asks("topics"),
+        action_items: asks("actionItems") || asks("quotes"),
+        issues: asks("issues") || asks("quotes"),
+        intent: asks("intent"),
+        categories: asks("categories"),
+        metrics: asks("metrics"),
+        tags: asks("tags"),
+        metadata: asks("metadata"),
+        error: asks("error"),
+        channels: asks("channels"),
     }
-    l.calls
-        .feed_many(page.iter().map(|(_, c)| ((c.tenant_id, c.id), c.clone())))
-        .await;
+}
+
+/// Loads `keys` with `loader`'s batch function now (when `wanted`) and caches the values; keys
+/// without a value are cached as `empty` when given (an empty list), so that no field loads
+/// them again.
+async fn prime<L>(
+    loader: &DataLoader<L, HashMapCache>,
+    keys: &[loaders::Key],
+    wanted: bool,
+    empty: Option<L::Value>,
+) -> std::result::Result<(), L::Error>
+where
+    L: Loader<loaders::Key>,
+{
+    if !wanted || keys.is_empty() {
+        return Ok(());
+    }
+    let mut found = loader.loader().load(keys).await?;
+    if let Some(empty) = empty {
+        for k in keys {
+            found.entry(*k).or_insert_with(|| empty.clone());
+        }
+    }
+    loader.feed_many(found).await;
     Ok(())
 }
 
@@ -82,10 +149,13 @@ impl CallsQuery {
         id: ID,
     ) -> Result<Option<Call>> {
         let id = parse_id(&id)?;
-        Ok(calls::get_call(&state(ctx).store, caller(ctx)?, id)
-            .await
-            .map_err(|e| e.extend())?
-            .map(Call))
+        let cols = call_columns(&[ctx.look_ahead()]);
+        Ok(
+            calls::get_call_columns(&state(ctx).store, caller(ctx)?, id, &cols)
+                .await
+                .map_err(|e| e.extend())?
+                .map(Call::from),
+        )
     }
 
     /// The tenant's calls, a page at a time (a Relay cursor connection): newest first unless
@@ -132,6 +202,18 @@ impl CallsQuery {
             },
             descending: order.direction == OrderDirection::Desc,
         };
+        let look = ctx.look_ahead();
+        let nodes = [look.field("edges").field("node"), look.field("nodes")];
+        // `CallEvent.call` is answered from the page's own rows (see `prefetch`), so with it the
+        // page is read whole.
+        let cols = if nodes
+            .iter()
+            .any(|n| n.field("events").field("call").exists())
+        {
+            CallColumns::ALL
+        } else {
+            call_columns(&nodes)
+        };
         let page = calls::list_calls(
             state(ctx),
             caller(ctx)?,
@@ -143,10 +225,11 @@ impl CallsQuery {
                 last,
                 before,
             },
+            &cols,
         )
         .await
         .map_err(|e| e.extend())?;
-        prefetch(ctx, &page.calls).await?;
+        prefetch(ctx, &page.calls, &cols).await?;
         let edges: Vec<CallEdge> = page
             .calls
             .into_iter()
@@ -179,6 +262,6 @@ impl CallsQuery {
         Ok(calls::get_call(&state(ctx).store, caller(ctx)?, id)
             .await
             .map_err(|e| e.extend())?
-            .map(|c| Node::Call(Call(c))))
+            .map(|c| Node::Call(Call::from(c))))
     }
 }

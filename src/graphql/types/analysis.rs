@@ -44,7 +44,7 @@ pub enum QuoteKind {
 
 /// An insight that quotes the call, with the transcript segments that say it.
 pub struct CallQuote {
-    pub call: CallRecord,
+    pub call: std::sync::Arc<CallRecord>,
     pub kind: QuoteKind,
     pub text: String,
     pub segments: Vec<usize>,
@@ -105,7 +105,7 @@ impl Category {
 
 /// Where one of the tenant's categories matched in a call.
 pub struct CategoryMatchGql {
-    pub call: CallRecord,
+    pub call: std::sync::Arc<CallRecord>,
     pub category: Option<CategoryRecord>,
     pub name: String,
     pub segments: Vec<usize>,
