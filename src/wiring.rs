@@ -203,6 +203,8 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         None
     };
     let shutdown = CancellationToken::new();
+    // Postgres notifies what the roles would otherwise poll for; one listener per process.
+    db.listen(settings.notify_fallback, shutdown.clone()).await;
 
     let queue: Arc<dyn JobQueue> = match (&settings.job_queue_url, &sdk) {
         (Some(url), Some(sdk)) => Arc::new(

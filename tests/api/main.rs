@@ -23,6 +23,7 @@ mod http;
 mod jwt;
 mod limiter_contract;
 mod limits;
+mod notifications;
 mod playground;
 mod production;
 mod queue_contract;
