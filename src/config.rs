@@ -222,6 +222,7 @@ impl Layers {
             notify_fallback: Duration::from_secs(
                 self.parse::<u64>("notify_fallback_secs", 30)?.max(1),
             ),
+            key_cache_ttl: Duration::from_millis(self.parse("key_cache_ttl_ms", 1000)?),
             revocation_poll: Duration::from_millis(
                 self.parse::<u64>("revocation_poll_ms", 1000)?.max(10),
             ),
@@ -462,6 +463,10 @@ pub struct Settings {
     /// wait for a database notification before looking anyway, and how often the notification
     /// listener checks its connection with a heartbeat.
     pub notify_fallback: Duration,
+    /// Without database notifications (SQLite), how long an instance trusts an API key it
+    /// resolved before reading it again: a key revoked by another process fails here within this
+    /// time. 0 reads the key on every request. On Postgres the revocation notice invalidates it.
+    pub key_cache_ttl: Duration,
     /// How often an API instance checks whether the API keys of its open WebSockets and SSE
     /// streams were revoked (one statement per 500 keys, only while any are open); a revoked key's
     /// connections end within this time on every instance.

@@ -360,6 +360,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
     let auth = Arc::new(Authenticator::new(
         db.clone(),
         JwtVerifier::from_settings(&settings)?,
+        settings.key_cache_ttl,
     ));
 
     let revocations = Revocations::new(db.clone(), settings.revocation_poll);

@@ -21,6 +21,7 @@ mod gemini_insights;
 mod hostile;
 mod http;
 mod jwt;
+mod key_cache;
 mod limiter_contract;
 mod limits;
 mod notifications;
