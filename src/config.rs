@@ -219,6 +219,10 @@ impl Layers {
             job_retry_base: Duration::from_millis(self.parse("job_retry_base_ms", 2000)?),
             relay_poll: Duration::from_millis(self.parse("relay_poll_ms", 500)?),
             watermark_poll: Duration::from_millis(self.parse("watermark_poll_ms", 500)?),
+            notify_fallback: Duration::from_secs(
+                self.parse::<u64>("notify_fallback_secs", 30)?.max(1),
+            ),
+            key_cache_ttl: Duration::from_millis(self.parse("key_cache_ttl_ms", 1000)?),
             revocation_poll: Duration::from_millis(
                 self.parse::<u64>("revocation_poll_ms", 1000)?.max(10),
             ),
@@ -449,10 +453,20 @@ pub struct Settings {
     pub trusted_documents_exempt_platform_admins: bool,
     /// First retry delay of a failed job; it doubles with each receive.
     pub job_retry_base: Duration,
-    /// How often the relay looks for outbox rows written by other processes.
+    /// How often the relay looks for outbox rows written by other processes when the database
+    /// sends no notifications (SQLite; Postgres while its listener reconnects).
     pub relay_poll: Duration,
-    /// How often an API instance checks for events its live feed did not bring.
+    /// How often an API instance checks for events its live feed did not bring, when the
+    /// database sends no notifications (SQLite; Postgres while its listener reconnects).
     pub watermark_poll: Duration,
+    /// On Postgres, the longest the relay, the workers and an API instance's event watermark
+    /// wait for a database notification before looking anyway, and how often the notification
+    /// listener checks its connection with a heartbeat.
+    pub notify_fallback: Duration,
+    /// Without database notifications (SQLite), how long an instance trusts an API key it
+    /// resolved before reading it again: a key revoked by another process fails here within this
+    /// time. 0 reads the key on every request. On Postgres the revocation notice invalidates it.
+    pub key_cache_ttl: Duration,
     /// How often an API instance checks whether the API keys of its open WebSockets and SSE
     /// streams were revoked (one statement per 500 keys, only while any are open); a revoked key's
     /// connections end within this time on every instance.

@@ -1,6 +1,11 @@
 //! The outbox relay: sequences new events in commit order, then delivers outbox rows — jobs to
 //! the queue, events to the publisher, blob deletions to the store — marking each sent only after
 //! its destination accepted it. Failed deliveries back off and are tried again.
+//!
+//! Between rounds the relay waits for a nudge from this process or, on Postgres, for the
+//! database's notice that outbox rows were committed anywhere, and sleeps until the next retry
+//! falls due; without notifications (SQLite, or while the listener reconnects) it polls every
+//! `VOICEGRAPH_RELAY_POLL_MS`.
 
 use std::time::Duration;
 
@@ -134,6 +139,7 @@ async fn purge(state: &AppState) -> anyhow::Result<()> {
 
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     tracing::info!("relay started");
+    let notifications = state.store.notifications().clone();
     let mut last_purge = std::time::Instant::now();
     let mut failures = 0u32;
     loop {
@@ -157,10 +163,27 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         if delivered as u64 >= BATCH {
             continue;
         }
-        let wait = state.settings.relay_poll * std::cmp::min(failures + 1, 20);
+        let poll = state.settings.relay_poll * std::cmp::min(failures + 1, 20);
+        let wait = if failures == 0 && notifications.link().is_up() {
+            // Notices announce new rows; only retries come due unannounced.
+            match state.store.next_outbox_due().await {
+                Ok(Some(at)) => (at - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(state.settings.notify_fallback),
+                Ok(None) => state.settings.notify_fallback,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading when the next outbox row is due failed");
+                    poll
+                }
+            }
+        } else {
+            poll
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = state.relay_wakeup.notified() => {}
+            _ = notifications.outbox().notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -203,6 +203,8 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         None
     };
     let shutdown = CancellationToken::new();
+    // Postgres notifies what the roles would otherwise poll for; one listener per process.
+    db.listen(settings.notify_fallback, shutdown.clone()).await;
 
     let queue: Arc<dyn JobQueue> = match (&settings.job_queue_url, &sdk) {
         (Some(url), Some(sdk)) => Arc::new(
@@ -358,6 +360,7 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
     let auth = Arc::new(Authenticator::new(
         db.clone(),
         JwtVerifier::from_settings(&settings)?,
+        settings.key_cache_ttl,
     ));
 
     let revocations = Revocations::new(db.clone(), settings.revocation_poll);

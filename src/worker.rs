@@ -289,8 +289,9 @@ pub async fn run(state: AppState, shutdown: CancellationToken, grace: Duration) 
             }
             continue;
         }
+        // A long wait: the queue returns as soon as a job comes (SQS caps the wait at 20 s).
         let received = tokio::select! {
-            r = state.queue.receive(free, state.settings.job_visibility, Duration::from_secs(1)) => r,
+            r = state.queue.receive(free, state.settings.job_visibility, state.settings.notify_fallback) => r,
             _ = shutdown.cancelled() => break,
         };
         let leases = match received {

@@ -1,6 +1,7 @@
 //! Schema migrations for voicegraph, written with sea-query so they run on SQLite and Postgres alike;
 //! on Postgres, row-level security isolates tenants (`m20261203_000001_row_level_security`), and
-//! [`grant_runtime_role`] grants the role the application runs as what it needs.
+//! [`grant_runtime_role`] grants the role the application runs as what it needs; triggers send
+//! the notifications the roles wait on (`m20261205_000001_notifications`).
 
 pub use sea_orm_migration::prelude::*;
 
@@ -12,8 +13,12 @@ mod m20261203_000001_row_level_security;
 mod m20261203_000002_segment_grounded;
 mod m20261203_000003_call_token_usage;
 mod m20261204_000001_analyses_and_categories;
+mod m20261205_000001_notifications;
 mod roles;
 
+pub use m20261205_000001_notifications::{
+    EVENTS_CHANNEL, JOBS_CHANNEL, KEYS_CHANNEL, OUTBOX_CHANNEL,
+};
 pub use roles::grant_runtime_role;
 
 pub struct Migrator;
@@ -30,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000002_segment_grounded::Migration),
             Box::new(m20261203_000003_call_token_usage::Migration),
             Box::new(m20261204_000001_analyses_and_categories::Migration),
+            Box::new(m20261205_000001_notifications::Migration),
         ]
     }
 }

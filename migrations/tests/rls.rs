@@ -1221,7 +1221,15 @@ async fn calls_analysed_before_analyses_were_kept_get_one_each_across_tenants() 
         txn.commit().await.unwrap();
         // Back to before the analyses migration, and up again as the owner, whom forced RLS
         // binds: the backfill must see both tenants' calls all the same.
-        Migrator::down(&fx.owner, Some(1)).await.unwrap();
+        let through = Migrator::migrations()
+            .iter()
+            .rev()
+            .position(|m| m.name() == "m20261204_000001_analyses_and_categories")
+            .expect("the analyses migration is registered")
+            + 1;
+        Migrator::down(&fx.owner, Some(through as u32))
+            .await
+            .unwrap();
         Migrator::up(&fx.owner, None).await.unwrap();
         let found = rows(
             &fx.su,
@@ -1265,6 +1273,108 @@ async fn calls_analysed_before_analyses_were_kept_get_one_each_across_tenants() 
         let txn = as_tenant(&fx.app, b.id).await;
         assert_eq!(count(&txn, "analyses").await, 1);
         txn.commit().await.unwrap();
+    })
+    .await;
+}
+
+/// The next notification the listener gets, as (channel, payload); panics after 10 s.
+async fn next_notice(listener: &mut sea_orm::sqlx::postgres::PgListener) -> (String, String) {
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification within 10 s")
+        .expect("the listener works");
+    (n.channel().to_string(), n.payload().to_string())
+}
+
+fn notice(channel: &str, payload: impl ToString) -> (String, String) {
+    (channel.to_string(), payload.to_string())
+}
+
+#[tokio::test]
+async fn the_runtime_role_hears_committed_changes_only() {
+    run(|fx| async move {
+        use migrations::{EVENTS_CHANNEL, JOBS_CHANNEL, KEYS_CHANNEL, OUTBOX_CHANNEL};
+        let a = seed(&fx.app).await;
+        let url = role_url(&fx.pg, &fx.names, &fx.app_role);
+        let mut listener = sea_orm::sqlx::postgres::PgListener::connect(&url)
+            .await
+            .unwrap();
+        listener
+            .listen_all([OUTBOX_CHANNEL, EVENTS_CHANNEL, JOBS_CHANNEL, KEYS_CHANNEL])
+            .await
+            .unwrap();
+        let outbox_row = "INSERT INTO outbox (destination, payload, created_at, available_at, \
+                          attempts) VALUES ('jobs', '{}', now(), now(), 0)";
+        let job = |queue: &str| {
+            format!(
+                "INSERT INTO jobs (queue, payload, visible_at, receive_count, created_at) \
+                 VALUES ('{queue}', '{{}}', 0, 0, 0)"
+            )
+        };
+
+        // Each "nothing" below is shown by the next notice being the one that follows it: one
+        // session's notices arrive in commit order.
+        // Outbox rows: nothing for a rolled-back transaction, one notice for a committed one.
+        let txn = fx.app.begin().await.unwrap();
+        exec(&txn, outbox_row).await;
+        exec(&txn, outbox_row).await;
+        txn.rollback().await.unwrap();
+        exec(&fx.app, &job("first")).await;
+        assert_eq!(
+            next_notice(&mut listener).await,
+            notice(JOBS_CHANNEL, "first")
+        );
+        let txn = fx.app.begin().await.unwrap();
+        exec(&txn, outbox_row).await;
+        exec(&txn, outbox_row).await;
+        txn.commit().await.unwrap();
+        assert_eq!(next_notice(&mut listener).await, notice(OUTBOX_CHANNEL, ""));
+
+        // Jobs: a lease taken or extended (later) says nothing; a release (sooner) does.
+        exec(&fx.app, "UPDATE jobs SET visible_at = visible_at + 60000").await;
+        exec(&fx.app, outbox_row).await;
+        assert_eq!(next_notice(&mut listener).await, notice(OUTBOX_CHANNEL, ""));
+        exec(&fx.app, "UPDATE jobs SET visible_at = visible_at - 30000").await;
+        assert_eq!(
+            next_notice(&mut listener).await,
+            notice(JOBS_CHANNEL, "first")
+        );
+
+        // Keys: recording a use says nothing; a revocation names the key.
+        let txn = as_tenant(&fx.app, a.id).await;
+        exec(&txn, "UPDATE api_keys SET last_used_at = now()").await;
+        txn.commit().await.unwrap();
+        let txn = as_tenant(&fx.app, a.id).await;
+        exec(&txn, "UPDATE api_keys SET revoked_at = now()").await;
+        txn.commit().await.unwrap();
+        assert_eq!(
+            next_notice(&mut listener).await,
+            notice(KEYS_CHANNEL, a.key)
+        );
+        let txn = as_tenant(&fx.app, a.id).await;
+        exec(&txn, "DELETE FROM api_keys").await;
+        txn.commit().await.unwrap();
+        assert_eq!(
+            next_notice(&mut listener).await,
+            notice(KEYS_CHANNEL, a.key)
+        );
+
+        // Sequencing, through the definer function: the new last position.
+        let before = sequencer(&fx.su).await;
+        let numbered: i32 = scalar(&fx.app, "SELECT voicegraph_sequence_pending(100)").await;
+        assert_eq!(numbered, 1, "the seeded event");
+        assert_eq!(
+            next_notice(&mut listener).await,
+            notice(EVENTS_CHANNEL, before + 1)
+        );
+        let numbered: i32 = scalar(&fx.app, "SELECT voicegraph_sequence_pending(100)").await;
+        assert_eq!(numbered, 0);
+        exec(&fx.app, &job("last")).await;
+        assert_eq!(
+            next_notice(&mut listener).await,
+            notice(JOBS_CHANNEL, "last"),
+            "sequencing nothing says nothing"
+        );
     })
     .await;
 }

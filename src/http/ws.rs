@@ -3,8 +3,9 @@
 //! upgrade request); the server pings on an interval and closes a client that stops answering;
 //! close codes as graphql-transport-ws defines them; a JWT's expiry ends the connection unless
 //! the client refreshed it in-band with a `ping` carrying a new `Authorization`; revoking the
-//! API key it signed in with ends it (4403) on every instance within the revocation check
-//! interval, and each new operation on it checks the key first. The connection is one of its
+//! API key it signed in with ends it (4403) on every instance (on Postgres when the revocation's
+//! notice arrives, at the latest within the revocation check interval), and each new operation
+//! on it checks the key first. The connection is one of its
 //! key's capped sockets, each subscription one of its capped subscriptions, and each operation
 //! a request charged to the key's rate and cost budget.
 
@@ -221,8 +222,8 @@ const OUTBOX_MESSAGES: usize = 16;
 const REVOKED: &str = "Forbidden: the API key was revoked";
 
 /// Whether the connection's API key (its id, and whether its watch already ended) was revoked,
-/// asked of the database as every HTTP request does, so that no operation starts after a
-/// revocation, even before the next revocation check reaches this instance.
+/// asked of the database (not of the key cache HTTP requests use), so that no operation starts
+/// after a revocation, even before this instance hears of it.
 async fn key_revoked(app: &AppState, watched: Option<(uuid::Uuid, bool)>) -> anyhow::Result<bool> {
     let Some((key, revoked)) = watched else {
         return Ok(false);

@@ -69,24 +69,50 @@ pub fn stream(
 }
 
 /// Publishes this instance's view of the last committed position, so subscribers notice events
-/// that never reached them live (another process's relay, a message lost by the bus).
+/// that never reached them live (another process's relay, a message lost by the bus). On
+/// Postgres the database's notices carry each new position, so nothing is read while they come
+/// (only once at start, when the listener reconnects, and every `VOICEGRAPH_NOTIFY_FALLBACK_SECS`);
+/// without them (SQLite, or while the listener reconnects) the position is read `every`.
 pub async fn run_watermark(state: AppState, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
+    let notifications = state.store.notifications().clone();
+    let mut link = notifications.watch_link();
+    let mut announced = notifications.events();
+    let raise = |top: i64| {
+        state.watermark.send_if_modified(|v| {
+            let changed = top > *v;
+            *v = (*v).max(top);
+            changed
+        });
+    };
+    let mut read = true;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match state.store.max_seq().await {
-            Ok(top) => {
-                state.watermark.send_if_modified(|v| {
-                    let changed = top > *v;
-                    *v = (*v).max(top);
-                    changed
-                });
+        if read {
+            match state.store.max_seq().await {
+                Ok(top) => raise(top),
+                Err(e) => tracing::warn!(error = %e, "reading the event watermark failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "reading the event watermark failed"),
         }
+        let wait = if link.borrow_and_update().is_up() {
+            state.settings.notify_fallback
+        } else {
+            every
+        };
+        read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            // Connected (notices may have been missed) or lost (poll from now on): read now.
+            changed = link.changed() => match changed {
+                Ok(()) => true,
+                Err(_) => return,
+            },
+            changed = announced.changed() => match changed {
+                Ok(()) => {
+                    raise(*announced.borrow_and_update());
+                    false
+                }
+                Err(_) => return,
+            },
+            _ = tokio::time::sleep(wait) => true,
+        };
     }
 }
 

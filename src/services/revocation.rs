@@ -1,18 +1,21 @@
 //! Revocation reaching live connections. Every WebSocket and SSE stream authenticated with an API
-//! key holds a [`KeyWatch`]; the instance checks the keys its connections use against the
-//! database (one statement per 500 keys) every `VOICEGRAPH_REVOCATION_POLL_MS` while any is
-//! open (an idle instance issues nothing), and ends the watches of keys revoked since. A key revoked on
-//! this instance ends its watches at once.
+//! key holds a [`KeyWatch`]. A key revoked on this instance ends its watches at once; on Postgres
+//! so does the database's notice of a revocation on any other instance (sent from inside the
+//! revoking transaction). Behind that, the instance checks the keys its connections use against
+//! the database (one statement per 500 keys) every `VOICEGRAPH_REVOCATION_POLL_MS` while any is
+//! open (an idle instance issues nothing), and ends the watches of keys revoked since: the only
+//! way on SQLite, and the backstop for a notice missed while the listener reconnected.
 //!
 //! Why the database and not a notice through the event feed: the database is where revocation
-//! is true, so no notice can be lost (Redis pub/sub drops messages while an instance
-//! reconnects, and would need this check behind it anyway), and it works the same with every
-//! backend, separate processes on the embedded stack included.
+//! is true, so no notice can be lost or announce a revocation that rolled back (Redis pub/sub
+//! drops messages while an instance reconnects, and would need this check behind it anyway), and
+//! it works the same with every backend, separate processes on the embedded stack included.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -113,8 +116,8 @@ impl Revocations {
         }
     }
 
-    /// The key was revoked by this instance: its connections here end now, without waiting for
-    /// the next check (other instances find out at theirs).
+    /// The key was revoked, by this instance or (as the database notified) another: its
+    /// connections here end now, without waiting for the next check.
     pub fn revoked_here(&self, key_id: Uuid) {
         if let Some(w) = self.lock().get(&key_id) {
             w.revoked.cancel();
@@ -156,20 +159,33 @@ impl Revocations {
         Ok(revoked)
     }
 
-    /// Checks the watched keys every interval while there are any, until `shutdown`.
+    /// Until `shutdown`: ends the watches of keys the database notifies revoked, and checks the
+    /// watched keys every interval while there are any.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut notified = self.store.notifications().keys();
+        let mut next_check: Option<tokio::time::Instant> = None;
         loop {
-            if self.watched() == 0 {
-                // `notify_one` keeps a permit, so a watch taken since the check is not missed.
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = self.wake.notified() => {}
-                }
+            if next_check.is_none() && self.watched() > 0 {
+                next_check = Some(tokio::time::Instant::now() + self.interval);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.interval) => {}
+                // `notify_one` keeps a permit, so a watch taken since the check is not missed.
+                _ = self.wake.notified(), if next_check.is_none() => continue,
+                notice = notified.recv() => {
+                    match notice {
+                        Ok(key) => self.revoked_here(key),
+                        // Some notices were dropped: check every watched key now.
+                        Err(RecvError::Lagged(_)) => {
+                            next_check = Some(tokio::time::Instant::now());
+                        }
+                        Err(RecvError::Closed) => break,
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next_check.unwrap_or_else(tokio::time::Instant::now)), if next_check.is_some() => {}
             }
+            next_check = None;
             if let Err(e) = self.check().await {
                 tracing::warn!(error = %format!("{e:#}"), "checking API keys for revocation failed; retrying");
             }

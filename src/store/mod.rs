@@ -15,6 +15,10 @@
 //! outbox relay. On Postgres each is a `SECURITY DEFINER` function created by the migrations
 //! (see `migrations::m20261203_000001_row_level_security`); the runtime role can call those
 //! functions and nothing else that crosses a tenant.
+//!
+//! On Postgres the store also listens ([`notify`]): triggers notify outbox rows, sequenced events,
+//! due jobs and revoked keys from inside the transactions that make them, and the roles wait on
+//! those notices instead of polling.
 
 mod analyses;
 mod audit;
@@ -23,10 +27,12 @@ mod categories;
 pub mod documents;
 mod events;
 mod keys;
+mod notify;
 mod outbox;
 pub mod queue;
 mod system;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,6 +46,7 @@ pub use calls::{CallFilter, CallOrder, Change, Keyset, NewCall, PageQuery, Resul
 pub use categories::CategoryFields;
 pub use events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
 pub use keys::NewKey;
+pub use notify::{Link, Notifications};
 pub use outbox::OutboxClaim;
 
 use crate::error::AppError;
@@ -56,8 +63,10 @@ pub struct ConnectSettings {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
-    /// Counts the statements that bypass SeaORM (see [`Store::tenant_read`]), as its metric
-    /// callback counts the others.
+    /// The database's notifications, as this process hears them (see [`notify`]).
+    notifications: Arc<Notifications>,
+    /// The statement counter, for statements that bypass SeaORM's metric callback (the
+    /// listener's, and the one-message reads of [`Store::tenant_read`]).
     statements: Option<prometheus::IntCounter>,
 }
 
@@ -83,21 +92,30 @@ impl Store {
         if db.get_database_backend() == DbBackend::Sqlite {
             db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
         }
-        let statements = settings.on_statement.clone();
-        if let Some(counter) = settings.on_statement {
+        if let Some(counter) = settings.on_statement.clone() {
             db.set_metric_callback(move |info| {
                 counter.inc();
                 tracing::trace!(sql = %info.statement.sql, elapsed = ?info.elapsed, failed = info.failed, "statement");
             });
         }
-        Ok(Self { db, statements })
+        let mut store = Self::from_connection(db);
+        store.statements = settings.on_statement;
+        Ok(store)
     }
 
     /// A store over an open connection (tests, tools).
     pub fn from_connection(db: DatabaseConnection) -> Self {
         Self {
+            notifications: Arc::new(Notifications::new(db.get_database_backend())),
             db,
             statements: None,
+        }
+    }
+
+    /// Counts a statement sent outside the pool, which the pool's callback does not see.
+    fn count_statement(&self) {
+        if let Some(counter) = &self.statements {
+            counter.inc();
         }
     }
 

@@ -59,6 +59,21 @@ impl Store {
         })
     }
 
+    /// When the next unsent row that is not due yet becomes due (a retry's backoff, a delayed
+    /// blob deletion). Rows due already are left out: they are being delivered, by this relay or
+    /// another that holds them.
+    pub async fn next_outbox_due(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let due: Option<Option<DateTime<Utc>>> = outbox::Entity::find()
+            .select_only()
+            .column_as(outbox::Column::AvailableAt.min(), "due")
+            .filter(outbox::Column::SentAt.is_null())
+            .filter(outbox::Column::AvailableAt.gt(Utc::now()))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(due.flatten())
+    }
+
     /// Removes rows sent before `before`, so the table stays small.
     pub async fn purge_outbox(&self, before: DateTime<Utc>) -> anyhow::Result<u64> {
         Ok(outbox::Entity::delete_many()

@@ -1,6 +1,12 @@
 //! The embedded job queue: a table in the application database with SQS semantics — visibility
 //! leases, receive counts, heartbeats, delayed nacks and dead-lettering after N receives.
 //! Leases are taken with compare-and-set updates, so any number of workers may share it.
+//!
+//! A waiting receiver wakes when a job is sent in this process; on Postgres also when the
+//! database notifies that a job was enqueued or made due sooner anywhere, and at the time the
+//! next job becomes due by itself (a lease running out, a delay ending), which the same read that
+//! looks for due jobs finds. Without notifications (SQLite, or while the listener reconnects) it
+//! polls, since other processes may enqueue too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +21,7 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 
-use super::Store;
+use super::{Notifications, Store};
 use crate::domain::JobMessage;
 use crate::ports::{JobQueue, Lease};
 
@@ -25,7 +31,12 @@ pub struct EmbeddedQueue {
     max_receives: u32,
     /// Wakes long-polling receivers in this process when a job is sent.
     notify: Arc<Notify>,
+    /// The database's notifications, which wake them for other processes' jobs.
+    notifications: Arc<Notifications>,
 }
+
+/// How often a receiver looks for jobs when no notifications tell it.
+const POLL: Duration = Duration::from_millis(200);
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -42,6 +53,7 @@ impl EmbeddedQueue {
             name: name.into(),
             max_receives: std::cmp::max(max_receives, 1),
             notify: Arc::new(Notify::new()),
+            notifications: store.notifications().clone(),
         }
     }
 
@@ -64,18 +76,32 @@ impl EmbeddedQueue {
             .collect()
     }
 
-    async fn try_receive(&self, max: usize, visibility: Duration) -> anyhow::Result<Vec<Lease>> {
+    /// Leases up to `max` due jobs; also returns when the next job not due yet becomes due (in
+    /// ms since the epoch), or `now` when more may be due than were read.
+    async fn try_receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> anyhow::Result<(Vec<Lease>, Option<i64>)> {
         let now = now_ms();
-        let candidates = jobs::Entity::find()
+        // The earliest jobs, due or not: those due are the candidates, and the first one that is
+        // not says when to look next, in the same statement.
+        let limit = max as u64 * 2;
+        let mut candidates = jobs::Entity::find()
             .filter(jobs::Column::Queue.eq(&self.name))
             .filter(jobs::Column::DeadAt.is_null())
-            .filter(jobs::Column::VisibleAt.lte(now))
             .order_by_asc(jobs::Column::VisibleAt)
             .order_by_asc(jobs::Column::Id)
-            .limit(max as u64 * 2)
+            .limit(limit)
             .all(&self.db)
             .await
             .context("reading ready jobs")?;
+        let next_due = match candidates.iter().position(|j| j.visible_at > now) {
+            Some(i) => Some(candidates[i].visible_at),
+            None if candidates.len() as u64 == limit => Some(now),
+            None => None,
+        };
+        candidates.retain(|j| j.visible_at <= now);
         let mut leases = Vec::new();
         for job in candidates {
             if leases.len() >= max {
@@ -134,7 +160,7 @@ impl EmbeddedQueue {
                 });
             }
         }
-        Ok(leases)
+        Ok((leases, next_due))
     }
 
     /// Updates the job the lease names, only while the lease is still the current one.
@@ -212,17 +238,29 @@ impl JobQueue for EmbeddedQueue {
     ) -> anyhow::Result<Vec<Lease>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notified = self.notify.notified();
-            let leases = self.try_receive(max.max(1), visibility).await?;
+            // Registered before looking, so that a job sent meanwhile wakes the wait below.
+            let sent_here = self.notify.notified();
+            let notified = self.notifications.jobs().notified();
+            let live = self.notifications.link().is_up();
+            let (leases, next_due) = self.try_receive(max.max(1), visibility).await?;
             let now = tokio::time::Instant::now();
             if !leases.is_empty() || now >= deadline {
                 return Ok(leases);
             }
-            // Other processes may enqueue too, so poll as well as listen.
-            let nap = (deadline - now).min(Duration::from_millis(200));
+            let nap = if live {
+                // Until the next job is due by itself; notices announce the others.
+                match next_due {
+                    Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+                    None => deadline - now,
+                }
+            } else {
+                // Other processes may enqueue too, so poll as well as listen.
+                POLL
+            };
             tokio::select! {
+                _ = sent_here => {}
                 _ = notified => {}
-                _ = tokio::time::sleep(nap) => {}
+                _ = tokio::time::sleep(nap.min(deadline - now)) => {}
             }
         }
     }
@@ -239,9 +277,9 @@ impl JobQueue for EmbeddedQueue {
     async fn nack(&self, lease: &Lease, delay: Duration) -> anyhow::Result<()> {
         self.with_lease(lease, Some(now_ms() + ms(delay)), false)
             .await?;
-        if delay.is_zero() {
-            self.notify.notify_waiters();
-        }
+        // The job is due sooner than its lease said: waiters here look again (and sleep until
+        // the delay ends).
+        self.notify.notify_waiters();
         Ok(())
     }
 

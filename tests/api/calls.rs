@@ -611,7 +611,10 @@ async fn a_page_of_100_costs_the_same_statements_as_a_page_of_2() {
             relay: false,
         },
         |l| {
-            l.set("watermark_poll_ms", "3600000");
+            // On SQLite the key is then read on every request, as the budget below counts it;
+            // on Postgres it is cached (the notifications invalidate it) and costs nothing.
+            l.set("watermark_poll_ms", "3600000")
+                .set("key_cache_ttl_ms", "0");
         },
     )
     .await;
@@ -661,9 +664,9 @@ async fn a_page_of_100_costs_the_same_statements_as_a_page_of_2() {
     let (small, large) = (s1 - s0, s2 - s1);
     println!("SQL statements: page of 2 = {small}, page of 100 = {large}");
     assert_eq!(small, large, "statements grew with the page size");
-    // The key, the page, its segments, its events; on Postgres each of the last three runs in a
+    // The page, its segments, its events (and on SQLite the key); on Postgres each runs in a
     // transaction of the tenant, which sets it first (`set_config`, one statement each).
-    let budget = if app.state.store.is_postgres() { 7 } else { 4 };
+    let budget = if app.state.store.is_postgres() { 6 } else { 4 };
     assert!(large <= budget, "{large} statements for one page");
 }
 

@@ -108,6 +108,9 @@ pub fn layers(dir: &std::path::Path) -> Layers {
         .set("job_retry_base_ms", "50")
         .set("relay_poll_ms", "50")
         .set("watermark_poll_ms", "200")
+        // On Postgres nothing may wait for the fallback: the notifications must wake every role
+        // (the idle test sets the default back).
+        .set("notify_fallback_secs", "3600")
         // Apps of parallel tests share one Redis; each deployment has its own channel.
         .set("redis_channel", format!("vg-test:{}", uuid::Uuid::new_v4()))
         // Tests send many requests from one key and one address; the limits' own tests (in

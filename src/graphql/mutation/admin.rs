@@ -52,8 +52,8 @@ impl AdminMutation {
     }
 
     /// Revokes an API key and returns it: from then on, requests with it fail with
-    /// UNAUTHENTICATED on every instance, and the WebSockets and SSE streams it opened end
-    /// within seconds (sockets close with 4403, streams with an UNAUTHENTICATED error). Revoking
+    /// UNAUTHENTICATED (on other instances within a second), and the WebSockets and SSE streams
+    /// it opened end within seconds (sockets close with 4403, streams with an UNAUTHENTICATED error). Revoking
     /// a revoked key changes nothing. ADMIN only, for keys of its own tenant; the platform admin
     /// for any key. NOT_FOUND when there is no such key (or it belongs to another tenant).
     async fn revoke_api_key(
@@ -66,6 +66,7 @@ impl AdminMutation {
         let key = auth::revoke_api_key(&st.store, caller(ctx)?, id)
             .await
             .map_err(|e| e.extend())?;
+        st.auth.forget_key(key.id);
         st.revocations.revoked_here(key.id);
         Ok(key.into())
     }
