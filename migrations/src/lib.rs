@@ -1,7 +1,8 @@
 //! Schema migrations for voicegraph, written with sea-query so they run on SQLite and Postgres alike;
 //! on Postgres, row-level security isolates tenants (`m20261203_000001_row_level_security`), and
 //! [`grant_runtime_role`] grants the role the application runs as what it needs; triggers send
-//! the notifications the roles wait on (`m20261205_000001_notifications`).
+//! the notifications the roles wait on (`m20261205_000001_notifications`); a submission is one
+//! statement there (`m20261206_000001_submit_function`).
 
 pub use sea_orm_migration::prelude::*;
 
@@ -14,6 +15,7 @@ mod m20261203_000002_segment_grounded;
 mod m20261203_000003_call_token_usage;
 mod m20261204_000001_analyses_and_categories;
 mod m20261205_000001_notifications;
+mod m20261206_000001_submit_function;
 mod roles;
 
 pub use m20261205_000001_notifications::{
@@ -36,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000003_call_token_usage::Migration),
             Box::new(m20261204_000001_analyses_and_categories::Migration),
             Box::new(m20261205_000001_notifications::Migration),
+            Box::new(m20261206_000001_submit_function::Migration),
         ]
     }
 }

@@ -10,6 +10,7 @@ use sea_orm_migration::sea_orm::{
 use crate::m20261203_000001_row_level_security::{
     current_schema, quote_ident, CURRENT_TENANT_FUNCTION, DEFINER_FUNCTIONS,
 };
+use crate::m20261206_000001_submit_function::SUBMIT_FUNCTION;
 
 /// Whether `role` is a plain, lower-case SQL identifier that is safe to write into a statement:
 /// `[a-z_][a-z0-9_]*`, at most 63 bytes (Postgres' limit), and neither `public` nor a reserved
@@ -35,8 +36,8 @@ fn refuse(role: &str, why: &str) -> DbErr {
 
 /// Grants the runtime role `role` what the application needs on the current schema: `USAGE` on
 /// the schema; `SELECT`, `INSERT`, `UPDATE` and `DELETE` on every table; `USAGE` and `SELECT` on
-/// every sequence; `EXECUTE` on `voicegraph_current_tenant()` and the `SECURITY DEFINER`
-/// functions of the row-level security migration. Nothing else: no `TRUNCATE`, `REFERENCES` or
+/// every sequence; `EXECUTE` on `voicegraph_current_tenant()`, `voicegraph_submit_call(…)` (an
+/// invoker's function) and the `SECURITY DEFINER` functions of the row-level security migration. Nothing else: no `TRUNCATE`, `REFERENCES` or
 /// `TRIGGER`, no DDL; tenants are created and read but never changed or deleted (a delete
 /// would cascade past row-level security), and the migrations' own table is read-only.
 ///
@@ -128,11 +129,11 @@ WHERE r.rolname = $1
 
     let schema = quote_ident(&schema);
     let grantee = quote_ident(role);
-    // The tenant accessor is executable by PUBLIC already; granted too, so that the runtime
-    // role keeps it should PUBLIC lose it.
+    // The tenant accessor and the submission are executable by PUBLIC already; granted too, so
+    // that the runtime role keeps them should PUBLIC lose them.
     let functions = DEFINER_FUNCTIONS
         .iter()
-        .chain([&CURRENT_TENANT_FUNCTION])
+        .chain([&CURRENT_TENANT_FUNCTION, &SUBMIT_FUNCTION])
         .map(|f| format!("{schema}.{f}"))
         .collect::<Vec<_>>()
         .join(", ");

@@ -911,6 +911,147 @@ async fn the_functions_are_not_executable_by_public() {
     .await;
 }
 
+/// `voicegraph_submit_call(tenant, call, analysis, event, outbox)` as the application calls it.
+async fn submit(
+    app: &DatabaseConnection,
+    tenant: Uuid,
+    call: serde_json::Value,
+    analysis: serde_json::Value,
+    event: serde_json::Value,
+) -> Result<i64, DbErr> {
+    let outbox = serde_json::json!([
+        {"destination": "events", "payload": {}, "created_at": "2026-12-06T00:00:00Z",
+         "available_at": "2026-12-06T00:00:00Z", "attempts": 0},
+        {"destination": "jobs", "payload": {"call_id": call["id"]},
+         "created_at": "2026-12-06T00:00:00Z", "available_at": "2026-12-06T00:00:00Z",
+         "attempts": 0},
+    ]);
+    let row = app
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT voicegraph_submit_call($1, $2, $3, $4, $5)",
+            [
+                tenant.into(),
+                call.into(),
+                analysis.into(),
+                event.into(),
+                outbox.into(),
+            ],
+        ))
+        .await?
+        .expect("a row");
+    Ok(row.try_get_by_index(0).expect("the event's id"))
+}
+
+fn call_json(tenant: Uuid, id: Uuid) -> serde_json::Value {
+    serde_json::json!({"id": id, "tenant_id": tenant, "status": "QUEUED", "topics": [],
+        "action_items": [], "tags": ["t"], "attempts": 0,
+        "created_at": "2026-12-06T00:00:00.123456Z", "updated_at": "2026-12-06T00:00:00.123456Z"})
+}
+
+fn analysis_json(tenant: Uuid, call: Uuid) -> serde_json::Value {
+    serde_json::json!({"id": Uuid::new_v4(), "tenant_id": tenant, "call_id": call,
+        "analyzer": "local", "status": "QUEUED", "attempts": 0,
+        "created_at": "2026-12-06T00:00:00Z"})
+}
+
+fn event_json(tenant: Uuid, call: Uuid) -> serde_json::Value {
+    serde_json::json!({"seq": null, "tenant_id": tenant, "call_id": call, "kind": "SUBMITTED",
+        "status": "QUEUED", "payload": {"analyzer": "local"}, "created_at": "2026-12-06T00:00:00Z"})
+}
+
+/// The submission function is an invoker's: it sets the tenant it is given for its own
+/// statement only, and row-level security checks every row it writes against it, so that a
+/// submission is whole or not at all and never lands in another tenant.
+#[tokio::test]
+async fn the_submission_function_writes_under_the_tenant_it_sets() {
+    run(|fx| async move {
+        let a = seed(&fx.app).await;
+        let b = seed(&fx.app).await;
+        let outbox0 = count(&fx.su, "outbox").await;
+
+        let id = Uuid::new_v4();
+        let event = submit(
+            &fx.app,
+            a.id,
+            call_json(a.id, id),
+            analysis_json(a.id, id),
+            event_json(a.id, id),
+        )
+        .await
+        .expect("a submission under its own tenant");
+        let row = &rows(
+            &fx.su,
+            &format!("SELECT tenant_id, tags::text AS tags, created_at::text AS at FROM calls WHERE id = '{id}'"),
+        )
+        .await[0];
+        assert_eq!(row.try_get::<Uuid>("", "tenant_id").unwrap(), a.id);
+        assert_eq!(row.try_get::<String>("", "tags").unwrap(), r#"["t"]"#);
+        assert_eq!(
+            row.try_get::<String>("", "at").unwrap(),
+            "2026-12-06 00:00:00.123456+00",
+            "the time kept to the microsecond"
+        );
+        let analyses: i64 = scalar(
+            &fx.su,
+            &format!("SELECT count(*) FROM analyses WHERE call_id = '{id}' AND tenant_id = '{}'", a.id),
+        )
+        .await;
+        assert_eq!(analyses, 1);
+        let event_call: Uuid = scalar(
+            &fx.su,
+            &format!("SELECT call_id FROM call_events WHERE id = {event}"),
+        )
+        .await;
+        assert_eq!(event_call, id);
+        // The outbox rows in the order given, the event's carrying the event's id.
+        let outbox = rows(
+            &fx.su,
+            &format!("SELECT destination, payload::text AS payload FROM outbox ORDER BY id OFFSET {outbox0}"),
+        )
+        .await;
+        let outbox: Vec<(String, String)> = outbox
+            .iter()
+            .map(|r| (r.try_get("", "destination").unwrap(), r.try_get("", "payload").unwrap()))
+            .collect();
+        assert_eq!(
+            outbox,
+            [
+                ("events".to_string(), format!(r#"{{"event_id": {event}}}"#)),
+                ("jobs".to_string(), format!(r#"{{"call_id": "{id}"}}"#)),
+            ]
+        );
+        // The setting ended with the statement, on the same connection.
+        let setting: Option<String> =
+            scalar(&fx.app, "SELECT current_setting('voicegraph.tenant_id', true)").await;
+        assert_eq!(setting.as_deref(), Some(""));
+        assert_eq!(count(&fx.app, "calls").await, 0);
+
+        // Any row of another tenant fails the whole submission.
+        for (table, call, analysis, event) in [
+            ("calls", b.id, a.id, a.id),
+            ("analyses", a.id, b.id, a.id),
+            ("call_events", a.id, a.id, b.id),
+        ] {
+            let id = Uuid::new_v4();
+            let e = submit(
+                &fx.app,
+                a.id,
+                call_json(call, id),
+                analysis_json(analysis, id),
+                event_json(event, id),
+            )
+            .await
+            .expect_err(table);
+            assert_rls_violation(&e, table);
+            let left: i64 = scalar(&fx.su, &format!("SELECT count(*) FROM calls WHERE id = '{id}'")).await;
+            assert_eq!(left, 0, "{table}: nothing of it is kept");
+        }
+        assert_eq!(count(&fx.su, "outbox").await, outbox0 + 2);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_grant_refuses_roles_that_own_or_bypass() {
     run(|fx| async move {

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use entities::{analyses, calls};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
 };
 use uuid::Uuid;
 
@@ -47,28 +47,40 @@ pub(super) async fn insert_analysis<C: ConnectionTrait>(
     id: Uuid,
     analyzer: &str,
 ) -> Result<(), sea_orm::DbErr> {
-    analyses::ActiveModel {
-        id: Set(id),
-        tenant_id: Set(tenant),
-        call_id: Set(call),
-        analyzer: Set(Some(analyzer.to_string())),
-        model: Set(None),
-        prompt_version: Set(None),
-        status: Set(CallStatus::Queued.as_str().into()),
-        error: Set(None),
-        attempts: Set(0),
-        result_key: Set(None),
-        model_responses_key: Set(None),
-        prompt_tokens: Set(None),
-        output_tokens: Set(None),
-        total_tokens: Set(None),
-        created_at: Set(Utc::now()),
-        started_at: Set(None),
-        completed_at: Set(None),
-    }
-    .insert(txn)
-    .await?;
+    analyses::ActiveModel::from(new_analysis(tenant, call, id, analyzer, Utc::now()))
+        .reset_all()
+        .insert(txn)
+        .await?;
     Ok(())
+}
+
+/// A new analysis of a call, `QUEUED` for `analyzer`.
+pub(super) fn new_analysis(
+    tenant: Uuid,
+    call: Uuid,
+    id: Uuid,
+    analyzer: &str,
+    at: DateTime<Utc>,
+) -> analyses::Model {
+    analyses::Model {
+        id,
+        tenant_id: tenant,
+        call_id: call,
+        analyzer: Some(analyzer.to_string()),
+        model: None,
+        prompt_version: None,
+        status: CallStatus::Queued.as_str().into(),
+        error: None,
+        attempts: 0,
+        result_key: None,
+        model_responses_key: None,
+        prompt_tokens: None,
+        output_tokens: None,
+        total_tokens: None,
+        created_at: at,
+        started_at: None,
+        completed_at: None,
+    }
 }
 
 pub(super) async fn find_analysis<C: ConnectionTrait>(

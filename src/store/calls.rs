@@ -12,9 +12,12 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::analyses::{
-    blob_keys_of_call, delete_analyses_of_call, find_analysis, insert_analysis, set_analysis_status,
+    blob_keys_of_call, delete_analyses_of_call, find_analysis, insert_analysis, new_analysis,
+    set_analysis_status,
 };
-use super::events::{enqueue_blob_delete, enqueue_job, record_event};
+use super::events::{
+    enqueue_blob_delete, enqueue_job, record_event, DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS,
+};
 use super::Store;
 use crate::domain::{
     event_kind, Analysis, AnalysisRecord, CallColumns, CallDirection, CallRecord, CallStatus,
@@ -345,58 +348,126 @@ impl Store {
     /// Creates a call with its `SUBMITTED` event, its analysis job and the deferred deletion of
     /// the upload it came from, in one transaction. A unique violation (the idempotency key or
     /// the upload, raced by another submission) is returned as it is, for the caller to resolve.
+    /// Writes a submission: the call, its first analysis, its `SUBMITTED` event with the
+    /// event's outbox row, its job's outbox row, and the upload's deletion when it came from
+    /// one, all in one transaction. On Postgres that transaction is one statement, the
+    /// `voicegraph_submit_call` function (migration `m20261206_000001_submit_function`), which
+    /// sets the tenant and writes the rows under row-level security like any statement.
     pub async fn submit_call(&self, c: NewCall) -> AppResult<CallRecord> {
-        let now = Utc::now();
-        let txn = self.tenant_txn(c.tenant_id).await?;
+        use chrono::SubsecRound;
+        // What Postgres stores (microseconds), so the record answered is the row as stored.
+        let now = Utc::now().trunc_subsecs(6);
         let analysis = Uuid::new_v4();
-        let call: CallRecord = calls::ActiveModel {
-            id: Set(c.id),
-            tenant_id: Set(c.tenant_id),
-            external_id: Set(c.external_id),
-            idempotency_key: Set(c.idempotency_key),
-            status: Set(CallStatus::Queued.as_str().into()),
-            direction: Set(c.direction.map(|d| d.as_str().to_string())),
-            from_number: Set(c.from),
-            to_number: Set(c.to),
-            agent: Set(c.agent),
-            started_at: Set(c.started_at),
-            duration_ms: Set(c.duration_ms),
-            channels: Set(c.channels.map(|ch| serde_json::json!(ch))),
-            recording_key: Set(Some(c.recording_key)),
-            recording_type: Set(Some(c.recording_type)),
-            recording_bytes: Set(Some(c.recording_bytes)),
-            recording_sha256: Set(Some(c.recording_sha256)),
-            result_key: Set(None),
-            language: Set(c.language),
-            transcript_text: Set(None),
-            transcript_input: Set(c.transcript_input),
-            summary: Set(None),
-            sentiment_score: Set(None),
-            sentiment_label: Set(None),
-            topics: Set(serde_json::json!([])),
-            action_items: Set(serde_json::json!([])),
-            metrics: Set(None),
-            tags: Set(serde_json::json!(c.tags)),
-            metadata: Set(c.metadata),
-            analyzer: Set(None),
-            attempts: Set(0),
-            error: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-            completed_at: Set(None),
-            upload_key: Set(c.upload_key.clone()),
-            prompt_tokens: Set(None),
-            output_tokens: Set(None),
-            total_tokens: Set(None),
-            current_analysis_id: Set(Some(analysis)),
-            issues: Set(None),
-            intent: Set(None),
-            outcome: Set(None),
-            category_matches: Set(None),
+        let call = calls::Model {
+            id: c.id,
+            tenant_id: c.tenant_id,
+            external_id: c.external_id,
+            idempotency_key: c.idempotency_key,
+            status: CallStatus::Queued.as_str().into(),
+            direction: c.direction.map(|d| d.as_str().to_string()),
+            from_number: c.from,
+            to_number: c.to,
+            agent: c.agent,
+            started_at: c.started_at.map(|t| t.trunc_subsecs(6)),
+            duration_ms: c.duration_ms,
+            channels: c.channels.map(|ch| serde_json::json!(ch)),
+            recording_key: Some(c.recording_key),
+            recording_type: Some(c.recording_type),
+            recording_bytes: Some(c.recording_bytes),
+            recording_sha256: Some(c.recording_sha256),
+            result_key: None,
+            language: c.language,
+            transcript_text: None,
+            transcript_input: c.transcript_input,
+            summary: None,
+            sentiment_score: None,
+            sentiment_label: None,
+            topics: serde_json::json!([]),
+            action_items: serde_json::json!([]),
+            metrics: None,
+            tags: serde_json::json!(c.tags),
+            metadata: c.metadata,
+            analyzer: None,
+            attempts: 0,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            upload_key: c.upload_key.clone(),
+            prompt_tokens: None,
+            output_tokens: None,
+            total_tokens: None,
+            current_analysis_id: Some(analysis),
+            issues: None,
+            intent: None,
+            outcome: None,
+            category_matches: None,
+        };
+        let event_payload = serde_json::json!({ "analysisId": analysis, "analyzer": c.analyzer });
+        let job = JobMessage {
+            tenant_id: c.tenant_id,
+            call_id: c.id,
+            analysis_id: Some(analysis),
+        };
+        if self.is_postgres() {
+            let analysis_row = new_analysis(c.tenant_id, c.id, analysis, &c.analyzer, now);
+            let event = serde_json::json!({
+                "seq": null,
+                "tenant_id": c.tenant_id,
+                "call_id": c.id,
+                "kind": event_kind::SUBMITTED,
+                "status": CallStatus::Queued.as_str(),
+                "payload": event_payload,
+                "created_at": super::json_time(now),
+            });
+            let outbox_row = |destination: &str, payload: serde_json::Value, at: DateTime<Utc>| {
+                serde_json::json!({
+                    "destination": destination,
+                    "payload": payload,
+                    "created_at": super::json_time(now),
+                    "available_at": super::json_time(at),
+                    "attempts": 0,
+                    "last_error": null,
+                    "sent_at": null,
+                })
+            };
+            // The events row's payload is filled in with the event's id by the function.
+            let mut outbox = vec![
+                outbox_row(DEST_EVENTS, serde_json::json!({}), now),
+                outbox_row(
+                    DEST_JOBS,
+                    serde_json::to_value(&job).map_err(anyhow::Error::from)?,
+                    now,
+                ),
+            ];
+            if let Some(key) = &c.upload_key {
+                outbox.push(outbox_row(
+                    DEST_BLOB_DELETE,
+                    serde_json::json!({ "keys": [key] }),
+                    c.delete_upload_at,
+                ));
+            }
+            self.db
+                .execute_raw(sea_orm::Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT voicegraph_submit_call($1, $2, $3, $4, $5)",
+                    [
+                        c.tenant_id.into(),
+                        super::row_json(&call)?.into(),
+                        super::row_json(&analysis_row)?.into(),
+                        event.into(),
+                        serde_json::Value::Array(outbox).into(),
+                    ],
+                ))
+                .await?;
+            return Ok(call.into());
         }
-        .insert(&txn)
-        .await?
-        .into();
+        let txn = self.tenant_txn(c.tenant_id).await?;
+        let call: CallRecord = calls::ActiveModel::from(call)
+            .reset_all()
+            .insert(&txn)
+            .await?
+            .into();
         insert_analysis(&txn, c.tenant_id, c.id, analysis, &c.analyzer).await?;
         record_event(
             &txn,
@@ -404,18 +475,10 @@ impl Store {
             c.id,
             event_kind::SUBMITTED,
             CallStatus::Queued,
-            Some(serde_json::json!({ "analysisId": analysis, "analyzer": c.analyzer })),
+            Some(event_payload),
         )
         .await?;
-        enqueue_job(
-            &txn,
-            &JobMessage {
-                tenant_id: c.tenant_id,
-                call_id: c.id,
-                analysis_id: Some(analysis),
-            },
-        )
-        .await?;
+        enqueue_job(&txn, &job).await?;
         if let Some(key) = c.upload_key {
             enqueue_blob_delete(&txn, vec![key], Some(c.delete_upload_at)).await?;
         }
@@ -464,15 +527,16 @@ impl Store {
         tenant: Uuid,
         cond: sea_orm::sea_query::SimpleExpr,
     ) -> AppResult<Option<CallRecord>> {
-        let txn = self.tenant_txn(tenant).await?;
-        let call = calls::Entity::find()
+        let select = calls::Entity::find()
             .filter(calls::Column::TenantId.eq(tenant))
             .filter(cond)
-            .one(&txn)
+            .limit(1);
+        Ok(self
+            .tenant_read(tenant, select)
             .await?
-            .map(Into::into);
-        txn.commit().await?;
-        Ok(call)
+            .into_iter()
+            .next()
+            .map(Into::into))
     }
 
     /// Puts a `FAILED` call back on the queue, with its `RETRIED` event and a new job.

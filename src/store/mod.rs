@@ -49,7 +49,7 @@ pub use keys::NewKey;
 pub use notify::{Link, Notifications};
 pub use outbox::OutboxClaim;
 
-use crate::error::AppError;
+use crate::error::{AppError, AppResult};
 
 /// How to open the pool.
 pub struct ConnectSettings {
@@ -170,14 +170,14 @@ impl Store {
     /// One read of a tenant's rows, decoded as the entity's models; the read-only twin of
     /// [`Store::tenant_txn`] for the hot paths (a call, a page of calls, their nested lists).
     ///
-    /// On Postgres, a read whose values are all of types that cannot carry SQL (uuids, numbers,
-    /// timestamps, booleans: every read by id, page and cursor) is sent as ONE simple-protocol
+    /// On Postgres, a read whose values are all of kinds that cannot carry SQL (uuids, numbers,
+    /// timestamps, booleans, plain text: every read by id, page, cursor and upload key) is sent as ONE simple-protocol
     /// message, `SELECT set_config('voicegraph.tenant_id', …, true); SELECT …`, with the values
     /// written into the text by SeaQuery. Postgres runs the statements of one such message as
     /// one implicit transaction, so the tenant setting holds for the `SELECT` and ends with it,
     /// exactly as in a transaction of its own — one round trip instead of four (`BEGIN`, the
-    /// setting, the query, `COMMIT`). Any other read (a filter with text in it), and every read
-    /// on SQLite, goes through a transaction with bound parameters.
+    /// setting, the query, `COMMIT`). Any other read (a filter with other text in it), and every
+    /// read on SQLite, goes through a transaction with bound parameters.
     async fn tenant_read<E>(
         &self,
         tenant: Uuid,
@@ -242,10 +242,57 @@ impl Store {
     }
 }
 
+/// A row as a JSON object of its columns, for Postgres' `jsonb_populate_record`.
+fn row_json<M: sea_orm::ModelTrait>(model: &M) -> AppResult<serde_json::Value> {
+    use sea_orm::{IdenStatic, Iterable};
+    let mut row = serde_json::Map::new();
+    for column in <<M as sea_orm::ModelTrait>::Entity as sea_orm::EntityTrait>::Column::iter() {
+        row.insert(column.as_str().to_string(), value_json(model.get(column))?);
+    }
+    Ok(serde_json::Value::Object(row))
+}
+
+/// A column's value as `jsonb_populate_record` reads it back into the column's type.
+fn value_json(v: sea_orm::Value) -> AppResult<serde_json::Value> {
+    use sea_orm::Value as V;
+    use serde_json::Value as J;
+    fn or_null<T>(v: Option<T>, f: impl FnOnce(T) -> J) -> J {
+        v.map(f).unwrap_or(J::Null)
+    }
+    Ok(match v {
+        V::Bool(b) => or_null(b, J::Bool),
+        V::SmallInt(n) => or_null(n, J::from),
+        V::Int(n) => or_null(n, J::from),
+        V::BigInt(n) => or_null(n, J::from),
+        V::Double(n) => or_null(n, J::from),
+        V::Float(n) => or_null(n, J::from),
+        V::String(s) => or_null(s, J::String),
+        V::Uuid(u) => or_null(u, |u| J::String(u.to_string())),
+        V::ChronoDateTimeUtc(t) => or_null(t, |t| J::String(json_time(t))),
+        V::Json(j) => or_null(j, |j| *j),
+        other => {
+            return Err(anyhow::anyhow!("no JSON form for the column value {other:?}").into());
+        }
+    })
+}
+
+/// A time as `jsonb_populate_record` reads it into `timestamptz`, to the microsecond.
+fn json_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// Whether a value written into SQL text can only be a literal of its type: numbers, booleans,
-/// uuids and times can; text, JSON and bytes are always bound as parameters instead.
+/// uuids and times can, and so can text made only of letters, digits and `/ _ . - :` (an upload
+/// key, an idempotency key of the usual shape: nothing in it can end the quoted literal SeaQuery
+/// writes); other text, JSON and bytes are always bound as parameters instead.
 fn cannot_carry_sql(v: &sea_orm::Value) -> bool {
     use sea_orm::Value as V;
+    if let V::String(s) = v {
+        return s.as_deref().is_none_or(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_.-:".contains(&b))
+        });
+    }
     matches!(
         v,
         V::Bool(_)
@@ -280,6 +327,30 @@ fn token_usage(
 
 #[cfg(test)]
 mod tests {
+    /// Only values that cannot end a quoted literal are written into SQL text.
+    #[test]
+    fn only_plain_values_are_inlined() {
+        use sea_orm::Value as V;
+        for plain in ["uploads/6f1c/0a9e-11", "idem_2026.12:04", ""] {
+            assert!(
+                super::cannot_carry_sql(&V::String(Some(plain.into()))),
+                "{plain}"
+            );
+        }
+        for hostile in ["a'b", "a\\b", "x; DROP TABLE calls", "é", "a\nb", "$$"] {
+            assert!(
+                !super::cannot_carry_sql(&V::String(Some(hostile.into()))),
+                "{hostile}"
+            );
+        }
+        assert!(super::cannot_carry_sql(&V::String(None)));
+        assert!(super::cannot_carry_sql(&V::Uuid(Some(uuid::Uuid::nil()))));
+        assert!(!super::cannot_carry_sql(&V::Json(Some(Box::new(
+            serde_json::json!({})
+        )))));
+        assert!(!super::cannot_carry_sql(&V::Bytes(Some(vec![1]))));
+    }
+
     /// The store is the only code that speaks SQL: no other module of the service names SeaORM
     /// or the entities.
     #[test]
