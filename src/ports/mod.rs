@@ -108,6 +108,12 @@ pub trait BlobStore: Send + Sync {
         expires_in: Duration,
     ) -> anyhow::Result<PresignedPut>;
     async fn ping(&self) -> anyhow::Result<()>;
+    /// Where the object at `key` lies on this machine's file system, when the store keeps its
+    /// objects there (the embedded store): a reader may then read it in place instead of
+    /// downloading a copy, and must not write it. `None` for a remote store.
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// Why an analysis failed: the recording itself (permanent) or the service (worth a retry).

@@ -490,25 +490,38 @@ async fn copy_uploaded(
     checked
 }
 
-/// Checks a stored recording: streamed to a temporary file, never held in memory.
+/// Checks a stored recording, never held in memory: read in place when the store keeps it on
+/// this machine's file system, else streamed to a temporary file first.
 async fn check_stored(state: &AppState, key: &str, max: u64) -> AppResult<Checked> {
-    let file = tempfile::NamedTempFile::new().map_err(anyhow::Error::from)?;
-    let size = state
-        .blobs
-        .download(key, file.path())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the copy of an upload at {key} is missing"))?;
-    check_size(size, max)?;
-    let info = probe(state, Audio::File(file.path().to_path_buf())).await?;
-    let sha = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+    let missing = || anyhow::anyhow!("the copy of an upload at {key} is missing");
+    let (path, _temp) = match state.blobs.local_path(key) {
+        Some(path) => (path, None),
+        None => {
+            let file = tempfile::NamedTempFile::new().map_err(anyhow::Error::from)?;
+            state
+                .blobs
+                .download(key, file.path())
+                .await?
+                .ok_or_else(missing)?;
+            (file.path().to_path_buf(), Some(file))
+        }
+    };
+    let file = path.clone();
+    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
         let mut hasher = Sha256::new();
-        let mut f = std::fs::File::open(file.path())?;
-        std::io::copy(&mut f, &mut hasher)?;
-        Ok(hex::encode(hasher.finalize()))
+        let mut f = std::fs::File::open(&file)?;
+        let size = std::io::copy(&mut f, &mut hasher)?;
+        Ok((size, hex::encode(hasher.finalize())))
     })
     .await
-    .map_err(anyhow::Error::from)?
     .map_err(anyhow::Error::from)?;
+    let (size, sha) = match hashed {
+        Ok(hashed) => hashed,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing().into()),
+        Err(e) => return Err(anyhow::Error::from(e).into()),
+    };
+    check_size(size, max)?;
+    let info = probe(state, Audio::File(path)).await?;
     Ok(Checked {
         info,
         sha,

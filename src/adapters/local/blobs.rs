@@ -236,28 +236,33 @@ impl BlobStore for FsBlobStore {
         let source = self.path(from)?;
         let dest = self.path(to)?;
         let temp = self.temp_path();
-        if let Some(dir) = temp.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        // A copy, not a link: the new object shares nothing with the old one.
-        match tokio::fs::copy(&source, &temp).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return Ok(false);
+        // One trip to the blocking pool for the whole copy.
+        tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            if let Some(dir) = temp.parent() {
+                std::fs::create_dir_all(dir)?;
             }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return Err(e).context("copying blob");
+            // A copy, not a link: the new object shares nothing with the old one.
+            match std::fs::copy(&source, &temp) {
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = std::fs::remove_file(&temp);
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        return Ok(false);
+                    }
+                    return Err(e).context("copying blob");
+                }
             }
-        }
-        if let Some(dir) = dest.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        tokio::fs::rename(&temp, &dest)
-            .await
-            .context("moving a copied blob into place")?;
-        Ok(true)
+            let moved = dest
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::rename(&temp, &dest));
+            if let Err(e) = moved {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e).context("moving a copied blob into place");
+            }
+            Ok(true)
+        })
+        .await?
     }
 
     async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String> {
@@ -288,6 +293,10 @@ impl BlobStore for FsBlobStore {
             ],
             expires_at,
         })
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok()
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
