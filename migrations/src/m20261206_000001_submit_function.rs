@@ -10,14 +10,49 @@
 //! come as JSON objects of their columns (`jsonb_populate_record`), so the function names no
 //! column of `calls` or `analyses` and stays right as columns are added. The outbox rows come in
 //! order; the one whose destination is `events` gets the new event's id as its payload.
+//!
+//! It sends no outbox notice: it sets [`OUTBOX_NOTICE_SETTING`] to `deferred` for its
+//! transaction, and the outbox trigger (replaced here) sends nothing while it is. Postgres
+//! serialises the commits of notifying transactions on one lock held through the WAL flush, so a
+//! notice in every submission would allow one submission per flush; the application sends one
+//! notice for many submissions after they commit instead (`Store::send_deferred_notices`).
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::m20261203_000001_row_level_security::{current_schema, quote_ident, TENANT_SETTING};
+use crate::m20261205_000001_notifications::OUTBOX_CHANNEL;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
+
+/// While `deferred` in a transaction, its outbox rows send no notice: whoever set it sends one.
+pub const OUTBOX_NOTICE_SETTING: &str = "voicegraph.outbox_notice";
+
+/// The outbox trigger's function: a notice per statement, unless deferred.
+fn outbox_trigger(deferrable: bool) -> String {
+    let payload = if deferrable {
+        format!(
+            "CASE WHEN current_setting('{OUTBOX_NOTICE_SETTING}', true) = 'deferred' THEN NULL ELSE '' END"
+        )
+    } else {
+        "''".to_string()
+    };
+    format!(
+        r#"
+CREATE OR REPLACE FUNCTION voicegraph_notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_payload text := {payload};
+BEGIN
+    IF v_payload IS NOT NULL THEN
+        PERFORM pg_notify('{OUTBOX_CHANNEL}', v_payload);
+    END IF;
+    RETURN NULL;
+END
+$$;
+"#
+    )
+}
 
 /// The function, by signature (granted to the runtime role).
 pub(crate) const SUBMIT_FUNCTION: &str = "voicegraph_submit_call(uuid, jsonb, jsonb, jsonb, jsonb)";
@@ -41,6 +76,7 @@ DECLARE
     v_event bigint;
 BEGIN
     PERFORM set_config('{TENANT_SETTING}', p_tenant::text, true);
+    PERFORM set_config('{OUTBOX_NOTICE_SETTING}', 'deferred', true);
     INSERT INTO calls SELECT * FROM jsonb_populate_record(NULL::calls, p_call);
     INSERT INTO analyses SELECT * FROM jsonb_populate_record(NULL::analyses, p_analysis);
     INSERT INTO call_events (seq, tenant_id, call_id, kind, status, payload, created_at)
@@ -58,7 +94,8 @@ BEGIN
     RETURN v_event;
 END
 $$;
-"#
+{trigger}"#,
+            trigger = outbox_trigger(true),
         ))
         .await?;
         Ok(())
@@ -71,7 +108,8 @@ $$;
         let db = manager.get_connection();
         let schema = quote_ident(&current_schema(db).await?);
         db.execute_unprepared(&format!(
-            "DROP FUNCTION IF EXISTS {schema}.{SUBMIT_FUNCTION};"
+            "DROP FUNCTION IF EXISTS {schema}.{SUBMIT_FUNCTION};\n{}",
+            outbox_trigger(false)
         ))
         .await?;
         Ok(())

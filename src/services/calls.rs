@@ -490,8 +490,11 @@ async fn copy_uploaded(
     checked
 }
 
-/// Checks a stored recording, never held in memory: read in place when the store keeps it on
-/// this machine's file system, else streamed to a temporary file first.
+/// Recordings up to this size are checked from memory, larger ones streamed from their file.
+const SMALL_RECORDING: u64 = 4 * 1024 * 1024;
+
+/// Checks a stored recording, a large one never held in memory: read in place when the store
+/// keeps it on this machine's file system, else streamed to a temporary file first.
 async fn check_stored(state: &AppState, key: &str, max: u64) -> AppResult<Checked> {
     let missing = || anyhow::anyhow!("the copy of an upload at {key} is missing");
     let (path, _temp) = match state.blobs.local_path(key) {
@@ -506,22 +509,39 @@ async fn check_stored(state: &AppState, key: &str, max: u64) -> AppResult<Checke
             (file.path().to_path_buf(), Some(file))
         }
     };
+    // Hashed as it is read; a small recording is read once, into memory, for the probe too.
     let file = path.clone();
-    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
-        let mut hasher = Sha256::new();
-        let mut f = std::fs::File::open(&file)?;
-        let size = std::io::copy(&mut f, &mut hasher)?;
-        Ok((size, hex::encode(hasher.finalize())))
-    })
-    .await
-    .map_err(anyhow::Error::from)?;
-    let (size, sha) = match hashed {
+    let hashed =
+        tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String, Option<Bytes>)> {
+            use std::io::Read;
+            let mut hasher = Sha256::new();
+            let mut f = std::fs::File::open(&file)?;
+            if f.metadata()?.len() <= SMALL_RECORDING {
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                hasher.update(&bytes);
+                let size = bytes.len() as u64;
+                return Ok((size, hex::encode(hasher.finalize()), Some(bytes.into())));
+            }
+            let size = std::io::copy(&mut f, &mut hasher)?;
+            Ok((size, hex::encode(hasher.finalize()), None))
+        })
+        .await
+        .map_err(anyhow::Error::from)?;
+    let (size, sha, bytes) = match hashed {
         Ok(hashed) => hashed,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing().into()),
         Err(e) => return Err(anyhow::Error::from(e).into()),
     };
     check_size(size, max)?;
-    let info = probe(state, Audio::File(path)).await?;
+    let info = probe(
+        state,
+        match bytes {
+            Some(bytes) => Audio::Bytes(bytes),
+            None => Audio::File(path),
+        },
+    )
+    .await?;
     Ok(Checked {
         info,
         sha,

@@ -460,6 +460,7 @@ impl Store {
                     ],
                 ))
                 .await?;
+            self.notifications().defer_outbox_notice();
             return Ok(call.into());
         }
         let txn = self.tenant_txn(c.tenant_id).await?;

@@ -59,6 +59,9 @@ pub struct Notifications {
     link: watch::Sender<Link>,
     generations: AtomicU64,
     outbox: Notify,
+    /// Outbox rows committed whose notice is left to this process (submissions): one `NOTIFY`
+    /// is sent for all those committed before it goes out.
+    deferred_outbox: Notify,
     jobs: Notify,
     events: watch::Sender<i64>,
     keys: broadcast::Sender<Uuid>,
@@ -78,6 +81,7 @@ impl Notifications {
             link: watch::channel(link).0,
             generations: AtomicU64::new(0),
             outbox: Notify::new(),
+            deferred_outbox: Notify::new(),
             jobs: Notify::new(),
             events: watch::channel(0).0,
             keys: broadcast::channel(KEYS_BUFFER).0,
@@ -116,6 +120,13 @@ impl Notifications {
     /// A receiver that lags must assume any key may have been revoked.
     pub fn keys(&self) -> broadcast::Receiver<Uuid> {
         self.keys.subscribe()
+    }
+
+    /// Asks for an outbox notice for rows just committed without one (see
+    /// [`Store::send_deferred_notices`]); notices asked for while one is being sent are sent
+    /// together, once, after it.
+    pub(super) fn defer_outbox_notice(&self) {
+        self.deferred_outbox.notify_one();
     }
 
     fn set_link(&self, link: Link) {
@@ -179,6 +190,31 @@ impl Store {
         &self.notifications
     }
 
+    /// Sends the outbox notices submissions leave to the process, until `stop`. A submission's
+    /// transaction sends none itself: Postgres serialises the commits of notifying transactions
+    /// on one lock held through the commit's WAL flush, which would cap submissions at one flush
+    /// each. Instead the process sends one `NOTIFY` (a transaction of its own, after the
+    /// submissions' commits) for every submission committed before it, at most one at a time.
+    /// Should the process die in between, the relay's fallback round finds the rows.
+    async fn send_deferred_notices(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.notifications.deferred_outbox.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+            let sent = self
+                .db
+                .execute_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    format!("SELECT pg_notify('{OUTBOX_CHANNEL}', '')"),
+                ))
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "sending an outbox notice failed; the relay's fallback round finds the rows");
+            }
+        }
+    }
+
     /// Starts listening, on Postgres (once per store; later calls do nothing), until `stop`, with
     /// a heartbeat every `heartbeat`. Returns once the first connection attempt is over, so that
     /// the roles start with notifications live, or knowing they are not (they are then retried in
@@ -187,6 +223,7 @@ impl Store {
         if !self.is_postgres() || self.notifications.started.swap(true, Ordering::SeqCst) {
             return;
         }
+        tokio::spawn(self.clone().send_deferred_notices(stop.clone()));
         let options = (*self.db.get_postgres_connection_pool().connect_options()).clone();
         let (first_tx, first_rx) = oneshot::channel();
         tokio::spawn(listen_loop(

@@ -241,9 +241,17 @@ impl BlobStore for FsBlobStore {
             if let Some(dir) = temp.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            // A copy, not a link: the new object shares nothing with the old one.
-            match std::fs::copy(&source, &temp) {
-                Ok(_) => {}
+            // A second link to the same file: this store never writes a file in place (every
+            // write is a new file moved into place), so what `from` names later never changes
+            // the copy's bytes. A byte copy where links cannot be made.
+            let made = match std::fs::hard_link(&source, &temp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::fs::copy(&source, &temp).map(|_| ())
+                }
+                linked => linked,
+            };
+            match made {
+                Ok(()) => {}
                 Err(e) => {
                     let _ = std::fs::remove_file(&temp);
                     if e.kind() == std::io::ErrorKind::NotFound {
@@ -406,5 +414,40 @@ mod tests {
         s.delete("r/1").await.unwrap();
         s.delete("r/1").await.unwrap();
         assert_eq!(s.get("r/1").await.unwrap(), None);
+    }
+
+    /// A copy keeps its bytes whatever happens to the original afterwards: replaced by a new
+    /// upload, or deleted.
+    #[tokio::test]
+    async fn a_copy_is_independent_of_its_original() {
+        let (_d, s) = store();
+        assert!(
+            !s.copy("uploads/none", "r/none").await.unwrap(),
+            "nothing to copy"
+        );
+        s.put("uploads/1", Bytes::from_static(b"first"), "audio/wav")
+            .await
+            .unwrap();
+        assert!(s.copy("uploads/1", "r/1").await.unwrap());
+        s.put("uploads/1", Bytes::from_static(b"second"), "audio/wav")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get("r/1").await.unwrap().unwrap(),
+            Bytes::from_static(b"first")
+        );
+        assert_eq!(
+            s.get("uploads/1").await.unwrap().unwrap(),
+            Bytes::from_static(b"second")
+        );
+        s.delete("uploads/1").await.unwrap();
+        assert_eq!(
+            s.get("r/1").await.unwrap().unwrap(),
+            Bytes::from_static(b"first")
+        );
+        assert_eq!(
+            s.local_path("r/1").map(std::fs::read).transpose().unwrap(),
+            Some(b"first".to_vec())
+        );
     }
 }
