@@ -300,10 +300,18 @@ pub async fn submit_call(
                     }
                 }
             }
-            if let Some(other) = state.store.call_by_upload(caller.tenant_id, &key).await? {
-                return Err(already_submitted(&other));
-            }
-            let checked = copy_uploaded(state, &key, &recording_key, max).await?;
+            // An upload submitted before is refused by the call's unique upload key when it is
+            // inserted (below); looked up here only when the copy fails, since it may have
+            // been removed once its call was made.
+            let checked = match copy_uploaded(state, &key, &recording_key, max).await {
+                Ok(checked) => checked,
+                Err(e) => {
+                    if let Some(other) = state.store.call_by_upload(caller.tenant_id, &key).await? {
+                        return Err(already_submitted(&other));
+                    }
+                    return Err(e);
+                }
+            };
             (checked, Some(key))
         }
     };
