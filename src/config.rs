@@ -67,6 +67,11 @@ impl Layers {
         self
     }
 
+    /// The value set for `key` (lower case, without the `VOICEGRAPH_` prefix), if any.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.str(key)
+    }
+
     fn str(&self, key: &str) -> Option<String> {
         self.0
             .get(key)

@@ -17,9 +17,32 @@ pub enum AppError {
     Conflict(String),
     #[error("{0}")]
     RateLimited(String),
+    /// A backend (the database) could not be reached: nothing was done, and the same request
+    /// may succeed when retried shortly (HTTP 503 with `Retry-After` when nothing was answered).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
+
+/// A failure with a cause: `UNAVAILABLE` when the cause is an unreachable database (however
+/// deep in the chain), else `INTERNAL`.
+impl From<anyhow::Error> for AppError {
+    fn from(e: anyhow::Error) -> Self {
+        if crate::store::unreachable_database_in(&e) {
+            tracing::warn!(error = %format!("{e:#}"), "the database is unreachable");
+            return Self::Unavailable(UNAVAILABLE_MESSAGE.into());
+        }
+        Self::Internal(e)
+    }
+}
+
+/// What a client is told when the database cannot be reached.
+pub const UNAVAILABLE_MESSAGE: &str =
+    "the database is unavailable right now; nothing was changed, retry shortly";
+
+/// How long a client is asked to wait before retrying after `UNAVAILABLE`.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
 pub type AppResult<T> = Result<T, AppError>;
 
@@ -39,6 +62,7 @@ impl AppError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
             Self::RateLimited(_) => "RATE_LIMITED",
+            Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -58,6 +82,13 @@ impl ErrorExtensions for AppError {
                         e.set("code", code);
                         e.set("errorId", error_id.clone());
                     })
+            }
+            Self::Unavailable(message) => {
+                tracing::warn!(error = %message, "a backend is unavailable");
+                async_graphql::Error::new(message.clone()).extend_with(|_, e| {
+                    e.set("code", code);
+                    e.set("retryAfterSeconds", UNAVAILABLE_RETRY_AFTER_SECS);
+                })
             }
             other => {
                 async_graphql::Error::new(other.to_string()).extend_with(|_, e| e.set("code", code))

@@ -183,7 +183,14 @@ async fn migrate_with(
 }
 
 /// Builds every backend from the settings. `public_url` is where clients reach this instance.
-pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result<AppState> {
+/// Wires the backends. `subscribes`: whether this process serves subscribers and so needs the
+/// event feed (a Redis subscription when `VOICEGRAPH_REDIS_URL` is set); workers and relays
+/// publish events but read none, and open no subscription.
+pub async fn build_state(
+    settings: Settings,
+    public_url: &str,
+    subscribes: bool,
+) -> anyhow::Result<AppState> {
     let metrics = Arc::new(Metrics::new());
     let db = connect(&settings, &metrics).await?;
     if !settings.is_production() {
@@ -243,13 +250,15 @@ pub async fn build_state(settings: Settings, public_url: &str) -> anyhow::Result
         }
     };
     let feed: Arc<dyn EventFeed> = match &settings.redis_url {
-        Some(url) => RedisFeed::start(
+        Some(url) if subscribes => RedisFeed::start(
             url,
             &settings.redis_channel,
             settings.event_buffer,
             shutdown.clone(),
         )
         .context("VOICEGRAPH_REDIS_URL")?,
+        // Nothing in this process reads events: the in-process bus, never subscribed to.
+        Some(_) => Arc::new(bus),
         None => {
             refuse_embedded(&settings, "event feed", "VOICEGRAPH_REDIS_URL")?;
             Arc::new(bus)

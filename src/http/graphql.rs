@@ -82,6 +82,15 @@ pub(super) fn auth_failure(e: AppError) -> Box<Response> {
                 &format!("internal error (error id {id})"),
             )
         }
+        AppError::Unavailable(message) => {
+            tracing::warn!(error = %message, "authentication could not reach the database");
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", &message);
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::error::UNAVAILABLE_RETRY_AFTER_SECS),
+            );
+            r
+        }
         e => error_response(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()),
     })
 }
@@ -167,6 +176,26 @@ impl Answer {
         }
     }
 
+    /// Whether a backend was unavailable for it (an `UNAVAILABLE` error), and whether that left
+    /// it with no data at all.
+    fn unavailable(&self) -> (bool, bool) {
+        match self {
+            Self::Executed(r) => {
+                let unavailable = r.errors.iter().any(|e| {
+                    e.extensions
+                        .as_ref()
+                        .and_then(|x| x.get("code"))
+                        .is_some_and(|c| *c == async_graphql::Value::from("UNAVAILABLE"))
+                });
+                (
+                    unavailable,
+                    unavailable && r.data == async_graphql::Value::Null,
+                )
+            }
+            Self::Refused(_) => (false, false),
+        }
+    }
+
     fn to_json(&self) -> String {
         match self {
             Self::Executed(r) => result_json(r),
@@ -179,7 +208,12 @@ fn respond(kind: ResponseType, answers: Vec<Answer>, batch: bool) -> Response {
     let request_error = answers.iter().all(Answer::request_error);
     // GraphQL-over-HTTP: under the modern media type a response without `data` (the request
     // was refused before execution) is a 400; one with `data`, even null, is a 200.
-    let status = if kind == ResponseType::GraphQLResponse && request_error {
+    let unavailable: Vec<(bool, bool)> = answers.iter().map(Answer::unavailable).collect();
+    // A backend outage that left nothing answered is a 503 the client may retry after the
+    // `Retry-After` it names; one that cost only some fields keeps its data (and the header).
+    let status = if !unavailable.is_empty() && unavailable.iter().all(|(_, nothing)| *nothing) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if kind == ResponseType::GraphQLResponse && request_error {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
@@ -204,6 +238,12 @@ fn respond(kind: ResponseType, answers: Vec<Answer>, batch: bool) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(kind.content_type()),
     );
+    if unavailable.iter().any(|(some, _)| *some) {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::error::UNAVAILABLE_RETRY_AFTER_SECS),
+        );
+    }
     r
 }
 

@@ -1,4 +1,5 @@
-//! `/healthz` says the process is alive (cheap); `/readyz` checks every backend for the load balancer.
+//! `/healthz` says the process is alive (cheap); `/readyz` checks every backend for the load
+//! balancer: the database, the job queue, the blob store and the event feed's subscription.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -24,8 +25,14 @@ pub async fn readyz(State(state): State<HttpState>) -> Response {
         tokio::time::timeout(timeout, async { app.queue.depth().await.map(|_| ()) }),
         tokio::time::timeout(timeout, app.blobs.ping()),
     );
-    let checks =
-        serde_json::json!({ "database": check(db), "queue": check(queue), "blobs": check(store) });
+    // The subscription that brings other instances' events (Redis), when there is one.
+    let events = check(Ok(app.feed.ready()));
+    let checks = serde_json::json!({
+        "database": check(db),
+        "queue": check(queue),
+        "blobs": check(store),
+        "events": events,
+    });
     let ready = checks
         .as_object()
         .is_some_and(|m| m.values().all(|v| v["ok"] == true));

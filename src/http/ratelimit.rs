@@ -132,7 +132,8 @@ pub async fn authenticate_from(
         .map_err(Failure::Limited)?;
     match authenticate(app, token).await {
         Ok(caller) => Ok(caller),
-        Err(e @ AppError::Internal(_)) => Err(Failure::Auth(e)),
+        // The server's failure, not the client's: no lockout.
+        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_))) => Err(Failure::Auth(e)),
         Err(e) => {
             limits
                 .authentication_failed(addr.0)

@@ -420,6 +420,11 @@ impl Connection {
                     tracing::error!(error = ?e, "authenticating a WebSocket failed");
                     return Err(close(1011, "internal error while authenticating; retry"));
                 }
+                Err(Failure::Auth(AppError::Unavailable(message))) => {
+                    // 1013, "try again later": the client reconnects, as after a restart.
+                    tracing::warn!(error = %message, "authenticating a WebSocket could not reach the database");
+                    return Err(close(1013, "the database is unavailable; reconnect shortly"));
+                }
                 Err(Failure::Auth(e)) => {
                     let reason = format!("Forbidden: {e}");
                     return Err(refuse_init(self.protocol, socket, 4403, reason).await);

@@ -72,7 +72,52 @@ pub struct Store {
 
 impl From<DbErr> for AppError {
     fn from(e: DbErr) -> Self {
+        if unreachable_database(&e) {
+            tracing::warn!(error = %e, "the database is unreachable");
+            return AppError::Unavailable(crate::error::UNAVAILABLE_MESSAGE.into());
+        }
         AppError::Internal(anyhow::Error::new(e))
+    }
+}
+
+/// Whether a database error that says so is anywhere in `e`'s chain (see
+/// [`unreachable_database`]).
+pub fn unreachable_database_in(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<DbErr>()
+            .is_some_and(unreachable_database)
+    })
+}
+
+/// Whether `e` says the database could not be reached (no connection to be had, a connection
+/// lost, the server shutting down or refusing connections), rather than that a statement failed:
+/// the request did nothing and may be retried.
+pub fn unreachable_database(e: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as S;
+    let sqlx = match e {
+        DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e,
+        DbErr::Conn(_) => return true,
+        _ => return false,
+    };
+    match sqlx.as_ref() {
+        // A protocol error leaves the connection unusable (e.g. a server that closed it while
+        // it was being opened).
+        S::Io(_)
+        | S::PoolTimedOut
+        | S::PoolClosed
+        | S::WorkerCrashed
+        | S::Tls(_)
+        | S::Protocol(_) => true,
+        // Class 08 (connection exception), the server shutting down or starting up, too many
+        // connections.
+        S::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 

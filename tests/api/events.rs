@@ -246,6 +246,7 @@ async fn events_relayed_by_another_process_reach_subscribers() {
     let other = voicegraph::wiring::build_state(
         layers(app.dir.path()).settings().unwrap(),
         "http://unused",
+        false,
     )
     .await
     .unwrap();

@@ -14,6 +14,7 @@ mod client;
 mod connections;
 mod document_limits;
 mod events;
+mod faults;
 mod feed_contract;
 mod gemini_analysis;
 mod gemini_client;

@@ -508,6 +508,7 @@ async fn one_database_read_per_gap_for_all_subscribers() {
     let other = voicegraph::wiring::build_state(
         layers(app.dir.path()).settings().unwrap(),
         "http://unused",
+        false,
     )
     .await
     .unwrap();
