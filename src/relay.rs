@@ -34,14 +34,7 @@ async fn deliver(
     event: Option<&EventEnvelope>,
 ) -> anyhow::Result<Delivery> {
     match row.destination.as_str() {
-        DEST_JOBS => {
-            let msg: JobMessage =
-                serde_json::from_value(row.payload.clone()).context("job payload")?;
-            state
-                .queue
-                .send(&msg, Some(&format!("outbox-{}", row.id)))
-                .await?;
-        }
+        // Jobs go in batches (`send_jobs`).
         DEST_EVENTS => match event {
             Some(e) => state.publisher.publish(e).await?,
             None => return Ok(Delivery::NotYet),
@@ -56,6 +49,35 @@ async fn deliver(
         other => anyhow::bail!("unknown outbox destination {other:?}"),
     }
     Ok(Delivery::Sent)
+}
+
+/// Sends the jobs of a round's rows in one batch; each row's outcome.
+async fn send_jobs<'a>(
+    state: &AppState,
+    rows: Vec<&'a OutboxRecord>,
+) -> Vec<(&'a OutboxRecord, anyhow::Result<Delivery>)> {
+    let mut outcomes = Vec::with_capacity(rows.len());
+    let mut batch = Vec::with_capacity(rows.len());
+    let mut batched = Vec::with_capacity(rows.len());
+    for row in rows {
+        match serde_json::from_value::<JobMessage>(row.payload.clone()).context("job payload") {
+            Ok(message) => {
+                batch.push((message, format!("outbox-{}", row.id)));
+                batched.push(row);
+            }
+            Err(e) => outcomes.push((row, Err(e))),
+        }
+    }
+    if !batch.is_empty() {
+        let results = state.queue.send_batch(&batch).await;
+        outcomes.extend(
+            batched
+                .into_iter()
+                .zip(results)
+                .map(|(row, r)| (row, r.map(|()| Delivery::Sent))),
+        );
+    }
+    outcomes
 }
 
 /// One round: returns how many rows were delivered.
@@ -78,12 +100,16 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
     } else {
         state.store.events_by_id(&event_ids).await?
     };
-    // Deliveries run concurrently: the destinations (SQS, SNS) do not keep order anyway, and
-    // subscribers order events by their sequence position.
+    // Jobs go to the queue together (one statement for the embedded queue, ten to a call for
+    // SQS); the other deliveries run concurrently: the destinations (SQS, SNS) do not keep
+    // order anyway, and subscribers order events by their sequence position.
+    let (job_rows, other_rows): (Vec<&OutboxRecord>, Vec<&OutboxRecord>) =
+        claim.rows.iter().partition(|r| r.destination == DEST_JOBS);
+    let mut outcomes: Vec<(&OutboxRecord, anyhow::Result<Delivery>)> =
+        send_jobs(state, job_rows).await;
     let events = &events;
-    let deliveries: Vec<_> = claim
-        .rows
-        .iter()
+    let deliveries: Vec<_> = other_rows
+        .into_iter()
         .map(|row| async move {
             let result = match row.payload["event_id"].as_i64() {
                 Some(id) if row.destination == DEST_EVENTS => match events.get(&id) {
@@ -98,11 +124,12 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
             (row, result)
         })
         .collect();
-    let outcomes: Vec<(&OutboxRecord, anyhow::Result<Delivery>)> =
+    outcomes.extend(
         futures::stream::iter(deliveries)
             .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+            .collect::<Vec<_>>()
+            .await,
+    );
     let mut sent_ids = Vec::new();
     for (row, result) in outcomes {
         match result {

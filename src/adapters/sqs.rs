@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use tokio::sync::{mpsc, oneshot};
@@ -204,6 +205,15 @@ impl JobQueue for SqsQueue {
         Ok(())
     }
 
+    /// `SendMessageBatch`, ten jobs to a call.
+    async fn send_batch(&self, jobs: &[(JobMessage, String)]) -> Vec<anyhow::Result<()>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(SQS_BATCH) {
+            out.extend(self.send_chunk(chunk).await);
+        }
+        out
+    }
+
     async fn receive(
         &self,
         max: usize,
@@ -276,6 +286,59 @@ impl JobQueue for SqsQueue {
             QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
         )?;
         Ok(visible + leased)
+    }
+}
+
+impl SqsQueue {
+    /// One `SendMessageBatch` of at most ten jobs; entry ids are positions in the chunk.
+    async fn send_chunk(&self, chunk: &[(JobMessage, String)]) -> Vec<anyhow::Result<()>> {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (message, _))| {
+                let body = serde_json::to_string(message)?;
+                Ok(SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .build()?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>();
+        let outcome = match entries {
+            Ok(entries) => self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(anyhow::Error::new),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(out) => {
+                let failed: HashMap<String, String> = out
+                    .failed()
+                    .iter()
+                    .map(|f| {
+                        let reason = format!("{}: {}", f.code(), f.message().unwrap_or(""));
+                        (f.id().to_string(), reason)
+                    })
+                    .collect();
+                (0..chunk.len())
+                    .map(|i| match failed.get(&i.to_string()) {
+                        Some(reason) => Err(anyhow!(
+                            "sending a job to SQS queue {}: {reason}",
+                            self.queue_url
+                        )),
+                        None => Ok(()),
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                let e = format!("sending jobs to SQS queue {}: {e:#}", self.queue_url);
+                chunk.iter().map(|_| Err(anyhow!("{e}"))).collect()
+            }
+        }
     }
 }
 

@@ -32,6 +32,15 @@ pub trait JobQueue: Send + Sync {
     /// Enqueues a job. A `dedup_key` already sent (and not yet acknowledged) is not enqueued
     /// again, where the backend can tell; duplicates that still happen are skipped by the worker.
     async fn send(&self, message: &JobMessage, dedup_key: Option<&str>) -> anyhow::Result<()>;
+    /// Enqueues several jobs (message and dedup key each) as `send` does, in as few calls as the
+    /// backend allows; the outcome of each, in order.
+    async fn send_batch(&self, jobs: &[(JobMessage, String)]) -> Vec<anyhow::Result<()>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for (message, key) in jobs {
+            out.push(self.send(message, Some(key)).await);
+        }
+        out
+    }
     /// Waits up to `wait` for at most `max` jobs and leases them for `visibility`.
     async fn receive(
         &self,

@@ -230,6 +230,58 @@ impl JobQueue for EmbeddedQueue {
         Ok(())
     }
 
+    /// One statement (one transaction, one notice) for all of them.
+    async fn send_batch(&self, batch: &[(JobMessage, String)]) -> Vec<anyhow::Result<()>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let now = now_ms();
+        let rows: anyhow::Result<Vec<jobs::ActiveModel>> = batch
+            .iter()
+            .map(|(message, key)| {
+                Ok(jobs::ActiveModel {
+                    queue: Set(self.name.clone()),
+                    payload: Set(serde_json::to_value(message)?),
+                    visible_at: Set(now),
+                    receive_count: Set(0),
+                    receipt: Set(None),
+                    created_at: Set(now),
+                    dead_at: Set(None),
+                    dead_reason: Set(None),
+                    dedup_key: Set(Some(format!("{}:{key}", self.name))),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let inserted = match rows {
+            Ok(rows) => jobs::Entity::insert_many(rows)
+                .on_conflict(
+                    OnConflict::column(jobs::Column::DedupKey)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec(&self.db)
+                .await
+                .map(|_| ())
+                .or_else(|e| match e {
+                    // Every one of them was enqueued before.
+                    DbErr::RecordNotInserted => Ok(()),
+                    e => Err(anyhow::Error::new(e).context("enqueueing jobs")),
+                }),
+            Err(e) => Err(e),
+        };
+        match inserted {
+            Ok(()) => {
+                self.notify.notify_waiters();
+                batch.iter().map(|_| Ok(())).collect()
+            }
+            Err(e) => batch
+                .iter()
+                .map(|_| Err(anyhow::anyhow!("{e:#}")))
+                .collect(),
+        }
+    }
+
     async fn receive(
         &self,
         max: usize,

@@ -473,6 +473,29 @@ pub async fn contract_dedup(q: &dyn JobQueue) {
     assert_eq!(q.depth().await.unwrap(), 2);
 }
 
+/// A batch of 25 jobs (more than one SQS call takes) is enqueued whole, each job once.
+pub async fn contract_send_batch(q: &dyn JobQueue) {
+    let jobs: Vec<(JobMessage, String)> = (0..25)
+        .map(|i| (message(), format!("outbox-b{i}")))
+        .collect();
+    let results = q.send_batch(&jobs).await;
+    assert_eq!(results.len(), 25);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(q.send_batch(&[]).await.is_empty());
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 25 && std::time::Instant::now() < deadline {
+        for lease in q.receive(10, SHORT, Duration::from_secs(1)).await.unwrap() {
+            q.ack(&lease).await.unwrap();
+            got.push(lease.message);
+        }
+    }
+    let mut want: Vec<JobMessage> = jobs.into_iter().map(|(m, _)| m).collect();
+    want.sort_by_key(|m| m.call_id);
+    got.sort_by_key(|m| m.call_id);
+    assert_eq!(got, want);
+}
+
 async fn embedded(name: &str, max_receives: u32) -> (TestApp, EmbeddedQueue) {
     let app = TestApp::spawn_with(NO_ROLES, |_| {}).await;
     let q = EmbeddedQueue::new(&app.state.store, format!("contract-{name}"), max_receives);
@@ -550,6 +573,27 @@ async fn embedded_messages_survive_restart() {
 async fn embedded_dedup() {
     let (_app, q) = embedded("contract-dedup", 5).await;
     contract_dedup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_send_batch() {
+    let (_app, q) = embedded("batch", 5).await;
+    contract_send_batch(&q).await;
+    // A key whose job still lives is not enqueued again, in a batch either.
+    q.send(&message(), Some("outbox-live")).await.unwrap();
+    let again = vec![
+        (message(), "outbox-live".to_string()),
+        (message(), "outbox-new".to_string()),
+    ];
+    assert!(q.send_batch(&again).await.iter().all(Result::is_ok));
+    assert_eq!(q.depth().await.unwrap(), 2, "only the new key was enqueued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_send_batch() {
+    require!(backends::aws_endpoint());
+    let f = sqs("batch", 5).await;
+    contract_send_batch(&f.queue).await;
 }
 
 // ---------------------------------------------------------------------------------------------
