@@ -197,6 +197,7 @@ impl Layers {
             url_expiry: Duration::from_secs(self.parse("url_expiry_secs", 900)?),
             job_visibility: Duration::from_secs(self.parse("job_visibility_secs", 60)?),
             job_max_receives: self.parse("job_max_receives", 5)?,
+            dead_letter_poll: Duration::from_secs(self.parse("dead_letter_poll_secs", 10)?.max(1)),
             worker_concurrency: self.parse("worker_concurrency", 2)?,
             ws_init_timeout: Duration::from_secs(self.parse("ws_init_timeout_secs", 10)?),
             ws_ping_interval: Duration::from_millis(
@@ -430,6 +431,9 @@ pub struct Settings {
     pub job_visibility: Duration,
     /// Receives after which a job goes to the dead-letter queue.
     pub job_max_receives: u32,
+    /// How often a worker looks for dead-lettered jobs whose calls it has not marked `FAILED`
+    /// yet (on SQS, the long poll of the dead-letter queue, up to 20 s, comes first).
+    pub dead_letter_poll: Duration,
     /// Jobs one worker processes at once.
     pub worker_concurrency: usize,
     /// Time a WebSocket has to send `connection_init` before it is closed with 4408.

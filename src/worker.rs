@@ -251,8 +251,10 @@ pub async fn process_one(state: &AppState, lease: &Lease) -> anyhow::Result<Outc
                     state.queue.ack(lease).await?;
                     Outcome::Failed(reason)
                 } else if last {
-                    // Left unacknowledged, the queue moves it to its dead-letter queue.
-                    state.queue.nack(lease, Duration::ZERO).await?;
+                    // The call says it failed, and why (`retryCall` brings it back): the job
+                    // is done. Only jobs whose outcome could not be recorded reach the
+                    // dead-letter queue, where the dead-letter reader marks their calls.
+                    state.queue.ack(lease).await?;
                     Outcome::Failed(reason)
                 } else {
                     let delay = backoff(lease.receive_count, state.settings.job_retry_base);
@@ -275,6 +277,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken, grace: Duration) 
     let mut running: JoinSet<()> = JoinSet::new();
     let leases_in_flight = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Lease>::new()));
     tracing::info!(concurrency, "worker started");
+    let dead_letters = tokio::spawn(read_dead_letters(state.clone(), shutdown.clone()));
     let mut failures = 0u32;
     loop {
         while running.try_join_next().is_some() {}
@@ -316,7 +319,15 @@ pub async fn run(state: AppState, shutdown: CancellationToken, grace: Duration) 
                     match process_one(&state, &lease).await {
                         Ok(outcome) => tracing::info!(?outcome, "job done"),
                         Err(e) => {
-                            tracing::error!(error = ?e, "job errored; it will be delivered again")
+                            // Nothing could be recorded (the database, say, is unreachable):
+                            // released after a backoff, not held until its lease runs out. A
+                            // job that runs out of deliveries this way is dead-lettered, and
+                            // the dead-letter reader marks its call.
+                            let delay = backoff(lease.receive_count, state.settings.job_retry_base);
+                            tracing::error!(error = ?e, retry_in = ?delay, "job errored; it will be delivered again");
+                            if let Err(e) = state.queue.nack(&lease, delay).await {
+                                tracing::warn!(error = %e, "releasing the job failed; its lease runs out instead");
+                            }
                         }
                     }
                     in_flight
@@ -342,5 +353,65 @@ pub async fn run(state: AppState, shutdown: CancellationToken, grace: Duration) 
             }
         }
     }
+    let _ = dead_letters.await;
     tracing::info!("worker stopped");
+}
+
+/// What a dead-lettered job's call says, as its error.
+pub fn dead_letter_reason(max_receives: u32) -> String {
+    format!(
+        "the analysis job went to the dead-letter queue after {max_receives} deliveries that \
+         recorded no outcome (the worker could not reach the database, or died, each time); \
+         retryCall runs it again"
+    )
+}
+
+/// Marks the calls of dead-lettered jobs `FAILED` and forgets the jobs, until `shutdown`. A
+/// job dead-letters without its call being marked when no delivery could record anything (a
+/// database outage longer than the deliveries last); without this, the call would stay
+/// `QUEUED` for good. One that cannot be marked yet (the database still away) is left for the
+/// next round.
+pub async fn read_dead_letters(state: AppState, shutdown: CancellationToken) {
+    let reason = dead_letter_reason(state.queue.max_receives());
+    let poll = state.settings.dead_letter_poll;
+    loop {
+        let received = tokio::select! {
+            r = state.queue.receive_dead(10, poll) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let dead = match received {
+            Ok(dead) => dead,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading dead letters failed");
+                Vec::new()
+            }
+        };
+        let full = dead.len() == 10;
+        for letter in &dead {
+            match state
+                .store
+                .fail_dead_lettered(&letter.message, &reason)
+                .await
+            {
+                Ok(marked) => {
+                    if marked {
+                        state.relay_wakeup.notify_one();
+                        tracing::warn!(call = %letter.message.call_id, tenant = %letter.message.tenant_id, "a dead-lettered job's call is FAILED");
+                    }
+                    if let Err(e) = state.queue.forget_dead(letter).await {
+                        tracing::warn!(error = %format!("{e:#}"), "forgetting a dead letter failed; it is handled again");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(call = %letter.message.call_id, error = %format!("{e:#}"), "marking a dead-lettered job's call failed; next round");
+                }
+            }
+        }
+        if !full {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
 }

@@ -19,6 +19,8 @@ pub struct Model {
     /// Sending the same key again while the job exists is a no-op (the relay's outbox row id).
     #[sea_orm(unique)]
     pub dedup_key: Option<String>,
+    /// When a dead letter was handled (its call marked `FAILED`).
+    pub dead_handled_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,7 @@ mod m20261203_000003_call_token_usage;
 mod m20261204_000001_analyses_and_categories;
 mod m20261205_000001_notifications;
 mod m20261206_000001_submit_function;
+mod m20261206_000002_dead_letters_handled;
 mod roles;
 
 pub use m20261205_000001_notifications::{
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_analyses_and_categories::Migration),
             Box::new(m20261205_000001_notifications::Migration),
             Box::new(m20261206_000001_submit_function::Migration),
+            Box::new(m20261206_000002_dead_letters_handled::Migration),
         ]
     }
 }

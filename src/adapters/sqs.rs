@@ -14,7 +14,7 @@ use aws_sdk_sqs::Client;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::JobMessage;
-use crate::ports::{JobQueue, Lease};
+use crate::ports::{DeadLetter, JobQueue, Lease};
 
 /// SQS takes at most 10 messages per receive and 10 entries per batch.
 const SQS_BATCH: usize = 10;
@@ -36,6 +36,9 @@ pub struct SqsQueue {
     client: Client,
     queue_url: String,
     max_receives: u32,
+    /// The dead-letter queue's ARN, from the redrive policy, and its URL once looked up.
+    dead_letter_arn: Option<String>,
+    dead_letter_url: tokio::sync::OnceCell<String>,
     /// Feeds the batching task; dropping the queue closes it and ends the task.
     acks: mpsc::UnboundedSender<PendingAck>,
 }
@@ -95,6 +98,9 @@ impl SqsQueue {
             })?;
         let max_receives = max_receive_count(policy)
             .with_context(|| format!("reading the redrive policy of SQS queue {queue_url}"))?;
+        let dead_letter_arn = serde_json::from_str::<serde_json::Value>(policy)
+            .ok()
+            .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_string));
 
         let (acks, pending) = mpsc::unbounded_channel();
         tokio::spawn(delete_in_batches(
@@ -106,6 +112,8 @@ impl SqsQueue {
             client,
             queue_url,
             max_receives,
+            dead_letter_arn,
+            dead_letter_url: tokio::sync::OnceCell::new(),
             acks,
         })
     }
@@ -205,6 +213,51 @@ impl JobQueue for SqsQueue {
         Ok(())
     }
 
+    /// A long poll of the dead-letter queue. What is received there stays invisible to other
+    /// readers for three polls (at least 5 s), then comes back unless forgotten.
+    async fn receive_dead(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<DeadLetter>> {
+        let url = self.dead_letter_url().await?;
+        let received = self
+            .client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
+            .visibility_timeout(whole_secs(
+                (wait * 3).max(Duration::from_secs(5)),
+                MAX_VISIBILITY_SECS,
+            ))
+            .wait_time_seconds(whole_secs(wait, MAX_WAIT_SECS))
+            .send()
+            .await
+            .with_context(|| format!("receiving from the dead-letter queue {url}"))?;
+        let mut dead = Vec::new();
+        for message in received.messages.unwrap_or_default() {
+            let Some(handle) = message.receipt_handle else {
+                continue;
+            };
+            match serde_json::from_str::<JobMessage>(message.body.as_deref().unwrap_or("")) {
+                Ok(message) => dead.push(DeadLetter { handle, message }),
+                Err(e) => {
+                    // It names no call: nothing to mark. Left for operators to look at.
+                    tracing::warn!(queue = %url, error = %e, "an unreadable dead letter");
+                }
+            }
+        }
+        Ok(dead)
+    }
+
+    async fn forget_dead(&self, dead: &DeadLetter) -> anyhow::Result<()> {
+        let url = self.dead_letter_url().await?;
+        self.client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(&dead.handle)
+            .send()
+            .await
+            .with_context(|| format!("deleting a handled dead letter from {url}"))?;
+        Ok(())
+    }
+
     /// `SendMessageBatch`, ten jobs to a call.
     async fn send_batch(&self, jobs: &[(JobMessage, String)]) -> Vec<anyhow::Result<()>> {
         let mut out = Vec::with_capacity(jobs.len());
@@ -290,6 +343,35 @@ impl JobQueue for SqsQueue {
 }
 
 impl SqsQueue {
+    /// The dead-letter queue's URL, looked up by the name and account in its ARN
+    /// (`arn:aws:sqs:<region>:<account>:<name>`) the first time it is needed.
+    async fn dead_letter_url(&self) -> anyhow::Result<&str> {
+        let arn = self.dead_letter_arn.as_deref().with_context(|| {
+            format!(
+                "the redrive policy of SQS queue {} names no dead-letter queue",
+                self.queue_url
+            )
+        })?;
+        let url = self
+            .dead_letter_url
+            .get_or_try_init(|| async {
+                let parts: Vec<&str> = arn.split(':').collect();
+                anyhow::ensure!(parts.len() == 6, "not an SQS queue ARN: {arn}");
+                let out = self
+                    .client
+                    .get_queue_url()
+                    .queue_name(parts[5])
+                    .queue_owner_aws_account_id(parts[4])
+                    .send()
+                    .await
+                    .with_context(|| format!("looking up the dead-letter queue {arn}"))?;
+                out.queue_url
+                    .with_context(|| format!("no URL for the dead-letter queue {arn}"))
+            })
+            .await?;
+        Ok(url)
+    }
+
     /// One `SendMessageBatch` of at most ten jobs; entry ids are positions in the chunk.
     async fn send_chunk(&self, chunk: &[(JobMessage, String)]) -> Vec<anyhow::Result<()>> {
         let entries = chunk

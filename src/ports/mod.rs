@@ -25,6 +25,14 @@ pub struct Lease {
     pub receive_count: u32,
 }
 
+/// A job the queue gave up on (dead-lettered) and nobody has handled yet.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Opaque handle for [`JobQueue::forget_dead`].
+    pub handle: String,
+    pub message: JobMessage,
+}
+
 /// A job queue with SQS semantics: at-least-once delivery, visibility leases, dead-lettering
 /// after `max_receives()` receives.
 #[async_trait]
@@ -56,6 +64,11 @@ pub trait JobQueue: Send + Sync {
     async fn nack(&self, lease: &Lease, delay: Duration) -> anyhow::Result<()>;
     /// Receives after which the queue moves a job to its dead-letter queue.
     fn max_receives(&self) -> u32;
+    /// Up to `max` dead letters not handled yet (waiting up to `wait` for one where the backend
+    /// can). One may be returned again until it is forgotten, or to two readers at once.
+    async fn receive_dead(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<DeadLetter>>;
+    /// A dead letter was handled (its call marked `FAILED`): not returned again.
+    async fn forget_dead(&self, dead: &DeadLetter) -> anyhow::Result<()>;
     /// Jobs waiting (visible or leased), for metrics and readiness.
     async fn depth(&self) -> anyhow::Result<u64>;
 }

@@ -1042,6 +1042,72 @@ impl Store {
 
     /// Records a failed attempt — `FAILED` for good, or back to `QUEUED` to be retried — only if
     /// attempt `attempt` still owns the call. Returns whether it did.
+    /// Marks the call of a dead-lettered job `FAILED` with `reason`, unless it finished or moved
+    /// on to another analysis meanwhile: `true` when it did. Its analysis fails with it, and a
+    /// `FAILED` event is recorded, so `retryCall` can bring it back.
+    pub async fn fail_dead_lettered(
+        &self,
+        message: &JobMessage,
+        reason: &str,
+    ) -> anyhow::Result<bool> {
+        let txn = self.tenant_txn(message.tenant_id).await?;
+        let call = if lock_call(&txn, message.tenant_id, message.call_id).await? {
+            find_call(&txn, message.tenant_id, message.call_id).await?
+        } else {
+            None
+        };
+        let Some(call) = call else {
+            // Deleted meanwhile.
+            txn.commit().await?;
+            return Ok(false);
+        };
+        let unfinished = [CallStatus::Queued, CallStatus::Processing]
+            .iter()
+            .any(|s| s.as_str() == call.status);
+        let same_analysis =
+            message.analysis_id.is_none() || message.analysis_id == call.current_analysis_id;
+        if !unfinished || !same_analysis {
+            txn.commit().await?;
+            return Ok(false);
+        }
+        calls::Entity::update_many()
+            .col_expr(
+                calls::Column::Status,
+                Expr::value(CallStatus::Failed.as_str()),
+            )
+            .col_expr(calls::Column::Error, Expr::value(reason.to_string()))
+            .col_expr(calls::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(calls::Column::Id.eq(call.id))
+            .filter(calls::Column::TenantId.eq(call.tenant_id))
+            .exec(&txn)
+            .await?;
+        if let Some(analysis) = call.current_analysis_id {
+            set_analysis_status(
+                &txn,
+                call.tenant_id,
+                analysis,
+                CallStatus::Failed,
+                Some(reason),
+            )
+            .await?;
+        }
+        record_event(
+            &txn,
+            call.tenant_id,
+            call.id,
+            event_kind::FAILED,
+            CallStatus::Failed,
+            Some(serde_json::json!({
+                "error": reason,
+                "attempt": call.attempts,
+                "analysisId": call.current_analysis_id,
+            })),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
     pub async fn fail_attempt(
         &self,
         call: &CallRecord,

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use super::{Notifications, Store};
 use crate::domain::JobMessage;
-use crate::ports::{JobQueue, Lease};
+use crate::ports::{DeadLetter, JobQueue, Lease};
 
 pub struct EmbeddedQueue {
     db: DatabaseConnection,
@@ -337,6 +337,56 @@ impl JobQueue for EmbeddedQueue {
 
     fn max_receives(&self) -> u32 {
         self.max_receives
+    }
+
+    /// Dead rows not handled yet, oldest first (it does not wait: a reader polls).
+    async fn receive_dead(&self, max: usize, _wait: Duration) -> anyhow::Result<Vec<DeadLetter>> {
+        let rows = jobs::Entity::find()
+            .filter(jobs::Column::Queue.eq(&self.name))
+            .filter(jobs::Column::DeadAt.is_not_null())
+            .filter(jobs::Column::DeadHandledAt.is_null())
+            .order_by_asc(jobs::Column::Id)
+            .limit(max as u64)
+            .all(&self.db)
+            .await
+            .context("reading dead letters")?;
+        let mut dead = Vec::new();
+        for row in rows {
+            match serde_json::from_value(row.payload) {
+                Ok(message) => dead.push(DeadLetter {
+                    handle: row.id.to_string(),
+                    message,
+                }),
+                // An unreadable one names no call: there is nothing to mark.
+                Err(_) => {
+                    self.forget_dead(&DeadLetter {
+                        handle: row.id.to_string(),
+                        message: JobMessage {
+                            tenant_id: uuid::Uuid::nil(),
+                            call_id: uuid::Uuid::nil(),
+                            analysis_id: None,
+                        },
+                    })
+                    .await?
+                }
+            }
+        }
+        Ok(dead)
+    }
+
+    /// The row stays, for operators (`dead_letters`), marked as handled.
+    async fn forget_dead(&self, dead: &DeadLetter) -> anyhow::Result<()> {
+        let id: i64 = dead
+            .handle
+            .parse()
+            .context("malformed dead-letter handle")?;
+        jobs::Entity::update_many()
+            .col_expr(jobs::Column::DeadHandledAt, Expr::value(now_ms()))
+            .filter(jobs::Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+            .context("marking a dead letter handled")?;
+        Ok(())
     }
 
     async fn depth(&self) -> anyhow::Result<u64> {

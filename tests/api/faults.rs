@@ -11,7 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use voicegraph::startup::Roles;
 
-use crate::helpers::{TestApp, ADMIN_KEY};
+use crate::backends::ProductionStack;
+use crate::helpers::{short_call, TestApp, ADMIN_KEY};
 
 /// A TCP proxy to `target` that can cut every connection through it and refuse new ones (an
 /// outage as the app sees one: reset connections, then nothing answering), and restore them.
@@ -196,4 +197,189 @@ async fn readiness_follows_the_event_subscription() {
     proxy.restore();
     let ready = wait_readiness(&app, 200).await;
     assert_eq!(ready["checks"]["events"]["ok"], true, "{ready}");
+}
+
+async fn call_state(app: &TestApp, id: &str) -> Value {
+    app.gql_ok(
+        "query($id: ID!) { call(id: $id) { status error attempts } }",
+        json!({ "id": id }),
+    )
+    .await["call"]
+        .clone()
+}
+
+async fn retry_and_complete(app: &TestApp, id: &str) {
+    let r = app
+        .gql_ok(
+            "mutation($id: ID!) { retryCall(id: $id) { status } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(r["retryCall"]["status"], "QUEUED", "{r}");
+    app.wait_status(id, "COMPLETED", 60).await;
+}
+
+/// A job whose every delivery died without recording anything (a worker killed each time) is
+/// dead-lettered; the dead-letter reader marks its call FAILED with the reason, and `retryCall`
+/// completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_deliveries_recorded_nothing_fails_its_call_and_retry_completes_it() {
+    let settings = |l: &mut voicegraph::config::Layers| {
+        l.set("job_max_receives", "2")
+            .set("dead_letter_poll_secs", "1");
+    };
+    let app = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: true,
+        },
+        settings,
+    )
+    .await;
+    let id = app.submit_ok(short_call(), json!({})).await;
+    // Two deliveries that end without a word: leased, and the lease left to run out.
+    for _ in 0..2 {
+        let leases = app
+            .state
+            .queue
+            .receive(1, Duration::from_millis(200), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].message.call_id.to_string(), id);
+    }
+    // The next receive finds it out of deliveries: dead-lettered, nothing to lease.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leases = app
+        .state
+        .queue
+        .receive(1, Duration::from_secs(1), Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(leases.is_empty(), "{leases:?}");
+    assert_eq!(call_state(&app, &id).await["status"], "QUEUED");
+
+    let worker = app
+        .spawn_beside(
+            Roles {
+                serve: false,
+                worker: true,
+                relay: false,
+            },
+            settings,
+        )
+        .await;
+    app.wait_status(&id, "FAILED", 30).await;
+    let call = call_state(&app, &id).await;
+    let error = call["error"].as_str().unwrap();
+    assert!(
+        error.contains("dead-letter queue") && error.contains("retryCall"),
+        "{call}"
+    );
+    retry_and_complete(&app, &id).await;
+    drop(worker);
+}
+
+/// On SQS, with the worker's database gone for longer than a job's deliveries last: each
+/// delivery is released at once with a backoff, the job runs out of them and is dead-lettered,
+/// its call still QUEUED; once the database is back the dead-letter reader marks the call
+/// FAILED with the reason, the dead-letter queue is emptied, and `retryCall` completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_database_outage_longer_than_the_deliveries_the_call_fails_and_retry_completes_it()
+{
+    let stack = crate::require!(ProductionStack::create(None, 3, 10).await);
+    let api = crate::production::production_app_with(
+        &stack,
+        Roles {
+            serve: true,
+            worker: false,
+            relay: true,
+        },
+    )
+    .await;
+    // The worker starts while the database is up, and loses it before the job comes.
+    let proxy = FaultProxy::start(FaultProxy::target_of(&stack.database_url)).await;
+    let worker = api
+        .spawn_beside(
+            Roles {
+                serve: false,
+                worker: true,
+                relay: false,
+            },
+            |l| {
+                for (k, v) in stack.vars() {
+                    l.set(k, v);
+                }
+                l.set("database_url", proxy.url(&stack.database_url))
+                    .set("job_visibility_secs", "10")
+                    .set("dead_letter_poll_secs", "1");
+            },
+        )
+        .await;
+    proxy.cut();
+    let id = api.submit_ok(short_call(), json!({})).await;
+    // The job goes to the dead-letter queue within its three deliveries (each released after a
+    // short backoff, not held for the 10 s visibility), its call still QUEUED.
+    let sqs = aws_sdk_sqs::Client::new(&crate::backends::sdk().await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dead_letters(&sqs, &stack.dlq_url).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing reached the dead-letter queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(call_state(&api, &id).await["status"], "QUEUED");
+
+    proxy.restore();
+    api.wait_status(&id, "FAILED", 60).await;
+    let call = call_state(&api, &id).await;
+    assert!(
+        call["error"]
+            .as_str()
+            .unwrap()
+            .contains("dead-letter queue"),
+        "{call}"
+    );
+    // Handled: gone from the dead-letter queue.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = dead_letters(&sqs, &stack.dlq_url).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} left in the dead-letter queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    retry_and_complete(&api, &id).await;
+    drop(worker);
+}
+
+/// Messages in a queue, visible or not.
+async fn dead_letters(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::All)
+        .send()
+        .await
+        .unwrap();
+    [
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .into_iter()
+    .map(|n| {
+        attrs
+            .attributes()
+            .and_then(|a| a.get(&n))
+            .map(|v| v.parse::<u64>().unwrap())
+            .unwrap_or(0)
+    })
+    .sum()
 }
