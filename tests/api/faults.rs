@@ -383,3 +383,60 @@ async fn dead_letters(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
     })
     .sum()
 }
+
+/// Only a serving process subscribes to the deployment's Redis channel: workers and relays
+/// publish events but read none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_serving_processes_subscribe_to_redis() {
+    let redis = crate::require!(crate::backends::redis_url());
+    let channel = format!("vg-test:{}", uuid::Uuid::new_v4());
+    let settings = |l: &mut voicegraph::config::Layers| {
+        l.set("redis_url", redis.clone())
+            .set("redis_channel", channel.clone());
+    };
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let subscribers = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let channel = channel.clone();
+        async move {
+            let (_, n): (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let api = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        settings,
+    )
+    .await;
+    wait_readiness(&api, 200).await;
+    assert_eq!(subscribers(&mut conn).await, 1);
+    let others = api
+        .spawn_beside(
+            Roles {
+                serve: false,
+                worker: true,
+                relay: true,
+            },
+            settings,
+        )
+        .await;
+    // Whatever the other process would subscribe to, it would have by the time it serves a
+    // round: give it one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        subscribers(&mut conn).await,
+        1,
+        "the worker and relay subscribed"
+    );
+    drop(others);
+}
