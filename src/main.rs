@@ -11,8 +11,13 @@ async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(code) => code,
         Err(e) => {
-            // The cause chain on one line; backtraces are for panics, not for refusals.
-            eprintln!("voicegraph: {e:#}");
+            // The cause chain on one line; backtraces are for panics, not for refusals. Through
+            // the logger once it runs (JSON in production), else on standard error.
+            if telemetry::initialized() {
+                tracing::error!(error = %format!("{e:#}"), "voicegraph stopped");
+            } else {
+                eprintln!("voicegraph: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -66,7 +71,7 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
         Command::Migrate => {
             let metrics = voicegraph::http::metrics::Metrics::new();
             wiring::migrate_as_owner(&settings, &metrics).await?;
-            println!("migrations applied");
+            tracing::info!("migrations applied");
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Command::PrintSchema { .. }
@@ -87,10 +92,11 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
         println!();
     }
     if roles.serve {
-        println!(
-            "  voicegraph is listening: playground http://{}/  GraphQL http://{}/graphql",
-            display(&listen, app.port()),
-            display(&listen, app.port())
+        let at = display(&listen, app.port());
+        tracing::info!(
+            playground = %format!("http://{at}/"),
+            graphql = %format!("http://{at}/graphql"),
+            "voicegraph is listening"
         );
     }
     let token = app.shutdown_token();

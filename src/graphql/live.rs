@@ -290,6 +290,21 @@ pub fn operation_type(request: &mut Request) -> Option<OperationType> {
     op.map(|(_, o)| o.node.ty)
 }
 
+/// The name of the operation the request will run (the one asked for, or the document's only
+/// one when it is named), for the access log; `None` for an anonymous or unparsable one.
+pub fn operation_name(request: &mut Request) -> Option<String> {
+    if let Some(name) = &request.operation_name {
+        return Some(name.clone());
+    }
+    let doc = request.parsed_query().ok()?;
+    let mut ops = doc.operations.iter();
+    let (name, _) = ops.next()?;
+    if ops.next().is_some() {
+        return None;
+    }
+    name.map(|n| n.to_string())
+}
+
 /// The group a subscription belongs to: everything that shapes its results, except the value of
 /// the root field's `after` variable (members replay their own cursor).
 fn group_key(caller: &Caller, request: &mut Request) -> (GroupKey, Variables) {

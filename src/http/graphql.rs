@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
+use super::access::AccessInfo;
 use super::ratelimit::{admit, set_fields, Admitted, ClientAddr};
 use super::HttpState;
 use crate::error::AppError;
@@ -34,7 +35,7 @@ const JSON: &str = "application/json";
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     let body =
         serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    (
+    let mut r = (
         status,
         [
             (header::CONTENT_TYPE, "application/json; charset=utf-8"),
@@ -42,7 +43,12 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         ],
         body.to_string(),
     )
-        .into_response()
+        .into_response();
+    r.extensions_mut().insert(AccessInfo {
+        error_codes: vec![code.to_string()],
+        ..Default::default()
+    });
+    r
 }
 
 /// The bearer token of the `Authorization` header; a header of another form is refused.
@@ -260,25 +266,44 @@ async fn execute(
     let loaders = Loaders::new(&app.store, app.settings.loader_delay, true);
     let mut answers = Vec::with_capacity(requests.len());
     let mut refusals = Vec::with_capacity(requests.len());
+    let mut access = AccessInfo {
+        tenant: admitted.caller.as_ref().map(|c| c.tenant_id),
+        ..Default::default()
+    };
     for r in requests {
         answers.push(match r {
             Ok(mut request) => {
+                if let Some(name) = crate::graphql::live::operation_name(&mut request) {
+                    access.operations.push(name);
+                }
                 let charge = CostCharge::new();
                 request = request.data(loaders.clone()).data(charge.clone());
                 if let Some(c) = &admitted.caller {
                     request = request.data(c.clone());
                 }
-                let response = crate::graphql::execute_bounded(&state.schema, app, request).await;
+                let mut response =
+                    crate::graphql::execute_bounded(&state.schema, app, request).await;
                 refusals.push(charge.refusal());
+                for e in &mut response.errors {
+                    let extensions = e.extensions.get_or_insert_with(Default::default);
+                    if let Some(async_graphql::Value::String(code)) = extensions.get("code") {
+                        access.error_codes.push(code.clone());
+                    }
+                    if let Some(id) = &admitted.request_id {
+                        extensions.set("requestId", id.as_str());
+                    }
+                }
                 Answer::Executed(response)
             }
             Err(e) => {
                 refusals.push(None);
+                access.error_codes.push(e.code().to_string());
                 Answer::Refused(e.to_json())
             }
         });
     }
     let mut response = respond(kind, answers, batch);
+    response.extensions_mut().insert(access);
     admitted.decorate(&mut response);
     let refused: Option<Vec<Refusal>> = refusals.into_iter().collect();
     if let Some(refused) = refused.filter(|r| !r.is_empty()) {

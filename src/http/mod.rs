@@ -3,6 +3,7 @@
 //! URLs of the directory store; rate limits at its edge; `server` runs it with connection caps
 //! and timeouts.
 
+pub mod access;
 pub mod blobs;
 pub mod cors;
 pub mod graphql;
@@ -89,5 +90,6 @@ pub fn router(app: AppState, schema: AppSchema) -> anyhow::Result<Router> {
         ))
         .layer(cors::layer(&app.settings))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(access::layer))
         .with_state(state))
 }

@@ -73,6 +73,8 @@ impl FromRequestParts<HttpState> for ClientAddr {
 pub struct Admitted {
     pub caller: Option<Caller>,
     pub report: Report,
+    /// The request's id (see [`super::access`]), for the GraphQL errors it gets.
+    pub request_id: Option<String>,
 }
 
 impl Admitted {
@@ -96,6 +98,7 @@ pub async fn admit(
         return Ok(Admitted {
             caller: None,
             report,
+            request_id: super::access::request_id(headers).map(str::to_string),
         });
     };
     let caller = authenticate_from(app, &token, addr)
@@ -108,6 +111,7 @@ pub async fn admit(
     Ok(Admitted {
         caller: Some(caller),
         report,
+        request_id: super::access::request_id(headers).map(str::to_string),
     })
 }
 

@@ -26,6 +26,7 @@ mod key_cache;
 mod limiter_contract;
 mod limits;
 mod notifications;
+mod operators;
 mod playground;
 mod production;
 mod queue_contract;

@@ -1,0 +1,130 @@
+//! What operators see: request ids (accepted, generated, echoed, named in errors and in every
+//! log line of the request) and one structured access line per request.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::connections::ServerProcess;
+use crate::helpers::{TestApp, ADMIN_KEY};
+
+async fn post(app_url: &str, id: Option<&str>, query: &str) -> (Option<String>, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{app_url}/graphql"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({ "query": query }));
+    if let Some(id) = id {
+        req = req.header("x-request-id", id);
+    }
+    let r = req.send().await.unwrap();
+    let echoed = r
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    (echoed, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_kept_or_made_echoed_and_named_in_errors() {
+    let app = TestApp::spawn().await;
+    let base = app.url("");
+    let (echoed, body) = post(&base, Some("req-42/a.b:c"), "{ viewer { role } }").await;
+    assert_eq!(echoed.as_deref(), Some("req-42/a.b:c"), "{body}");
+    // Errors name the request they belong to.
+    let (echoed, body) = post(&base, Some("req-43"), "{ call(id: \"nope\") { id } }").await;
+    assert_eq!(echoed.as_deref(), Some("req-43"));
+    assert_eq!(
+        body["errors"][0]["extensions"]["requestId"], "req-43",
+        "{body}"
+    );
+    // None, or one that is not plain: a fresh UUID.
+    for sent in [None, Some("has space"), Some("<script>")] {
+        let (echoed, body) = post(&base, sent, "{ call(id: \"nope\") { id } }").await;
+        let echoed = echoed.expect("an id is always echoed");
+        assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["requestId"],
+            echoed.as_str()
+        );
+    }
+    // Requests refused before GraphQL carry the header too.
+    let r = reqwest::Client::new()
+        .post(app.url("/graphql"))
+        .header("x-request-id", "req-44")
+        .bearer_auth("vg_not_a_key")
+        .json(&json!({ "query": "{ viewer { role } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-request-id"], "req-44");
+}
+
+/// Lines of a JSON log, parsed.
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+/// In production format: every line JSON (the start-up banner too), no colour codes, and one
+/// access line per request with its id, operation, status, error codes and tenant; the request's
+/// other lines name its id as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_json_access_line_per_request() {
+    let server = ServerProcess::start(None, &[("log_format", "json")]).await;
+    let base = format!("http://{}", server.addr);
+    post(&base, Some("vg-access-1"), "query Who { viewer { role } }").await;
+    post(
+        &base,
+        Some("vg-access-2"),
+        "query Missing { call(id: \"nope\") { id } }",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (first, second) = loop {
+        let lines = json_lines(&server.log());
+        let access = |id: &str| {
+            lines
+                .iter()
+                .filter(|l| l["target"] == "voicegraph::access" && l["span"]["request_id"] == id)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (access("vg-access-1"), access("vg-access-2"));
+        if !a.is_empty() && !b.is_empty() {
+            assert_eq!((a.len(), b.len()), (1, 1), "one line per request");
+            break (a[0].clone(), b[0].clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access lines in:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let f = &first["fields"];
+    assert_eq!(f["method"], "POST", "{first}");
+    assert_eq!(f["path"], "/graphql");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["operations"], "Who");
+    assert_eq!(f["error_codes"], "");
+    assert!(
+        uuid::Uuid::parse_str(f["tenant"].as_str().unwrap()).is_ok(),
+        "{first}"
+    );
+    assert!(f["duration_ms"].as_f64().unwrap() >= 0.0);
+    let f = &second["fields"];
+    assert_eq!(f["operations"], "Missing", "{second}");
+    assert!(!f["error_codes"].as_str().unwrap().is_empty(), "{second}");
+
+    let log = server.log();
+    assert!(!log.contains('\u{1b}'), "no colour codes in a file");
+    let lines = json_lines(&log);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "voicegraph is listening"),
+        "the banner goes through the logger:\n{log}"
+    );
+}
