@@ -273,26 +273,30 @@ async fn execute(
     for r in requests {
         answers.push(match r {
             Ok(mut request) => {
-                if let Some(name) = crate::graphql::live::operation_name(&mut request) {
-                    access.operations.push(name);
-                }
+                let name = crate::graphql::live::operation_name(&mut request);
                 let charge = CostCharge::new();
                 request = request.data(loaders.clone()).data(charge.clone());
                 if let Some(c) = &admitted.caller {
                     request = request.data(c.clone());
                 }
+                let started = std::time::Instant::now();
                 let mut response =
                     crate::graphql::execute_bounded(&state.schema, app, request).await;
+                let took = started.elapsed();
                 refusals.push(charge.refusal());
+                let mut codes = Vec::new();
                 for e in &mut response.errors {
                     let extensions = e.extensions.get_or_insert_with(Default::default);
                     if let Some(async_graphql::Value::String(code)) = extensions.get("code") {
-                        access.error_codes.push(code.clone());
+                        codes.push(code.clone());
                     }
                     if let Some(id) = &admitted.request_id {
                         extensions.set("requestId", id.as_str());
                     }
                 }
+                app.metrics.operation(name.as_deref(), took, &codes);
+                access.operations.extend(name);
+                access.error_codes.extend(codes);
                 Answer::Executed(response)
             }
             Err(e) => {

@@ -1,4 +1,5 @@
-//! Prometheus metrics: HTTP requests and connections, jobs, SQL statements, WebSocket connections,
+//! Prometheus metrics: HTTP requests and connections, GraphQL operations by name and errors by
+//! code, the build, jobs, SQL statements, WebSocket connections,
 //! queue depth, rate-limit refusals; who may scrape them on the main listener, and the separate
 //! metrics listener.
 
@@ -11,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
@@ -60,7 +61,17 @@ pub struct Metrics {
     pub operations_in_flight: IntGauge,
     /// Operations stopped by an execution limit, by limit (`timeout`, `response_size`).
     pub operations_stopped: IntCounterVec,
+    /// Time to execute a query or mutation, by operation name (see [`Metrics::operation`]).
+    pub operation_seconds: HistogramVec,
+    /// GraphQL errors answered, by code.
+    pub graphql_errors: IntCounterVec,
+    /// The operation names given a label of their own so far (at most [`OPERATION_LABELS`]).
+    operation_names: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct operation names a process labels; any further one counts as `other`, so that
+/// clients choosing names cannot grow the metrics without bound.
+pub const OPERATION_LABELS: usize = 200;
 
 impl Metrics {
     pub fn new() -> Self {
@@ -170,8 +181,37 @@ impl Metrics {
             &["limit"],
         )
         .expect("metric");
+        let operation_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "graphql_request_duration_seconds",
+                "Time to execute a GraphQL query or mutation, by operation name (anonymous, or \
+                 other beyond the first 200 names)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["operation"],
+        )
+        .expect("metric");
+        let graphql_errors = IntCounterVec::new(
+            Opts::new("graphql_errors_total", "GraphQL errors answered, by code"),
+            &["code"],
+        )
+        .expect("metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "The running build (always 1)"),
+            &["version"],
+        )
+        .expect("metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for m in [
-            Box::new(operations_in_flight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(operation_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(graphql_errors.clone()),
+            Box::new(build_info),
+            Box::new(operations_in_flight.clone()),
             Box::new(operations_stopped.clone()),
             Box::new(http_requests.clone()),
             Box::new(jobs.clone()),
@@ -218,6 +258,33 @@ impl Metrics {
             http_accept_errors,
             operations_in_flight,
             operations_stopped,
+            operation_seconds,
+            graphql_errors,
+            operation_names: Default::default(),
+        }
+    }
+
+    /// Records an executed query or mutation: its time under its name's label, and its errors
+    /// by code.
+    pub fn operation(&self, name: Option<&str>, took: Duration, codes: &[String]) {
+        let label = match name {
+            None => "anonymous",
+            Some(n) => {
+                let mut names = self.operation_names.lock().expect("operation names");
+                if names.contains(n) || (names.len() < OPERATION_LABELS && names.insert(n.into())) {
+                    n
+                } else {
+                    "other"
+                }
+            }
+        };
+        self.operation_seconds
+            .with_label_values(&[label])
+            .observe(took.as_secs_f64());
+        for code in codes {
+            self.graphql_errors
+                .with_label_values(&[code.as_str()])
+                .inc();
         }
     }
 

@@ -128,3 +128,55 @@ async fn one_json_access_line_per_request() {
         "the banner goes through the logger:\n{log}"
     );
 }
+
+/// Each query and mutation is timed under its operation's name, errors are counted by code, and
+/// the build is named; names beyond the first 200 share the label `other`, so clients cannot
+/// grow the metrics without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_are_timed_by_name_and_errors_counted_by_code() {
+    let app = TestApp::spawn().await;
+    let base = app.url("");
+    post(&base, None, "query Who { viewer { role } }").await;
+    post(&base, None, "{ viewer { role } }").await;
+    post(&base, None, "query Missing { call(id: \"nope\") { id } }").await;
+    for i in 0..voicegraph::http::metrics::OPERATION_LABELS + 20 {
+        post(&base, None, &format!("query Op{i} {{ viewer {{ role }} }}")).await;
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |label: &str| -> u64 {
+        let prefix =
+            format!("voicegraph_graphql_request_duration_seconds_count{{operation=\"{label}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(count("Who"), 1, "{metrics}");
+    assert_eq!(count("anonymous"), 1);
+    assert_eq!(count("Missing"), 1);
+    // Who, Missing and 198 of the Op names got labels; the other 22 share one.
+    assert_eq!(count("other"), 22);
+    let labelled = metrics
+        .lines()
+        .filter(|l| l.starts_with("voicegraph_graphql_request_duration_seconds_count{"))
+        .count();
+    assert_eq!(labelled, voicegraph::http::metrics::OPERATION_LABELS + 2);
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("voicegraph_graphql_errors_total{code=\"BAD_USER_INPUT\"} 1")
+            || l.starts_with("voicegraph_graphql_errors_total{code=\"NOT_FOUND\"} 1")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "voicegraph_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+}
