@@ -14,6 +14,15 @@ pub async fn healthz() -> &'static str {
 
 pub async fn readyz(State(state): State<HttpState>) -> Response {
     let app = &state.app;
+    // Shutting down (SIGTERM): not ready from the first moment, whatever the backends say, so
+    // that a load balancer still probing over a kept-alive connection stops sending requests.
+    if app.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "draining": true })),
+        )
+            .into_response();
+    }
     let timeout = std::time::Duration::from_secs(3);
     let check = |r: Result<anyhow::Result<()>, tokio::time::error::Elapsed>| match r {
         Ok(Ok(())) => serde_json::json!({ "ok": true }),

@@ -826,3 +826,139 @@ async fn a_burst_of_operations_on_one_socket_never_starves_the_pool() {
         }
     }
 }
+
+/// Scale-in: an instance told to stop (SIGTERM) finishes the requests it took, closes its
+/// sockets with 1001, and its subscriber, reconnecting to another instance from its last cursor,
+/// sees every event of every call once and in order. The drain is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaled_in_instance_loses_no_request_and_no_event() {
+    let leaving = TestApp::spawn_with(
+        Roles {
+            serve: true,
+            worker: false,
+            relay: false,
+        },
+        |_| {},
+    )
+    .await;
+    let staying = leaving.spawn_beside(Roles::ALL, |_| {}).await;
+    let doc = "subscription($after: String) { callEvents(after: $after) { kind cursor callId } }";
+    let mut ws = leaving
+        .subscribe(ADMIN_KEY, doc, json!({ "after": "0" }))
+        .await;
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        calls.push(staying.submit_ok(short_call(), json!({})).await);
+    }
+    let mut seen: Vec<(String, String, i64)> = Vec::new();
+    let event = |v: &Value| {
+        let e = &v["callEvents"];
+        (
+            e["callId"].as_str().unwrap().to_string(),
+            e["kind"].as_str().unwrap().to_string(),
+            e["cursor"].as_str().unwrap().parse::<i64>().unwrap(),
+        )
+    };
+    // At least one event before the instance leaves.
+    seen.push(event(&ws.next_data(Duration::from_secs(30)).await));
+
+    // Requests in flight when it is told to stop are answered; later ones find it gone.
+    let client = reqwest::Client::new();
+    let in_flight: Vec<_> = (0..10)
+        .map(|_| {
+            let client = client.clone();
+            let url = leaving.url("/graphql");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&json!({ "query": "{ calls(first: 5) { nodes { id } } }" }))
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    // And one surely taken: its headers and half its body are in when the stop comes.
+    let body = json!({ "query": "{ viewer { role } }" }).to_string();
+    let mut raw = tokio::net::TcpStream::connect(&leaving.addr).await.unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        leaving.addr,
+        body.len()
+    );
+    let (first, rest) = body.split_at(body.len() / 2);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(format!("{head}{first}").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    leaving.token.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    raw.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"role\""), "{answer}");
+    // The subscriber reads what the instance still sends, then its 1001.
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "next" {
+                    seen.push(event(&v["payload"]["data"]));
+                }
+            }
+            Ok(Some(Ok(Message::Close(Some(frame))))) => break u16::from(frame.code),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 1001);
+    for r in in_flight {
+        match r.await.unwrap() {
+            Ok(resp) => assert_eq!(resp.status(), 200, "a request it took is answered"),
+            Err(e) => assert!(e.is_connect(), "a request was cut: {e}"),
+        }
+    }
+    // The data directory is shared with the instance that stays: kept until the end.
+    let _data_dir = { leaving }.stop().await;
+    let drained = started.elapsed();
+    assert!(drained < Duration::from_secs(15), "drained in {drained:?}");
+
+    // Reconnect to the instance that stays, from the last cursor seen.
+    let last = seen.last().unwrap().2.to_string();
+    let mut again = staying
+        .subscribe(ADMIN_KEY, doc, json!({ "after": last }))
+        .await;
+    for _ in 0..2 {
+        calls.push(staying.submit_ok(short_call(), json!({})).await);
+    }
+    for id in &calls {
+        staying.wait_status(id, "COMPLETED", 60).await;
+    }
+    // Every call: SUBMITTED, PROCESSING, COMPLETED.
+    while seen.len() < calls.len() * 3 {
+        seen.push(event(&again.next_data(Duration::from_secs(30)).await));
+    }
+    assert!(
+        again.recv(Duration::from_millis(500)).await.is_none(),
+        "nothing more"
+    );
+    let cursors: Vec<i64> = seen.iter().map(|e| e.2).collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "once each, in order: {cursors:?}"
+    );
+    for id in &calls {
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|e| &e.0 == id)
+            .map(|e| e.1.as_str())
+            .collect();
+        assert_eq!(kinds, ["SUBMITTED", "PROCESSING", "COMPLETED"], "{id}");
+    }
+    eprintln!("drained in {drained:?}");
+}
