@@ -131,9 +131,18 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
             .await,
     );
     let mut sent_ids = Vec::new();
+    let now = Utc::now();
     for (row, result) in outcomes {
         match result {
-            Ok(Delivery::Sent) => sent_ids.push(row.id),
+            Ok(Delivery::Sent) => {
+                sent_ids.push(row.id);
+                let late = (now - row.available_at).to_std().unwrap_or_default();
+                state
+                    .metrics
+                    .outbox_delivery_seconds
+                    .with_label_values(&[row.destination.as_str()])
+                    .observe(late.as_secs_f64());
+            }
             Ok(Delivery::NotYet) => {}
             Err(e) => {
                 let delay = Duration::from_millis(500)

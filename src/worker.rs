@@ -132,12 +132,22 @@ async fn analyse(
             ));
         }
     }
+    let started = Instant::now();
     let analysis = analyzer
         .analyze(
             Audio::File(file.path().to_path_buf()),
             analysis_request(call, categories),
         )
         .await?;
+    let analyser = record
+        .analyzer
+        .as_deref()
+        .unwrap_or(state.settings.analyzer.as_str());
+    state
+        .metrics
+        .analysis_seconds
+        .with_label_values(&[analyser])
+        .observe(started.elapsed().as_secs_f64());
     let mut keys = ResultKeys {
         results: crate::domain::result_key(call.tenant_id, call.id, record.id),
         model_responses: None,

@@ -235,6 +235,8 @@ pub struct OutboxRecord {
     pub destination: String,
     pub payload: serde_json::Value,
     pub attempts: i32,
+    /// When it became (or becomes) due for delivery.
+    pub available_at: DateTime<Utc>,
 }
 
 /// What statistics aggregate of one call: created at, status, duration, sentiment score and

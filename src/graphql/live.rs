@@ -557,6 +557,11 @@ async fn follow(
                     return;
                 };
                 group.publish(item.seq, resp);
+                let took = (chrono::Utc::now() - e.at).to_std().unwrap_or_default();
+                live.state
+                    .metrics
+                    .event_fanout_seconds
+                    .observe(took.as_secs_f64());
             }
             _ => group.advance(item.seq),
         }

@@ -65,6 +65,14 @@ pub struct Metrics {
     pub operation_seconds: HistogramVec,
     /// GraphQL errors answered, by code.
     pub graphql_errors: IntCounterVec,
+    /// From an outbox row being due to its delivery, by destination (`jobs`, `events`,
+    /// `blob_delete`).
+    pub outbox_delivery_seconds: HistogramVec,
+    /// From an event being recorded to its result being published to this instance's
+    /// subscribers.
+    pub event_fanout_seconds: Histogram,
+    /// Time an analyser took on one call, by analyser.
+    pub analysis_seconds: HistogramVec,
     /// The operation names given a label of their own so far (at most [`OPERATION_LABELS`]).
     operation_names: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -199,6 +207,38 @@ impl Metrics {
             &["code"],
         )
         .expect("metric");
+        let latency = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0,
+        ];
+        let outbox_delivery_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "outbox_delivery_seconds",
+                "From an outbox row being due to its delivery, by destination",
+            )
+            .buckets(latency.clone()),
+            &["destination"],
+        )
+        .expect("metric");
+        let event_fanout_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "event_fanout_seconds",
+                "From an event being recorded to its result reaching this instance's subscribers",
+            )
+            .buckets(latency),
+        )
+        .expect("metric");
+        let analysis_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "analysis_duration_seconds",
+                "Time an analyser took on one call, by analyser",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+            ]),
+            &["analyzer"],
+        )
+        .expect("metric");
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "The running build (always 1)"),
             &["version"],
@@ -211,6 +251,9 @@ impl Metrics {
             Box::new(operation_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(graphql_errors.clone()),
             Box::new(build_info),
+            Box::new(outbox_delivery_seconds.clone()),
+            Box::new(event_fanout_seconds.clone()),
+            Box::new(analysis_seconds.clone()),
             Box::new(operations_in_flight.clone()),
             Box::new(operations_stopped.clone()),
             Box::new(http_requests.clone()),
@@ -260,6 +303,9 @@ impl Metrics {
             operations_stopped,
             operation_seconds,
             graphql_errors,
+            outbox_delivery_seconds,
+            event_fanout_seconds,
+            analysis_seconds,
             operation_names: Default::default(),
         }
     }

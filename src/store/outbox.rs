@@ -30,6 +30,7 @@ impl From<outbox::Model> for OutboxRecord {
             destination: m.destination,
             payload: m.payload,
             attempts: m.attempts,
+            available_at: m.available_at,
         }
     }
 }

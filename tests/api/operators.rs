@@ -180,3 +180,46 @@ async fn operations_are_timed_by_name_and_errors_counted_by_code() {
         env!("CARGO_PKG_VERSION")
     )));
 }
+
+/// The pipeline's latencies are measured: outbox deliveries by destination, the fan-out of
+/// events to this instance's subscribers, the analysis by analyser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_latencies_are_measured() {
+    let app = TestApp::spawn().await;
+    let mut sub = app
+        .subscribe(ADMIN_KEY, "subscription { callEvents { kind } }", json!({}))
+        .await;
+    let id = app.submit_ok(crate::helpers::short_call(), json!({})).await;
+    loop {
+        let d = sub.next_data(Duration::from_secs(30)).await;
+        if d["callEvents"]["kind"] == "COMPLETED" {
+            break;
+        }
+    }
+    app.wait_status(&id, "COMPLETED", 30).await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert!(
+        count("voicegraph_outbox_delivery_seconds_count{destination=\"jobs\"}") >= 1,
+        "{metrics}"
+    );
+    assert!(count("voicegraph_outbox_delivery_seconds_count{destination=\"events\"}") >= 3);
+    assert!(count("voicegraph_event_fanout_seconds_count") >= 3);
+    assert_eq!(
+        count("voicegraph_analysis_duration_seconds_count{analyzer=\"local\"}"),
+        1
+    );
+}
