@@ -247,6 +247,13 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // The process: CPU seconds, resident memory, open and maximum file descriptors,
+        // threads, start time (Linux; elsewhere it reports nothing).
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         for m in [
             Box::new(operation_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(graphql_errors.clone()),

@@ -179,6 +179,17 @@ async fn operations_are_timed_by_name_and_errors_counted_by_code() {
         "voicegraph_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     )));
+    // The process itself.
+    for series in [
+        "voicegraph_process_cpu_seconds_total ",
+        "voicegraph_process_resident_memory_bytes ",
+        "voicegraph_process_open_fds ",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(series)),
+            "{series}\n{metrics}"
+        );
+    }
 }
 
 /// The pipeline's latencies are measured: outbox deliveries by destination, the fan-out of
