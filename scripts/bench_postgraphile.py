@@ -186,6 +186,30 @@ def submit(url, audio, n):
             time.sleep(0.5)
 
 
+def server_env(db, data_dir, port, key):
+    """voicegraph's environment for a bench: on `db` as the runtime role under RLS (migrating as
+    the owner), listening on `port` with `key` as its admin key, rate limits and caps lifted so
+    that the load generator is not refused."""
+    env = dict(os.environ)
+    env.update({
+        "VOICEGRAPH_MIGRATE_DATABASE_URL": pg_url(db),
+        "VOICEGRAPH_DATABASE_RUNTIME_ROLE": RUNTIME_ROLE,
+        "VOICEGRAPH_DATABASE_URL": pg_url(db, RUNTIME_ROLE),
+        "VOICEGRAPH_DATA_DIR": data_dir,
+        "VOICEGRAPH_LISTEN": f"127.0.0.1:{port}",
+        "VOICEGRAPH_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "VOICEGRAPH_BOOTSTRAP_ADMIN_KEY": key,
+        "VOICEGRAPH_RATE_LIMIT_RPS": "0",
+        "VOICEGRAPH_TENANT_RATE_LIMIT_RPS": "0",
+        "VOICEGRAPH_ADDRESS_RATE_LIMIT_RPS": "0",
+        "VOICEGRAPH_MAX_CONNECTIONS_PER_IP": "0",
+        "VOICEGRAPH_COST_BUDGET_PER_MINUTE": "1000000000000",
+        "VOICEGRAPH_TENANT_COST_BUDGET_PER_MINUTE": "1000000000000",
+        "RUST_LOG": "warn",
+    })
+    return env
+
+
 def wait_http(url, what, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -380,22 +404,7 @@ def main():
     work = tempfile.mkdtemp(prefix="vg-bench-")
     procs = []
     try:
-        env = dict(os.environ)
-        env.update({
-            "VOICEGRAPH_MIGRATE_DATABASE_URL": pg_url(db),
-            "VOICEGRAPH_DATABASE_RUNTIME_ROLE": RUNTIME_ROLE,
-            "VOICEGRAPH_DATABASE_URL": pg_url(db, RUNTIME_ROLE),
-            "VOICEGRAPH_DATA_DIR": os.path.join(work, "data"),
-            "VOICEGRAPH_LISTEN": f"127.0.0.1:{VG_PORT}",
-            "VOICEGRAPH_BOOTSTRAP_ADMIN_KEY": KEY,
-            "VOICEGRAPH_RATE_LIMIT_RPS": "0",
-            "VOICEGRAPH_TENANT_RATE_LIMIT_RPS": "0",
-            "VOICEGRAPH_ADDRESS_RATE_LIMIT_RPS": "0",
-            "VOICEGRAPH_MAX_CONNECTIONS_PER_IP": "0",
-            "VOICEGRAPH_COST_BUDGET_PER_MINUTE": "1000000000000",
-            "VOICEGRAPH_TENANT_COST_BUDGET_PER_MINUTE": "1000000000000",
-            "RUST_LOG": "warn",
-        })
+        env = server_env(db, os.path.join(work, "data"), VG_PORT, KEY)
         vg_log = open(os.path.join(work, "voicegraph.log"), "w")
         vg = subprocess.Popen([binary], env=env, stdout=vg_log, stderr=subprocess.STDOUT)
         procs.append(vg)

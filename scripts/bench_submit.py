@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_postgraphile import (  # noqa: E402
-    RUNTIME_ROLE, ROOT, gql, log, metric, pg_url, psql, recording, to_ms, wait_http,
+    RUNTIME_ROLE, ROOT, gql, log, metric, pg_url, psql, recording, server_env, to_ms, wait_http,
 )
 
 KEY = "vg_bench_" + uuid.uuid4().hex
@@ -183,23 +183,7 @@ def main():
     work = tempfile.mkdtemp(prefix="vg-bench-submit-")
     procs = []
     try:
-        env = dict(os.environ)
-        env.update({
-            "VOICEGRAPH_MIGRATE_DATABASE_URL": pg_url(db),
-            "VOICEGRAPH_DATABASE_RUNTIME_ROLE": RUNTIME_ROLE,
-            "VOICEGRAPH_DATABASE_URL": pg_url(db, RUNTIME_ROLE),
-            "VOICEGRAPH_DATA_DIR": os.path.join(work, "data"),
-            "VOICEGRAPH_LISTEN": f"127.0.0.1:{PORT}",
-            "VOICEGRAPH_PUBLIC_URL": f"http://127.0.0.1:{PORT}",
-            "VOICEGRAPH_BOOTSTRAP_ADMIN_KEY": KEY,
-            "VOICEGRAPH_RATE_LIMIT_RPS": "0",
-            "VOICEGRAPH_TENANT_RATE_LIMIT_RPS": "0",
-            "VOICEGRAPH_ADDRESS_RATE_LIMIT_RPS": "0",
-            "VOICEGRAPH_MAX_CONNECTIONS_PER_IP": "0",
-            "VOICEGRAPH_COST_BUDGET_PER_MINUTE": "1000000000000",
-            "VOICEGRAPH_TENANT_COST_BUDGET_PER_MINUTE": "1000000000000",
-            "RUST_LOG": "warn",
-        })
+        env = server_env(db, os.path.join(work, "data"), PORT, KEY)
         # The relay migrates nothing and waits for serve's migrations.
         serve_log = open(os.path.join(work, "serve.log"), "w")
         serve = subprocess.Popen([binary, "serve"], env=env, stdout=serve_log,

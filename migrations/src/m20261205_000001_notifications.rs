@@ -80,6 +80,25 @@ const TRIGGERS: [(&str, &str, &str, &str, &str); 5] = [
     ),
 ];
 
+/// The trigger function `name()`: a notice on `channel` with the payload `payload` (an SQL
+/// expression; NULL sends nothing).
+pub(crate) fn notify_function(name: &str, channel: &str, payload: &str) -> String {
+    format!(
+        r#"
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_payload text := {payload};
+BEGIN
+    IF v_payload IS NOT NULL THEN
+        PERFORM pg_notify('{channel}', v_payload);
+    END IF;
+    RETURN NULL;
+END
+$$;
+"#
+    )
+}
+
 fn channel_of(name: &str) -> &'static str {
     match name {
         "voicegraph_notify_outbox" => OUTBOX_CHANNEL,
@@ -99,18 +118,9 @@ impl MigrationTrait for Migration {
         for (name, table, events, level, payload) in TRIGGERS {
             let channel = channel_of(name);
             // A NULL payload (a jobs update that made nothing due sooner) sends nothing.
+            sql.push_str(&notify_function(name, channel, payload));
             sql.push_str(&format!(
                 r#"
-CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    v_payload text := {payload};
-BEGIN
-    IF v_payload IS NOT NULL THEN
-        PERFORM pg_notify('{channel}', v_payload);
-    END IF;
-    RETURN NULL;
-END
-$$;
 DROP TRIGGER IF EXISTS {name} ON {table};
 CREATE TRIGGER {name} {events} ON {table} {level} EXECUTE FUNCTION {name}();
 "#

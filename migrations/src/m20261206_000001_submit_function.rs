@@ -22,7 +22,7 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::m20261203_000001_row_level_security::{current_schema, quote_ident, TENANT_SETTING};
-use crate::m20261205_000001_notifications::OUTBOX_CHANNEL;
+use crate::m20261205_000001_notifications::{notify_function, OUTBOX_CHANNEL};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -39,20 +39,7 @@ fn outbox_trigger(deferrable: bool) -> String {
     } else {
         "''".to_string()
     };
-    format!(
-        r#"
-CREATE OR REPLACE FUNCTION voicegraph_notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    v_payload text := {payload};
-BEGIN
-    IF v_payload IS NOT NULL THEN
-        PERFORM pg_notify('{OUTBOX_CHANNEL}', v_payload);
-    END IF;
-    RETURN NULL;
-END
-$$;
-"#
-    )
+    notify_function("voicegraph_notify_outbox", OUTBOX_CHANNEL, &payload)
 }
 
 /// The function, by signature (granted to the runtime role).

@@ -198,11 +198,15 @@ impl EmbeddedQueue {
     }
 }
 
-#[async_trait]
-impl JobQueue for EmbeddedQueue {
-    async fn send(&self, message: &JobMessage, dedup_key: Option<&str>) -> anyhow::Result<()> {
-        let now = now_ms();
-        let row = jobs::ActiveModel {
+impl EmbeddedQueue {
+    /// A new job of this queue, visible from `now`.
+    fn job_row(
+        &self,
+        message: &JobMessage,
+        dedup_key: Option<&str>,
+        now: i64,
+    ) -> anyhow::Result<jobs::ActiveModel> {
+        Ok(jobs::ActiveModel {
             queue: Set(self.name.clone()),
             payload: Set(serde_json::to_value(message)?),
             visible_at: Set(now),
@@ -213,7 +217,14 @@ impl JobQueue for EmbeddedQueue {
             dead_reason: Set(None),
             dedup_key: Set(dedup_key.map(|k| format!("{}:{k}", self.name))),
             ..Default::default()
-        };
+        })
+    }
+}
+
+#[async_trait]
+impl JobQueue for EmbeddedQueue {
+    async fn send(&self, message: &JobMessage, dedup_key: Option<&str>) -> anyhow::Result<()> {
+        let row = self.job_row(message, dedup_key, now_ms())?;
         let inserted = jobs::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(jobs::Column::DedupKey)
@@ -238,20 +249,7 @@ impl JobQueue for EmbeddedQueue {
         let now = now_ms();
         let rows: anyhow::Result<Vec<jobs::ActiveModel>> = batch
             .iter()
-            .map(|(message, key)| {
-                Ok(jobs::ActiveModel {
-                    queue: Set(self.name.clone()),
-                    payload: Set(serde_json::to_value(message)?),
-                    visible_at: Set(now),
-                    receive_count: Set(0),
-                    receipt: Set(None),
-                    created_at: Set(now),
-                    dead_at: Set(None),
-                    dead_reason: Set(None),
-                    dedup_key: Set(Some(format!("{}:{key}", self.name))),
-                    ..Default::default()
-                })
-            })
+            .map(|(message, key)| self.job_row(message, Some(key), now))
             .collect();
         let inserted = match rows {
             Ok(rows) => jobs::Entity::insert_many(rows)

@@ -319,6 +319,18 @@ impl TestApp {
             .expect("json body")
     }
 
+    /// The body of a GET of `path`, as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text body")
+    }
+
     pub async fn call_status(&self, id: &str) -> String {
         let d = self
             .gql_ok(

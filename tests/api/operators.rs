@@ -142,15 +142,7 @@ async fn operations_are_timed_by_name_and_errors_counted_by_code() {
     for i in 0..voicegraph::http::metrics::OPERATION_LABELS + 20 {
         post(&base, None, &format!("query Op{i} {{ viewer {{ role }} }}")).await;
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     let count = |label: &str| -> u64 {
         let prefix =
             format!("voicegraph_graphql_request_duration_seconds_count{{operation=\"{label}\"}} ");
@@ -208,15 +200,7 @@ async fn the_pipeline_latencies_are_measured() {
         }
     }
     app.wait_status(&id, "COMPLETED", 30).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     let count = |series: &str| -> u64 {
         metrics
             .lines()

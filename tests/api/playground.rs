@@ -183,15 +183,7 @@ async fn playground_page_health_and_metrics_are_served() {
     let ready = app.get_json("/readyz").await;
     assert_eq!(ready["ready"], true, "{ready}");
     app.gql_ok("{ viewer { role } }", json!({})).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     assert!(metrics.contains("voicegraph_http_requests_total"));
     assert!(metrics.contains("voicegraph_db_statements_total"));
     assert!(metrics.contains("voicegraph_job_queue_depth"));
