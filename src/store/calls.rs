@@ -16,7 +16,8 @@ use super::analyses::{
     set_analysis_status,
 };
 use super::events::{
-    enqueue_blob_delete, enqueue_job, record_event, DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS,
+    enqueue_blob_delete, enqueue_job, new_event, new_outbox, record_event, DEST_BLOB_DELETE,
+    DEST_EVENTS, DEST_JOBS,
 };
 use super::Store;
 use crate::domain::{
@@ -348,9 +349,7 @@ impl Store {
     /// Creates a call with its `SUBMITTED` event, its analysis job and the deferred deletion of
     /// the upload it came from, in one transaction. A unique violation (the idempotency key or
     /// the upload, raced by another submission) is returned as it is, for the caller to resolve.
-    /// Writes a submission: the call, its first analysis, its `SUBMITTED` event with the
-    /// event's outbox row, its job's outbox row, and the upload's deletion when it came from
-    /// one, all in one transaction. On Postgres that transaction is one statement, the
+    /// On Postgres that transaction is one statement, the
     /// `voicegraph_submit_call` function (migration `m20261206_000001_submit_function`), which
     /// sets the tenant and writes the rows under row-level security like any statement.
     pub async fn submit_call(&self, c: NewCall) -> AppResult<CallRecord> {
@@ -411,42 +410,28 @@ impl Store {
         };
         if self.is_postgres() {
             let analysis_row = new_analysis(c.tenant_id, c.id, analysis, &c.analyzer, now);
-            let event = serde_json::json!({
-                "seq": null,
-                "tenant_id": c.tenant_id,
-                "call_id": c.id,
-                "kind": event_kind::SUBMITTED,
-                "status": CallStatus::Queued.as_str(),
-                "payload": event_payload,
-                "created_at": super::json_time(now),
-            });
-            let outbox_row = |destination: &str, payload: serde_json::Value, at: DateTime<Utc>| {
-                serde_json::json!({
-                    "destination": destination,
-                    "payload": payload,
-                    "created_at": super::json_time(now),
-                    "available_at": super::json_time(at),
-                    "attempts": 0,
-                    "last_error": null,
-                    "sent_at": null,
-                })
-            };
+            let event = new_event(
+                c.tenant_id,
+                c.id,
+                event_kind::SUBMITTED,
+                CallStatus::Queued,
+                Some(event_payload),
+                now,
+            );
+            let job = serde_json::to_value(&job).map_err(anyhow::Error::from)?;
             // The events row's payload is filled in with the event's id by the function.
             let mut outbox = vec![
-                outbox_row(DEST_EVENTS, serde_json::json!({}), now),
-                outbox_row(
-                    DEST_JOBS,
-                    serde_json::to_value(&job).map_err(anyhow::Error::from)?,
-                    now,
-                ),
+                new_outbox(DEST_EVENTS, serde_json::json!({}), now, now),
+                new_outbox(DEST_JOBS, job, now, now),
             ];
             if let Some(key) = &c.upload_key {
-                outbox.push(outbox_row(
-                    DEST_BLOB_DELETE,
-                    serde_json::json!({ "keys": [key] }),
-                    c.delete_upload_at,
-                ));
+                let keys = serde_json::json!({ "keys": [key] });
+                outbox.push(new_outbox(DEST_BLOB_DELETE, keys, now, c.delete_upload_at));
             }
+            let outbox = outbox
+                .iter()
+                .map(super::row_json)
+                .collect::<AppResult<Vec<_>>>()?;
             self.db
                 .execute_raw(sea_orm::Statement::from_sql_and_values(
                     DbBackend::Postgres,
@@ -455,7 +440,7 @@ impl Store {
                         c.tenant_id.into(),
                         super::row_json(&call)?.into(),
                         super::row_json(&analysis_row)?.into(),
-                        event.into(),
+                        super::row_json(&event)?.into(),
                         serde_json::Value::Array(outbox).into(),
                     ],
                 ))

@@ -19,18 +19,51 @@ pub const DEST_JOBS: &str = "jobs";
 pub const DEST_EVENTS: &str = "events";
 pub const DEST_BLOB_DELETE: &str = "blob_delete";
 
+/// A new outbox row, due at `at`; its id (0 here) is the database's to give.
+pub(super) fn new_outbox(
+    destination: &str,
+    payload: serde_json::Value,
+    now: DateTime<Utc>,
+    at: DateTime<Utc>,
+) -> outbox::Model {
+    outbox::Model {
+        id: 0,
+        destination: destination.into(),
+        payload,
+        created_at: now,
+        available_at: at,
+        attempts: 0,
+        last_error: None,
+        sent_at: None,
+    }
+}
+
+/// A new, unsequenced event; its id (0 here) is the database's to give.
+pub(super) fn new_event(
+    tenant_id: Uuid,
+    call_id: Uuid,
+    kind: &str,
+    status: CallStatus,
+    payload: Option<serde_json::Value>,
+    now: DateTime<Utc>,
+) -> call_events::Model {
+    call_events::Model {
+        id: 0,
+        seq: None,
+        tenant_id,
+        call_id,
+        kind: kind.into(),
+        status: status.as_str().into(),
+        payload,
+        created_at: now,
+    }
+}
+
 fn outbox_row(destination: &str, payload: serde_json::Value) -> outbox::ActiveModel {
     let now = Utc::now();
-    outbox::ActiveModel {
-        destination: Set(destination.into()),
-        payload: Set(payload),
-        created_at: Set(now),
-        available_at: Set(now),
-        attempts: Set(0),
-        last_error: Set(None),
-        sent_at: Set(None),
-        ..Default::default()
-    }
+    let mut row = outbox::ActiveModel::from(new_outbox(destination, payload, now, now)).reset_all();
+    row.id = sea_orm::ActiveValue::NotSet;
+    row
 }
 
 /// Records an event and its outbox row, inside the transaction that made the change.
@@ -42,18 +75,17 @@ pub(super) async fn record_event<C: ConnectionTrait>(
     status: CallStatus,
     payload: Option<serde_json::Value>,
 ) -> AppResult<i64> {
-    let event = call_events::ActiveModel {
-        seq: Set(None),
-        tenant_id: Set(tenant_id),
-        call_id: Set(call_id),
-        kind: Set(kind.into()),
-        status: Set(status.as_str().into()),
-        payload: Set(payload),
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    }
-    .insert(txn)
-    .await?;
+    let mut event = call_events::ActiveModel::from(new_event(
+        tenant_id,
+        call_id,
+        kind,
+        status,
+        payload,
+        Utc::now(),
+    ))
+    .reset_all();
+    event.id = sea_orm::ActiveValue::NotSet;
+    let event = event.insert(txn).await?;
     outbox_row(DEST_EVENTS, serde_json::json!({ "event_id": event.id }))
         .insert(txn)
         .await?;
