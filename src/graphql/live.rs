@@ -544,9 +544,11 @@ async fn follow(
             };
             for e in missed {
                 let seq = e.seq;
+                let at = e.at;
                 let Some(resp) = execute_one(feed, responses, e).await else {
                     return;
                 };
+                fanned_out(live, at);
                 group.publish(seq, resp);
             }
             group.advance(item.prev);
@@ -556,17 +558,23 @@ async fn follow(
                 let Some(resp) = execute_one(feed, responses, e.clone()).await else {
                     return;
                 };
+                fanned_out(live, e.at);
                 group.publish(item.seq, resp);
-                let took = (chrono::Utc::now() - e.at).to_std().unwrap_or_default();
-                live.state
-                    .metrics
-                    .event_fanout_seconds
-                    .observe(took.as_secs_f64());
             }
             _ => group.advance(item.seq),
         }
         last = item.seq;
     }
+}
+
+/// Records how long an event took to reach this instance's subscribers: measured before its
+/// result is published, so that a subscriber that has it can see the measurement.
+fn fanned_out(live: &Live, recorded: chrono::DateTime<chrono::Utc>) {
+    let took = (chrono::Utc::now() - recorded).to_std().unwrap_or_default();
+    live.state
+        .metrics
+        .event_fanout_seconds
+        .observe(took.as_secs_f64());
 }
 
 /// Runs the group's selection on one event.

@@ -212,7 +212,12 @@ async fn the_pipeline_latencies_are_measured() {
         "{metrics}"
     );
     assert!(count("voicegraph_outbox_delivery_seconds_count{destination=\"events\"}") >= 3);
-    assert!(count("voicegraph_event_fanout_seconds_count") >= 3);
+    // PROCESSING and COMPLETED at least came after the subscription was following (SUBMITTED
+    // may have reached it through the subscription's start-up replay, which is not fan-out).
+    assert!(
+        count("voicegraph_event_fanout_seconds_count") >= 2,
+        "{metrics}"
+    );
     assert_eq!(
         count("voicegraph_analysis_duration_seconds_count{analyzer=\"local\"}"),
         1
