@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The test command. Makes sure the real servers the tests talk to are up — Postgres, Redis and
 # the AWS APIs through moto's server (installed from PyPI, pinned) — then checks formatting and
-# lints and runs the whole suite, built once: on SQLite and again on Postgres, then the reference
+# lints (the code; the deployment template with cfn-lint and checkov) and runs the whole suite,
+# built once: on SQLite and again on Postgres, then the reference
 # GraphQL clients from npm (tests/node, installed from its lockfile) against the built binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MOTO_VERSION=5.2.5
+CFN_LINT_VERSION=1.58.0
+CHECKOV_VERSION=3.3.30
 step() { printf '\n==> %s\n' "$*"; }
 wait_for() { # wait_for <what> <command...>
     local what=$1; shift
@@ -46,6 +49,19 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "deploy/voicegraph.template.yaml: cfn-lint and checkov (PyPI, pinned, in their own venv)"
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/voicegraph-tools/cfn-lint-$CFN_LINT_VERSION-checkov-$CHECKOV_VERSION"
+if [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/cfn-lint" ]; then
+    rm -rf "$tools"
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install --quiet "cfn-lint==$CFN_LINT_VERSION" "checkov==$CHECKOV_VERSION"
+fi
+"$tools/bin/cfn-lint" deploy/voicegraph.template.yaml
+echo "cfn-lint: no findings"
+# Waivers are in the template's metadata, each with its reason (tests/api/deploy.rs checks that).
+"$tools/bin/checkov" --file deploy/voicegraph.template.yaml --framework cloudformation \
+    --compact --skip-download --quiet
 
 step "cargo test (build)"
 cargo test --workspace --locked --lib --bins --tests --no-run

@@ -11,7 +11,11 @@ use secrecy::SecretString;
 /// Where settings come from, as plain strings keyed by the setting name in lower case
 /// (`database_url`), before they are typed.
 #[derive(Debug, Clone, Default)]
-pub struct Layers(BTreeMap<String, String>);
+pub struct Layers(BTreeMap<String, String>, ReadKeys);
+
+/// The keys [`Layers::settings`] looked up, so that [`Layers::unknown`] can name the others.
+#[derive(Debug, Clone, Default)]
+struct ReadKeys(std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>);
 
 impl Layers {
     /// Reads the optional file named by `VOICEGRAPH_CONFIG` (or `./voicegraph.toml` when present)
@@ -72,7 +76,26 @@ impl Layers {
         self.str(key)
     }
 
+    /// The keys set (`VOICEGRAPH_*` variables, config file keys) that name no setting: typos,
+    /// or settings of another version. The start-up logs each. An error when the settings do
+    /// not type (then the keys after the bad one were not looked at).
+    pub fn unknown(&self) -> anyhow::Result<Vec<String>> {
+        self.settings()?;
+        let read = self.1 .0.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(self
+            .0
+            .keys()
+            .filter(|k| !read.contains(*k))
+            .cloned()
+            .collect())
+    }
+
     fn str(&self, key: &str) -> Option<String> {
+        self.1
+             .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string());
         self.0
             .get(key)
             .map(|s| s.trim().to_string())
@@ -142,6 +165,9 @@ impl Layers {
                 .unwrap_or_else(|| crate::adapters::redis::CHANNEL.into()),
             blob_url: self.str("blob_url"),
             secret_id: self.str("secret_id"),
+            database_password_secret_id: self.str("database_password_secret_id"),
+            migrate_database_password_secret_id: self.str("migrate_database_password_secret_id"),
+            redis_password_secret_id: self.str("redis_password_secret_id"),
             analyzer,
             gemini_api_key: secret("gemini_api_key"),
             gemini_model: self
@@ -267,10 +293,41 @@ impl Layers {
             max_connections_per_ip: self.parse("max_connections_per_ip", 512)?,
             metrics_listen: self.str("metrics_listen"),
             metrics_token: secret("metrics_token"),
+            otlp_endpoint: self
+                .str("otlp_endpoint")
+                .map(|v| otlp_endpoint(&v))
+                .transpose()?,
             playground: self.parse("playground", env == Environment::Development)?,
             data_dir,
         })
     }
+}
+
+/// Checks `VOICEGRAPH_OTLP_ENDPOINT`: an `http` or `https` URL with a host and no query or
+/// fragment. Returned without a trailing slash.
+fn otlp_endpoint(value: &str) -> anyhow::Result<String> {
+    let invalid = |why: &str| {
+        anyhow::anyhow!(
+            "VOICEGRAPH_OTLP_ENDPOINT={value:?} is not valid: {why}; give the base URL of an \
+             OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (spans go to <it>/v1/traces)"
+        )
+    };
+    let url = reqwest::Url::parse(value).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("it names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it may have no query or fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "credentials do not go in the URL (use OTEL_EXPORTER_OTLP_HEADERS)",
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +404,14 @@ pub struct Settings {
     pub blob_url: Option<String>,
     /// Secrets Manager secret whose JSON keys override these settings.
     pub secret_id: Option<String>,
+    /// A Secrets Manager secret holding the password of `database_url` (a JSON object's
+    /// `password`, as RDS and Secrets Manager's generated secrets keep it, or the whole string),
+    /// put into the URL at start-up.
+    pub database_password_secret_id: Option<String>,
+    /// The same for `migrate_database_url` (e.g. the RDS-managed master user secret).
+    pub migrate_database_password_secret_id: Option<String>,
+    /// The same for `redis_url` (the ElastiCache AUTH token).
+    pub redis_password_secret_id: Option<String>,
     /// `local` (acoustic analyser) or `gemini`.
     pub analyzer: AnalyzerKind,
     /// Gemini API key.
@@ -538,6 +603,10 @@ pub struct Settings {
     pub metrics_listen: Option<String>,
     /// A bearer token that opens `/metrics` on the main listener.
     pub metrics_token: Option<SecretString>,
+    /// Base URL of an OTLP/HTTP collector (e.g. `http://127.0.0.1:4318`): when set, spans are
+    /// exported to `<endpoint>/v1/traces` (an endpoint already ending so is used as it is) and a
+    /// call's trace context travels with its jobs and events; unset, nothing is exported.
+    pub otlp_endpoint: Option<String>,
     /// Whether `/` serves the playground (default: in development only).
     pub playground: bool,
 }
@@ -545,6 +614,17 @@ pub struct Settings {
 impl Settings {
     pub fn is_production(&self) -> bool {
         self.env == Environment::Production
+    }
+
+    /// Where spans go: the collector's traces URL, when one is configured.
+    pub fn otlp_traces_url(&self) -> Option<String> {
+        self.otlp_endpoint.as_ref().map(|e| {
+            if e.ends_with("/v1/traces") {
+                e.clone()
+            } else {
+                format!("{e}/v1/traces")
+            }
+        })
     }
 
     pub fn database_url(&self) -> String {
@@ -581,6 +661,18 @@ mod tests {
         assert!(s
             .database_url()
             .starts_with("sqlite://./data/voicegraph.db"));
+    }
+
+    #[test]
+    fn keys_that_name_no_setting_are_reported() {
+        let mut l = Layers::default();
+        l.set("max_page_size", "5")
+            .set("databse_url", "postgres://typo")
+            .set("redis_password_secret_id", "s");
+        assert_eq!(l.unknown().unwrap(), vec!["databse_url".to_string()]);
+        assert_eq!(Layers::default().unknown().unwrap(), Vec::<String>::new());
+        l.set("max_page_size", "many");
+        assert!(l.unknown().is_err());
     }
 
     #[test]
@@ -627,6 +719,50 @@ mod tests {
         l.set("max_connections", "many");
         let e = l.settings().unwrap_err().to_string();
         assert!(e.contains("VOICEGRAPH_MAX_CONNECTIONS"), "{e}");
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_a_collector_base_url_checked_at_start_up() {
+        let s = Layers::default().settings().unwrap();
+        assert_eq!(
+            (s.otlp_endpoint.as_deref(), s.otlp_traces_url()),
+            (None, None)
+        );
+        for (given, traces) in [
+            ("http://127.0.0.1:4318", "http://127.0.0.1:4318/v1/traces"),
+            (
+                "https://otel.example.com/",
+                "https://otel.example.com/v1/traces",
+            ),
+            (
+                "http://collector:4318/otlp",
+                "http://collector:4318/otlp/v1/traces",
+            ),
+            (
+                "http://collector:4318/v1/traces",
+                "http://collector:4318/v1/traces",
+            ),
+        ] {
+            let mut l = Layers::default();
+            l.set("otlp_endpoint", given);
+            assert_eq!(
+                l.settings().unwrap().otlp_traces_url().as_deref(),
+                Some(traces)
+            );
+        }
+        for bad in [
+            "127.0.0.1:4318",
+            "grpc://collector:4317",
+            "http://",
+            "http://collector:4318/?x=1",
+            "http://user:pw@collector:4318",
+            "not a url",
+        ] {
+            let mut l = Layers::default();
+            l.set("otlp_endpoint", bad);
+            let e = l.settings().unwrap_err().to_string();
+            assert!(e.contains("VOICEGRAPH_OTLP_ENDPOINT"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use voicegraph::{graphql, telemetry, wiring};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
+    let code = match run().await {
         Ok(code) => code,
         Err(e) => {
             // The cause chain on one line; backtraces are for panics, not for refusals. Through
@@ -20,10 +20,16 @@ async fn main() -> std::process::ExitCode {
             }
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // The spans not exported yet go out before the process ends (it blocks: off the runtime).
+    let _ = tokio::task::spawn_blocking(telemetry::shutdown).await;
+    code
 }
 
 async fn run() -> anyhow::Result<std::process::ExitCode> {
+    // TLS (Redis over `rediss://`, Postgres with `sslmode`) uses one crypto provider: several
+    // are linked, so rustls cannot pick one by itself.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     if let Some(Command::PrintSchema { output }) = &cli.command {
         let sdl = graphql::sdl();
@@ -49,9 +55,33 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
             std::process::ExitCode::from(2)
         });
     }
-    let settings = wiring::load_settings(Layers::from_process()?).await?;
-    telemetry::init(settings.log_format);
-    let roles = match cli.command.unwrap_or(Command::Dev) {
+    let layers = Layers::from_process()?;
+    // Invalid settings stop the start below, with their own error.
+    let unknown = layers.unknown().unwrap_or_default();
+    let settings = wiring::load_settings(layers).await?;
+    let command = cli.command.unwrap_or(Command::Dev);
+    let process = match &command {
+        Command::Serve => "serve",
+        Command::Worker => "worker",
+        Command::Relay => "relay",
+        Command::Migrate => "migrate",
+        // Every role in one process.
+        _ => "dev",
+    };
+    let traces = settings
+        .otlp_traces_url()
+        .map(|url| telemetry::TraceExport {
+            url,
+            service: format!("voicegraph-{process}"),
+        });
+    telemetry::init_with(settings.log_format, traces)?;
+    for key in unknown {
+        tracing::warn!(
+            variable = %format!("VOICEGRAPH_{}", key.to_ascii_uppercase()),
+            "not a setting of this version: ignored"
+        );
+    }
+    let roles = match command {
         Command::Dev => Roles::ALL,
         Command::Serve => Roles {
             serve: true,

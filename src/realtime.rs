@@ -2,6 +2,8 @@
 //! publishes them to the instances' feed (Redis). A message is deleted once it was published, or
 //! when it cannot be an event at all; one that fails to publish comes back after its visibility
 //! timeout. Safe to run on every instance: duplicates are dropped by subscribers (by `seq`).
+//! When traces are exported, each event forwarded has a span continuing the trace context of its
+//! message (the `traceparent` attribute, or the event's own), and goes on carrying that span's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +12,11 @@ use anyhow::Context;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::domain::EventEnvelope;
 use crate::ports::EventPublisher;
+use crate::telemetry::{self, TRACEPARENT};
 
 /// SQS long-poll limit.
 const LONG_POLL: Duration = Duration::from_secs(20);
@@ -77,6 +81,7 @@ async fn receive(
         .queue_url(queue_url)
         .max_number_of_messages(MAX_MESSAGES)
         .wait_time_seconds(wait.min(LONG_POLL).as_secs() as i32)
+        .message_attribute_names(TRACEPARENT)
         .send()
         .await
         .with_context(|| format!("receiving from realtime queue {queue_url}"))?;
@@ -122,7 +127,18 @@ async fn forward(
             continue;
         };
         match parse_body(m.body().unwrap_or_default()) {
-            Ok(event) => events.push((event, receipt)),
+            Ok(mut event) => {
+                // Raw delivery keeps the publisher's message attributes; the event's own copy
+                // serves the other subscriptions.
+                if let Some(tp) = m
+                    .message_attributes()
+                    .and_then(|a| a.get(TRACEPARENT))
+                    .and_then(|v| v.string_value())
+                {
+                    event.traceparent = Some(tp.to_string());
+                }
+                events.push((event, receipt));
+            }
             Err(e) => {
                 tracing::warn!(queue = %queue_url, message_id = m.message_id().unwrap_or_default(), error = %format!("{e:#}"), "dropping a malformed realtime message");
                 handled.push(receipt);
@@ -133,10 +149,17 @@ async fn forward(
     events.sort_by_key(|(e, _)| e.seq);
     let mut published = 0;
     let mut failure = None;
-    for (event, receipt) in &events {
-        match fanout.publish(event).await {
+    for (event, receipt) in &mut events {
+        let span = tracing::info_span!("fan out event", event = event.id, seq = event.seq, kind = %event.kind, call = %event.call_id, tenant = %event.tenant_id);
+        telemetry::continue_trace(&span, event.traceparent.as_deref());
+        event.traceparent = telemetry::traceparent(&span).or(event.traceparent.take());
+        let result = fanout.publish(event).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            telemetry::record_error(&span, e);
+        }
+        match result {
             Ok(()) => {
-                handled.push(receipt);
+                handled.push(*receipt);
                 published += 1;
             }
             Err(e) => {

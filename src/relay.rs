@@ -2,6 +2,10 @@
 //! the queue, events to the publisher, blob deletions to the store — marking each sent only after
 //! its destination accepted it. Failed deliveries back off and are tried again.
 //!
+//! When traces are exported, each job sent and each event published has a span that continues
+//! the trace of whoever wrote it, and carries that span's context on to the worker or to the
+//! fan-out.
+//!
 //! Between rounds the relay waits for a nudge from this process or, on Postgres, for the
 //! database's notice that outbox rows were committed anywhere, and sleeps until the next retry
 //! falls due; without notifications (SQLite, or while the listener reconnects) it polls every
@@ -13,10 +17,12 @@ use anyhow::Context;
 use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::domain::{EventEnvelope, JobMessage, OutboxRecord};
 use crate::services::events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
 use crate::state::AppState;
+use crate::telemetry;
 
 const BATCH: u64 = 200;
 /// Deliveries in flight at once.
@@ -36,7 +42,7 @@ async fn deliver(
     match row.destination.as_str() {
         // Jobs go in batches (`send_jobs`).
         DEST_EVENTS => match event {
-            Some(e) => state.publisher.publish(e).await?,
+            Some(e) => publish(state, e).await?,
             None => return Ok(Delivery::NotYet),
         },
         DEST_BLOB_DELETE => {
@@ -51,7 +57,27 @@ async fn deliver(
     Ok(Delivery::Sent)
 }
 
-/// Sends the jobs of a round's rows in one batch; each row's outcome.
+/// Publishes an event in a span that continues the trace of the span that wrote it; the event
+/// goes out carrying the publication's own trace context.
+async fn publish(state: &AppState, event: &EventEnvelope) -> anyhow::Result<()> {
+    let span = tracing::info_span!("publish event", event = event.id, seq = event.seq, kind = %event.kind, call = %event.call_id, tenant = %event.tenant_id);
+    telemetry::continue_trace(&span, event.traceparent.as_deref());
+    let mut sent = event.clone();
+    sent.traceparent = telemetry::traceparent(&span).or(sent.traceparent);
+    let result = state
+        .publisher
+        .publish(&sent)
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = &result {
+        telemetry::record_error(&span, e);
+    }
+    result
+}
+
+/// Sends the jobs of a round's rows in one batch; each row's outcome. Each job has a span
+/// (continuing the trace of the span that queued it) for as long as the batch is sent, and goes
+/// out carrying that span's trace context.
 async fn send_jobs<'a>(
     state: &AppState,
     rows: Vec<&'a OutboxRecord>,
@@ -61,21 +87,24 @@ async fn send_jobs<'a>(
     let mut batched = Vec::with_capacity(rows.len());
     for row in rows {
         match serde_json::from_value::<JobMessage>(row.payload.clone()).context("job payload") {
-            Ok(message) => {
+            Ok(mut message) => {
+                let span = tracing::info_span!("send job", call = %message.call_id, tenant = %message.tenant_id, outbox = row.id);
+                telemetry::continue_trace(&span, message.traceparent.as_deref());
+                message.traceparent = telemetry::traceparent(&span).or(message.traceparent);
                 batch.push((message, format!("outbox-{}", row.id)));
-                batched.push(row);
+                batched.push((row, span));
             }
             Err(e) => outcomes.push((row, Err(e))),
         }
     }
     if !batch.is_empty() {
         let results = state.queue.send_batch(&batch).await;
-        outcomes.extend(
-            batched
-                .into_iter()
-                .zip(results)
-                .map(|(row, r)| (row, r.map(|()| Delivery::Sent))),
-        );
+        outcomes.extend(batched.into_iter().zip(results).map(|((row, span), r)| {
+            if let Err(e) = &r {
+                telemetry::record_error(&span, e);
+            }
+            (row, r.map(|()| Delivery::Sent))
+        }));
     }
     outcomes
 }

@@ -102,7 +102,15 @@ impl Application {
             "VOICEGRAPH_BOOTSTRAP_ADMIN_KEY must start with `{}`, like every API key",
             auth::API_KEY_PREFIX
         );
-        let state = wiring::build_state(settings, &public_url, roles.serve).await?;
+        let state = wiring::build_state(
+            settings,
+            &public_url,
+            wiring::EventRoles {
+                subscribes: roles.serve,
+                publishes: roles.relay,
+            },
+        )
+        .await?;
         let generated_admin_key = if admin_key.is_some() || !production {
             auth::bootstrap(&state.store, admin_key.as_deref())
                 .await

@@ -104,18 +104,68 @@ pub fn blob_backend(settings: &Settings) -> anyhow::Result<BlobBackend> {
 }
 
 /// Types the settings; when `VOICEGRAPH_SECRET_ID` names a Secrets Manager secret, its JSON keys
-/// are merged over everything else first (read once, at start-up).
+/// are merged over everything else first (read once, at start-up). Then the password secrets
+/// (`VOICEGRAPH_DATABASE_PASSWORD_SECRET_ID` and its kin) are read and their passwords put into
+/// the URLs they belong to.
 pub async fn load_settings(mut layers: Layers) -> anyhow::Result<Settings> {
     let first = layers.settings()?;
-    let Some(secret_id) = first.secret_id.clone() else {
-        return Ok(first);
+    let password_secrets = [
+        ("database_url", "database_password_secret_id"),
+        (
+            "migrate_database_url",
+            "migrate_database_password_secret_id",
+        ),
+        ("redis_url", "redis_password_secret_id"),
+    ];
+    let any_password = |s: &Settings| {
+        s.database_password_secret_id.is_some()
+            || s.migrate_database_password_secret_id.is_some()
+            || s.redis_password_secret_id.is_some()
     };
+    if first.secret_id.is_none() && !any_password(&first) {
+        return Ok(first);
+    }
     let sdk = aws::sdk_config().await;
-    let secret = secrets_manager::fetch(&sdk, &secret_id)
-        .await
-        .with_context(|| format!("reading VOICEGRAPH_SECRET_ID={secret_id}"))?;
-    layers.merge_json(&secret);
+    if let Some(secret_id) = &first.secret_id {
+        let secret = secrets_manager::fetch(&sdk, secret_id)
+            .await
+            .with_context(|| format!("reading VOICEGRAPH_SECRET_ID={secret_id}"))?;
+        layers.merge_json(&secret);
+    }
+    for (url_key, secret_key) in password_secrets {
+        let Some(secret_id) = layers.get(secret_key) else {
+            continue;
+        };
+        let variable = format!("VOICEGRAPH_{}", secret_key.to_ascii_uppercase());
+        let url_variable = format!("VOICEGRAPH_{}", url_key.to_ascii_uppercase());
+        let url = layers
+            .get(url_key)
+            .with_context(|| format!("{variable} is set but {url_variable} is not"))?;
+        let password = secrets_manager::fetch_password(&sdk, &secret_id)
+            .await
+            .with_context(|| format!("reading {variable}={secret_id}"))?;
+        let url = with_password(&url, &password).with_context(|| url_variable.clone())?;
+        layers.set(url_key, url);
+    }
     layers.settings()
+}
+
+/// `url` with its password replaced by `password` (percent-encoded as the URL needs). Errors
+/// never quote the URL, which may hold another password.
+fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
+    // Everything but the unreserved characters, encoded ourselves: `Url::set_password` leaves a
+    // `%` as it is, so a password holding one would be read back as something else.
+    const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(password, USERINFO).to_string();
+    let mut parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("is not a URL ({e})"))?;
+    parsed
+        .set_password(Some(&encoded))
+        .map_err(|()| anyhow::anyhow!("cannot hold a password (it has no host)"))?;
+    Ok(parsed.into())
 }
 
 /// Connects to `url` (the settings' database by default), counting every statement into the
@@ -171,26 +221,59 @@ async fn migrate_with(
             &owned
         }
     };
+    let lock = owner.lock_migrations().await?;
     owner.migrate().await?;
     if let Some(role) = &settings.database_runtime_role {
         anyhow::ensure!(
             owner.is_postgres(),
             "VOICEGRAPH_DATABASE_RUNTIME_ROLE applies to Postgres only"
         );
+        if let Some(password) = runtime_password(settings, role) {
+            owner.ensure_runtime_role(role, &password).await?;
+        }
         owner.grant_runtime_role(role).await?;
+    }
+    if let Some(lock) = lock {
+        let _ = lock.close().await;
     }
     Ok(())
 }
 
+/// The password of the service's database URL when that URL logs in as the runtime role `role`
+/// and is not the owner's URL too: `voicegraph migrate` creates the role with it, or sets it.
+fn runtime_password(settings: &Settings, role: &str) -> Option<String> {
+    settings.migrate_database_url.as_ref()?;
+    let url = url::Url::parse(settings.database_url.as_deref()?).ok()?;
+    let password = url.password()?;
+    let password = percent_encoding::percent_decode_str(password)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    (url.username() == role).then_some(password)
+}
+
+/// What a process does with events, so that it is wired (and, in production, refused) only for
+/// what it uses.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRoles {
+    /// It serves subscribers and so needs the event feed (a Redis subscription when
+    /// `VOICEGRAPH_REDIS_URL` is set); workers and relays read no events and open no subscription.
+    pub subscribes: bool,
+    /// It delivers the outbox's events (the relay) and so needs the publisher (the SNS topic in
+    /// production); serving instances and workers only write events into the outbox.
+    pub publishes: bool,
+}
+
 /// Builds every backend from the settings. `public_url` is where clients reach this instance.
-/// Wires the backends. `subscribes`: whether this process serves subscribers and so needs the
-/// event feed (a Redis subscription when `VOICEGRAPH_REDIS_URL` is set); workers and relays
-/// publish events but read none, and open no subscription.
 pub async fn build_state(
     settings: Settings,
     public_url: &str,
-    subscribes: bool,
+    roles: EventRoles,
 ) -> anyhow::Result<AppState> {
+    let EventRoles {
+        subscribes,
+        publishes,
+    } = roles;
     let metrics = Arc::new(Metrics::new());
     let db = connect(&settings, &metrics).await?;
     if !settings.is_production() {
@@ -215,7 +298,7 @@ pub async fn build_state(
 
     let queue: Arc<dyn JobQueue> = match (&settings.job_queue_url, &sdk) {
         (Some(url), Some(sdk)) => Arc::new(
-            SqsQueue::connect(aws_sdk_sqs::Client::new(sdk), url.clone())
+            SqsQueue::connect(aws::sqs_client(sdk), url.clone())
                 .await
                 .with_context(|| format!("VOICEGRAPH_JOB_QUEUE_URL={url}"))?,
         ),
@@ -235,17 +318,19 @@ pub async fn build_state(
         None => None,
     };
     let publisher: Arc<dyn EventPublisher> = match (&settings.events_topic_arn, &sdk, &fanout) {
-        (Some(arn), Some(sdk), _) => Arc::new(SnsPublisher::new(
-            aws_sdk_sns::Client::new(sdk),
-            arn.clone(),
-        )),
+        (Some(arn), Some(sdk), _) => Arc::new(SnsPublisher::new(aws::sns_client(sdk), arn.clone())),
         // Without a topic, events go straight to Redis (one relay, no SNS in between).
         (None, _, Some(fanout)) => {
-            refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
+            if publishes {
+                refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
+            }
             fanout.clone()
         }
+        // Nothing in this process publishes (or it is development): the in-process bus.
         _ => {
-            refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
+            if publishes {
+                refuse_embedded(&settings, "event publisher", "VOICEGRAPH_EVENTS_TOPIC_ARN")?;
+            }
             Arc::new(bus.clone())
         }
     };
@@ -260,13 +345,15 @@ pub async fn build_state(
         // Nothing in this process reads events: the in-process bus, never subscribed to.
         Some(_) => Arc::new(bus),
         None => {
-            refuse_embedded(&settings, "event feed", "VOICEGRAPH_REDIS_URL")?;
+            if subscribes {
+                refuse_embedded(&settings, "event feed", "VOICEGRAPH_REDIS_URL")?;
+            }
             Arc::new(bus)
         }
     };
     let realtime = match (&settings.realtime_queue_url, &sdk, &fanout) {
         (Some(url), Some(sdk), Some(fanout)) => Some(Arc::new(Realtime {
-            sqs: aws_sdk_sqs::Client::new(sdk),
+            sqs: aws::sqs_client(sdk),
             queue_url: url.clone(),
             fanout: fanout.clone(),
         })),
@@ -397,4 +484,36 @@ pub async fn build_state(
         metrics,
         limits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_goes_into_the_url_and_comes_back_out_the_same() {
+        let password = "a%41 b'c@d:e/f?g#h~";
+        let url = with_password(
+            "postgres://voicegraph_app:old@db:5432/vg?sslmode=require",
+            password,
+        )
+        .unwrap();
+        assert!(
+            url.starts_with("postgres://voicegraph_app:a%2541%20b"),
+            "{url}"
+        );
+        assert!(url.ends_with("@db:5432/vg?sslmode=require"), "{url}");
+        let mut l = Layers::default();
+        l.set("database_url", url.clone())
+            .set("migrate_database_url", "postgres://voicegraph_owner@db/vg");
+        let s = l.settings().unwrap();
+        assert_eq!(
+            runtime_password(&s, "voicegraph_app").as_deref(),
+            Some(password)
+        );
+        assert_eq!(runtime_password(&s, "someone_else"), None);
+        assert!(with_password("not a url", "x").is_err());
+        let e = with_password("mailto:hunter2@example.com", "x").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 }

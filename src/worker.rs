@@ -324,11 +324,15 @@ pub async fn run(state: AppState, shutdown: CancellationToken, grace: Duration) 
             let in_flight = leases_in_flight.clone();
             in_flight.lock().expect("lease list").push(lease.clone());
             let span = tracing::info_span!("job", call = %lease.message.call_id, tenant = %lease.message.tenant_id, receive = lease.receive_count);
+            // The analysis continues the trace of whoever queued the job; the events it writes
+            // carry this span's context on.
+            crate::telemetry::continue_trace(&span, lease.message.traceparent.as_deref());
             running.spawn(
                 async move {
                     match process_one(&state, &lease).await {
                         Ok(outcome) => tracing::info!(?outcome, "job done"),
                         Err(e) => {
+                            crate::telemetry::record_error(&tracing::Span::current(), &e);
                             // Nothing could be recorded (the database, say, is unreachable):
                             // released after a backoff, not held until its lease runs out. A
                             // job that runs out of deliveries this way is dead-lettered, and
@@ -398,9 +402,13 @@ pub async fn read_dead_letters(state: AppState, shutdown: CancellationToken) {
         };
         let full = dead.len() == 10;
         for letter in &dead {
+            // The `FAILED` event joins the trace of the job that died.
+            let span = tracing::info_span!("dead letter", call = %letter.message.call_id, tenant = %letter.message.tenant_id);
+            crate::telemetry::continue_trace(&span, letter.message.traceparent.as_deref());
             match state
                 .store
                 .fail_dead_lettered(&letter.message, &reason)
+                .instrument(span)
                 .await
             {
                 Ok(marked) => {

@@ -22,7 +22,7 @@ mod roles;
 pub use m20261205_000001_notifications::{
     EVENTS_CHANNEL, JOBS_CHANNEL, KEYS_CHANNEL, OUTBOX_CHANNEL,
 };
-pub use roles::grant_runtime_role;
+pub use roles::{ensure_runtime_role, grant_runtime_role};
 
 pub struct Migrator;
 

@@ -34,6 +34,60 @@ fn refuse(role: &str, why: &str) -> DbErr {
     ))
 }
 
+/// Gives the runtime role `role` the login password `password`, creating the role when it does
+/// not exist (`LOGIN`, and nothing that creates, owns or bypasses anything), so that a new
+/// deployment needs no manual step between creating the database and starting the service.
+/// Run it as the owner, with the privilege to create roles (an RDS master user has it). An
+/// existing role gets the password only once [`grant_runtime_role`] has accepted it (it is no
+/// superuser, owner or `BYPASSRLS` role), so a misconfigured role name never changes a
+/// privileged role's password. Postgres quotes the name and the password itself (`format`'s
+/// `%I` and `%L`). On SQLite it does nothing.
+pub async fn ensure_runtime_role(
+    db: &DatabaseConnection,
+    role: &str,
+    password: &str,
+) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    if !is_plain_identifier(role) {
+        return Err(refuse(
+            role,
+            "it is not a plain lower-case identifier ([a-z_][a-z0-9_]*, at most 63 bytes, not \
+             `public` or `pg_*`)",
+        ));
+    }
+    let exists = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 AS one FROM pg_roles WHERE rolname = $1",
+            [Value::from(role)],
+        ))
+        .await?
+        .is_some();
+    let template = if exists {
+        grant_runtime_role(db, role).await?;
+        "ALTER ROLE %I LOGIN PASSWORD %L"
+    } else {
+        "CREATE ROLE %I LOGIN PASSWORD %L NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
+    };
+    let statement = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT format($1, $2, $3) AS statement",
+            [
+                Value::from(template),
+                Value::from(role),
+                Value::from(password),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("format() returned no row".into()))?
+        .try_get::<String>("", "statement")?;
+    db.execute_unprepared(&statement).await?;
+    Ok(())
+}
+
 /// Grants the runtime role `role` what the application needs on the current schema: `USAGE` on
 /// the schema; `SELECT`, `INSERT`, `UPDATE` and `DELETE` on every table; `USAGE` and `SELECT` on
 /// every sequence; `EXECUTE` on `voicegraph_current_tenant()`, `voicegraph_submit_call(…)` (an

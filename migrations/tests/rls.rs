@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use migrations::{grant_runtime_role, Migrator, MigratorTrait};
+use migrations::{ensure_runtime_role, grant_runtime_role, Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, QueryResult, Statement, TransactionTrait,
@@ -1516,6 +1516,91 @@ async fn the_runtime_role_hears_committed_changes_only() {
             notice(JOBS_CHANNEL, "last"),
             "sequencing nothing says nothing"
         );
+    })
+    .await;
+}
+
+/// `voicegraph migrate` with a runtime URL that carries a password: the role is created when
+/// missing (login, nothing privileged) and accepted by the grant; an existing role gets the new
+/// password; a privileged role is refused before its password is touched; quotes in a password
+/// are data, not SQL.
+#[tokio::test]
+async fn the_runtime_role_is_created_or_given_its_password() {
+    run(|fx| async move {
+        // As on RDS: the master user may create roles.
+        exec(
+            &fx.admin,
+            &format!("ALTER ROLE {} CREATEROLE", fx.owner_role),
+        )
+        .await;
+        let password_of = |role: String| {
+            let su = fx.admin.clone();
+            async move {
+                scalar::<Option<String>>(
+                    &su,
+                    &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"),
+                )
+                .await
+            }
+        };
+        let fresh = fx.names.role("fresh");
+        let tricky = format!("pw'); DROP ROLE {}; --", fx.app_role);
+        ensure_runtime_role(&fx.owner, &fresh, &tricky)
+            .await
+            .expect("creating the runtime role");
+        let (login, privileged): (bool, bool) = (
+            scalar(
+                &fx.su,
+                &format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = '{fresh}'"),
+            )
+            .await,
+            scalar(
+                &fx.su,
+                &format!(
+                    "SELECT rolsuper OR rolbypassrls OR rolcreaterole OR rolcreatedb \
+                     FROM pg_roles WHERE rolname = '{fresh}'"
+                ),
+            )
+            .await,
+        );
+        assert!(login && !privileged);
+        let first = password_of(fresh.clone()).await.expect("a password is set");
+        let app_exists: i64 = scalar(
+            &fx.su,
+            &format!(
+                "SELECT count(*) FROM pg_roles WHERE rolname = '{}'",
+                fx.app_role
+            ),
+        )
+        .await;
+        assert_eq!(app_exists, 1, "the quote in the password ran no SQL");
+        grant_runtime_role(&fx.owner, &fresh)
+            .await
+            .expect("the created role is a valid runtime role");
+        let fresh_app = fx.connect_as(&fresh, 1).await;
+        assert_eq!(count(&fresh_app, "calls").await, 0);
+
+        ensure_runtime_role(&fx.owner, &fresh, "rotated")
+            .await
+            .expect("setting a new password");
+        let second = password_of(fresh.clone()).await.expect("still set");
+        assert_ne!(first, second, "the password changed");
+
+        let superuser = fx.create_role("su", "SUPERUSER").await;
+        let before = password_of(superuser.clone()).await;
+        let e = ensure_runtime_role(&fx.owner, &superuser, "hijack")
+            .await
+            .expect_err("a superuser is no runtime role");
+        assert!(e.to_string().contains("it is a superuser"), "{e}");
+        assert_eq!(
+            password_of(superuser).await,
+            before,
+            "its password is untouched"
+        );
+        let e = ensure_runtime_role(&fx.owner, "Bad-Name", "x")
+            .await
+            .expect_err("bad name");
+        assert!(e.to_string().contains("plain lower-case identifier"), "{e}");
     })
     .await;
 }

@@ -1,5 +1,6 @@
 //! The production job queue: an SQS standard queue with a dead-letter queue — long polling,
 //! visibility leases and heartbeats, batched deletes, redrive after `maxReceiveCount` receives.
+//! A job's trace context also travels as its `traceparent` message attribute.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -7,14 +8,15 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::JobMessage;
 use crate::ports::{DeadLetter, JobQueue, Lease};
+use crate::telemetry::TRACEPARENT;
 
 /// SQS takes at most 10 messages per receive and 10 entries per batch.
 const SQS_BATCH: usize = 10;
@@ -57,6 +59,20 @@ impl std::fmt::Debug for SqsQueue {
 fn whole_secs(d: Duration, max: u64) -> i32 {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     secs.min(max) as i32
+}
+
+/// The `traceparent` message attribute of a job that carries a trace context.
+fn trace_attributes(
+    message: &JobMessage,
+) -> anyhow::Result<Option<HashMap<String, MessageAttributeValue>>> {
+    let Some(tp) = &message.traceparent else {
+        return Ok(None);
+    };
+    let value = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(tp)
+        .build()?;
+    Ok(Some(HashMap::from([(TRACEPARENT.to_string(), value)])))
 }
 
 /// `maxReceiveCount` from a queue's `RedrivePolicy` JSON, which SQS returns as a string or a
@@ -141,7 +157,7 @@ impl SqsQueue {
             .receipt_handle
             .with_context(|| format!("SQS queue {} returned no receipt handle", self.queue_url))?;
         let body = message.body.unwrap_or_default();
-        let parsed = match serde_json::from_str::<JobMessage>(&body) {
+        let mut parsed = match serde_json::from_str::<JobMessage>(&body) {
             Ok(m) => m,
             Err(e) => {
                 // It would fail on every delivery until the dead-letter queue took it; drop it now
@@ -178,6 +194,16 @@ impl SqsQueue {
                 tracing::warn!(queue = %self.queue_url, "a message came without its receive count");
                 1
             });
+        // The message attribute is where SQS carries trace context; the body's copy serves
+        // messages sent without it.
+        if let Some(tp) = message
+            .message_attributes
+            .as_ref()
+            .and_then(|a| a.get(TRACEPARENT))
+            .and_then(|v| v.string_value())
+        {
+            parsed.traceparent = Some(tp.to_string());
+        }
         Ok(Some(Lease {
             receipt,
             message: parsed,
@@ -207,6 +233,7 @@ impl JobQueue for SqsQueue {
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
+            .set_message_attributes(trace_attributes(message)?)
             .send()
             .await
             .with_context(|| format!("sending a job to SQS queue {}", self.queue_url))?;
@@ -281,6 +308,7 @@ impl JobQueue for SqsQueue {
             .visibility_timeout(whole_secs(visibility, MAX_VISIBILITY_SECS))
             .wait_time_seconds(whole_secs(wait, MAX_WAIT_SECS))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(TRACEPARENT)
             .send()
             .await
             .with_context(|| format!("receiving jobs from SQS queue {}", self.queue_url))?;
@@ -382,6 +410,7 @@ impl SqsQueue {
                 Ok(SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(body)
+                    .set_message_attributes(trace_attributes(message)?)
                     .build()?)
             })
             .collect::<anyhow::Result<Vec<_>>>();

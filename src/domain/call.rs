@@ -168,6 +168,15 @@ pub struct EventEnvelope {
     /// `PROCESSING`, `COMPLETED`, `RETRYING`, `FAILED`; and `SUBMITTED`, `RETRIED`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_id: Option<uuid::Uuid>,
+    /// The W3C trace context of the span that last handed the event on (the writer's, as
+    /// stored with the event; the relay's or the fan-out's once they sent it), when traces are
+    /// exported. Not part of the GraphQL contract.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_traceparent"
+    )]
+    pub traceparent: Option<String>,
 }
 
 /// The message on the job queue: which call to analyse.
@@ -179,6 +188,29 @@ pub struct JobMessage {
     /// call's current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_id: Option<uuid::Uuid>,
+    /// The W3C trace context of the span that queued the job (the submission's, or the relay's
+    /// once it sent it), when traces are exported; the worker's span continues it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_traceparent"
+    )]
+    pub traceparent: Option<String>,
+}
+
+/// Reads a `traceparent` field leniently: anything but a string of plausible length reads as
+/// absent, so that a mangled trace context never makes a job or an event unreadable. (A string
+/// that is not a valid `traceparent` is ignored when a span would continue it.)
+fn lenient_traceparent<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(
+        match Option::<serde_json::Value>::deserialize(deserializer)? {
+            Some(serde_json::Value::String(s)) if s.len() <= 256 => Some(s),
+            _ => None,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -196,5 +228,37 @@ mod tests {
         }
         assert_eq!(CallEventKind::parse("completed"), None);
         assert_eq!(event_kind::RETRYING, "RETRYING");
+    }
+
+    #[test]
+    fn a_malformed_traceparent_never_makes_a_message_unreadable() {
+        let (tenant, call) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        for (value, kept) in [
+            (serde_json::json!(42), None),
+            (serde_json::json!({"a": 1}), None),
+            (serde_json::Value::Null, None),
+            (serde_json::json!("x".repeat(300)), None),
+            (serde_json::json!("nonsense"), Some("nonsense")),
+        ] {
+            let job: JobMessage = serde_json::from_value(serde_json::json!({
+                "tenant_id": tenant, "call_id": call, "traceparent": value
+            }))
+            .unwrap();
+            assert_eq!(job.traceparent.as_deref(), kept, "{value}");
+            let event: EventEnvelope = serde_json::from_value(serde_json::json!({
+                "seq": 1, "id": 1, "tenant_id": tenant, "call_id": call, "kind": "COMPLETED",
+                "status": "COMPLETED", "at": "2026-01-01T00:00:00Z", "traceparent": value
+            }))
+            .unwrap();
+            assert_eq!(event.traceparent.as_deref(), kept, "{value}");
+        }
+        // Absent, it is not written either: messages stay as they were without traces.
+        let job = JobMessage {
+            tenant_id: tenant,
+            call_id: call,
+            analysis_id: None,
+            traceparent: None,
+        };
+        assert!(!serde_json::to_string(&job).unwrap().contains("traceparent"));
     }
 }

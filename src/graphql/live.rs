@@ -3,7 +3,8 @@
 //! the selection once per event and hands every member the same serialized result, so the cost
 //! of an event grows with the number of distinct subscriptions, not of subscribers. A member
 //! replays what it asked for from the database (its cursor, or a call's own history) with its
-//! own execution, then follows the group from the exact position it joined at.
+//! own execution, then follows the group from the exact position it joined at. When traces are
+//! exported, each event a group delivers is a span of that event's trace.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +13,10 @@ use async_graphql::parser::types::{OperationType, Selection};
 use async_graphql::{Request, Response, Value, Variables};
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
+use opentelemetry::KeyValue;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::AppSchema;
@@ -22,6 +25,7 @@ use crate::services::auth::{Caller, Role};
 use crate::services::events::Watch as Spec;
 use crate::services::live::HubItem;
 use crate::state::AppState;
+use crate::telemetry;
 
 /// Where a subscription resolver's events come from: set in the request's data by whoever
 /// executes it. Without one the resolver follows the instance's hub on its own.
@@ -545,7 +549,8 @@ async fn follow(
             for e in missed {
                 let seq = e.seq;
                 let at = e.at;
-                let Some(resp) = execute_one(feed, responses, e).await else {
+                let span = delivery_span(group, &e, false);
+                let Some(resp) = execute_one(feed, responses, e).instrument(span).await else {
                     return;
                 };
                 fanned_out(live, at);
@@ -555,7 +560,11 @@ async fn follow(
         }
         match &item.event {
             Some(e) if spec.filter.matches(spec.tenant, e) => {
-                let Some(resp) = execute_one(feed, responses, e.clone()).await else {
+                let span = delivery_span(group, e, item.from_feed);
+                let Some(resp) = execute_one(feed, responses, e.clone())
+                    .instrument(span)
+                    .await
+                else {
                     return;
                 };
                 fanned_out(live, e.at);
@@ -565,6 +574,27 @@ async fn follow(
         }
         last = item.seq;
     }
+}
+
+/// The span of an event's delivery to a group's subscribers (its selection executed and the
+/// result handed to them), continuing the trace context the event came with: the fan-out's or
+/// the relay's when it came on the feed, the writer's (stored with the event) when it was read
+/// from the database.
+fn delivery_span(group: &Group, event: &EventEnvelope, from_feed: bool) -> tracing::Span {
+    let span = tracing::info_span!("deliver event", event = event.id, seq = event.seq, kind = %event.kind, call = %event.call_id, tenant = %event.tenant_id);
+    telemetry::continue_trace(&span, event.traceparent.as_deref());
+    let subscribers = group.lock().members as i64;
+    telemetry::set_attributes(
+        &span,
+        [
+            KeyValue::new("voicegraph.subscribers", subscribers),
+            KeyValue::new(
+                "voicegraph.event_source",
+                if from_feed { "feed" } else { "database" },
+            ),
+        ],
+    );
+    span
 }
 
 /// Records how long an event took to reach this instance's subscribers: measured before its

@@ -24,6 +24,7 @@ use async_graphql::{
     Context, ErrorExtensions, SDLExportOptions, Schema, ServerError, ServerResult, Upload,
     ValidationResult, Variables, ID,
 };
+use tracing::Instrument;
 
 use crate::error::AppError;
 use crate::services::auth::Caller;
@@ -203,10 +204,15 @@ pub async fn execute_bounded(
     let response = if mutation {
         let schema = schema.clone();
         let gauge = metrics.operations_in_flight.clone();
-        let task = tokio::spawn(async move {
-            let _in_flight = InFlight::new(&gauge);
-            schema.execute(request).await
-        });
+        // In the request's span, so that its log lines name the request and the jobs and
+        // events it writes carry the request's trace context.
+        let task = tokio::spawn(
+            async move {
+                let _in_flight = InFlight::new(&gauge);
+                schema.execute(request).await
+            }
+            .in_current_span(),
+        );
         match task.await {
             Ok(r) => r,
             Err(e) => {

@@ -5,6 +5,8 @@
 //! extensions of every GraphQL error as `requestId`. When the request is answered, one line of
 //! the `voicegraph::access` target records it: method, path, status, duration, and for GraphQL
 //! the operation names, error codes and tenant (health checks at `debug`, the rest at `info`).
+//! When traces are exported, the request's span is its trace's server span (continuing the
+//! client's `traceparent` header, if it sends one).
 
 use std::time::Instant;
 
@@ -12,8 +14,11 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::KeyValue;
 use tracing::Instrument;
 use uuid::Uuid;
+
+use crate::telemetry::{self, TRACEPARENT};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -34,6 +39,11 @@ fn acceptable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
 }
 
+/// A client's W3C `traceparent` header: the request's span continues the client's trace.
+fn request_traceparent(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
+}
+
 /// The request's id, as the middleware left it on the request.
 pub fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
@@ -49,7 +59,21 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     req.headers_mut().insert(REQUEST_ID, value.clone());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let span = tracing::info_span!("request", request_id = %id);
+    let probe = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    // Probes and scrapes, logged at `debug`, are traced only when `debug` is on too.
+    let span = if probe {
+        tracing::debug_span!("request", request_id = %id)
+    } else {
+        tracing::info_span!("request", request_id = %id)
+    };
+    telemetry::continue_trace(&span, request_traceparent(req.headers()));
+    telemetry::set_attributes(
+        &span,
+        [
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", path.clone()),
+        ],
+    );
     let mut resp = next.run(req).instrument(span.clone()).await;
     resp.headers_mut().insert(REQUEST_ID, value);
     let info = resp
@@ -60,8 +84,24 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     let status = resp.status().as_u16();
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let tenant = info.tenant.map(|t| t.to_string());
+    telemetry::set_attributes(
+        &span,
+        [KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        )],
+    );
+    if !info.operations.is_empty() {
+        telemetry::set_attributes(
+            &span,
+            [KeyValue::new(
+                "graphql.operation.name",
+                info.operations.join(","),
+            )],
+        );
+    }
     let _entered = span.enter();
-    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+    if probe {
         tracing::debug!(target: "voicegraph::access", %method, %path, status, duration_ms, "request");
     } else {
         tracing::info!(

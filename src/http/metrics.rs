@@ -282,6 +282,7 @@ impl Metrics {
             Box::new(http_connections_evicted.clone()),
             Box::new(http_timeouts.clone()),
             Box::new(http_accept_errors.clone()),
+            Box::new(crate::adapters::aws::AWS_REQUESTS.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }

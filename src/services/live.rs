@@ -19,6 +19,8 @@ pub struct HubItem {
     pub prev: i64,
     pub seq: i64,
     pub event: Option<EventEnvelope>,
+    /// Whether the event came on the live feed (else from the database, filling a gap).
+    pub from_feed: bool,
 }
 
 struct Inner {
@@ -61,7 +63,7 @@ impl EventHub {
         inner.position = position;
     }
 
-    fn emit(&self, seq: i64, event: Option<EventEnvelope>) {
+    fn emit(&self, seq: i64, event: Option<EventEnvelope>, from_feed: bool) {
         let mut inner = self.lock();
         if seq <= inner.position {
             return;
@@ -70,6 +72,7 @@ impl EventHub {
             prev: inner.position,
             seq,
             event,
+            from_feed,
         });
         inner.position = seq;
         // No receivers is fine: nobody listens on this instance right now.
@@ -84,9 +87,9 @@ impl EventHub {
         }
         for e in state.store.events_between_all(from, upto).await? {
             let seq = e.seq;
-            self.emit(seq, Some(e));
+            self.emit(seq, Some(e), false);
         }
-        self.emit(upto, None);
+        self.emit(upto, None, false);
         state.metrics.hub_gap_reads.inc();
         Ok(())
     }
@@ -121,7 +124,7 @@ pub async fn run(
                         continue;
                     }
                     if e.seq == position + 1 {
-                        hub.emit(e.seq, Some(Arc::unwrap_or_clone(e)));
+                        hub.emit(e.seq, Some(Arc::unwrap_or_clone(e)), true);
                         continue;
                     }
                     // A jump ahead: fill the gap, but never past what the database holds, so a

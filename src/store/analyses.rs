@@ -199,6 +199,7 @@ impl Store {
                 tenant_id: tenant,
                 call_id: id,
                 analysis_id: Some(analysis),
+                traceparent: crate::telemetry::current_traceparent(),
             },
         )
         .await?;

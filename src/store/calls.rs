@@ -407,6 +407,7 @@ impl Store {
             tenant_id: c.tenant_id,
             call_id: c.id,
             analysis_id: Some(analysis),
+            traceparent: crate::telemetry::current_traceparent(),
         };
         if self.is_postgres() {
             let analysis_row = new_analysis(c.tenant_id, c.id, analysis, &c.analyzer, now);
@@ -566,6 +567,7 @@ impl Store {
                 tenant_id: tenant,
                 call_id: id,
                 analysis_id: analysis,
+                traceparent: crate::telemetry::current_traceparent(),
             },
         )
         .await?;

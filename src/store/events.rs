@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::Store;
 use crate::domain::{CallStatus, EventEnvelope, EventFilter, JobMessage};
 use crate::error::AppResult;
+use crate::telemetry::TRACEPARENT;
 
 /// Outbox destinations.
 pub const DEST_JOBS: &str = "jobs";
@@ -38,7 +39,10 @@ pub(super) fn new_outbox(
     }
 }
 
-/// A new, unsequenced event; its id (0 here) is the database's to give.
+/// A new, unsequenced event; its id (0 here) is the database's to give. When traces are
+/// exported, its payload keeps the trace context of the span that writes it (`traceparent`), so
+/// that the relay's publication, and whoever reads the event from the database later, continue
+/// that trace.
 pub(super) fn new_event(
     tenant_id: Uuid,
     call_id: Uuid,
@@ -47,6 +51,16 @@ pub(super) fn new_event(
     payload: Option<serde_json::Value>,
     now: DateTime<Utc>,
 ) -> call_events::Model {
+    let payload = match crate::telemetry::current_traceparent() {
+        None => payload,
+        Some(tp) => {
+            let mut p = payload.unwrap_or_else(|| serde_json::json!({}));
+            if let Some(object) = p.as_object_mut() {
+                object.insert(TRACEPARENT.into(), tp.into());
+            }
+            Some(p)
+        }
+    };
     call_events::Model {
         id: 0,
         seq: None,
@@ -139,6 +153,12 @@ pub(super) fn envelope(m: &call_events::Model) -> Option<EventEnvelope> {
             .and_then(|p| p.get("analysisId"))
             .and_then(|v| v.as_str())
             .and_then(|s| Uuid::parse_str(s).ok()),
+        traceparent: m
+            .payload
+            .as_ref()
+            .and_then(|p| p.get(TRACEPARENT))
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
     })
 }
 

@@ -68,7 +68,12 @@ pub struct Store {
     /// The statement counter, for statements that bypass SeaORM's metric callback (the
     /// listener's, and the one-message reads of [`Store::tenant_read`]).
     statements: Option<prometheus::IntCounter>,
+    /// Where it connected, when it did ([`Store::lock_migrations`] opens a connection of its own).
+    url: Option<String>,
 }
+
+/// The advisory lock key `voicegraph migrate` holds while it migrates.
+const MIGRATION_LOCK: i64 = 0x766f_6963_6567;
 
 impl From<DbErr> for AppError {
     fn from(e: DbErr) -> Self {
@@ -145,6 +150,7 @@ impl Store {
         }
         let mut store = Self::from_connection(db);
         store.statements = settings.on_statement;
+        store.url = Some(settings.url);
         Ok(store)
     }
 
@@ -154,6 +160,7 @@ impl Store {
             notifications: Arc::new(Notifications::new(db.get_database_backend())),
             db,
             statements: None,
+            url: None,
         }
     }
 
@@ -189,6 +196,40 @@ impl Store {
         migrations::grant_runtime_role(&self.db, role)
             .await
             .with_context(|| format!("granting the runtime role {role}"))
+    }
+
+    /// Waits for, then holds, the deployment's migration lock (a session-level advisory lock on
+    /// a connection of its own, Postgres only): processes migrating at once (new instances
+    /// booting together) take turns, and the later ones find nothing left to do. The lock ends
+    /// with the returned connection (closed, or gone with the process).
+    pub async fn lock_migrations(&self) -> anyhow::Result<Option<DatabaseConnection>> {
+        if !self.is_postgres() {
+            return Ok(None);
+        }
+        let url = self
+            .url
+            .clone()
+            .context("the store was opened without a URL to lock with")?;
+        let mut opts = ConnectOptions::new(url);
+        opts.max_connections(1)
+            .min_connections(0)
+            .connect_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        let lock = Database::connect(opts)
+            .await
+            .context("connecting for the migration lock")?;
+        lock.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .await
+            .context("taking the migration lock")?;
+        Ok(Some(lock))
+    }
+
+    /// Gives the runtime role its login password, creating the role when it does not exist
+    /// (Postgres only; see `migrations::ensure_runtime_role`).
+    pub async fn ensure_runtime_role(&self, role: &str, password: &str) -> anyhow::Result<()> {
+        migrations::ensure_runtime_role(&self.db, role, password)
+            .await
+            .with_context(|| format!("creating or updating the runtime role {role}"))
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {

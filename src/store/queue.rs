@@ -363,6 +363,7 @@ impl JobQueue for EmbeddedQueue {
                             tenant_id: uuid::Uuid::nil(),
                             call_id: uuid::Uuid::nil(),
                             analysis_id: None,
+                            traceparent: None,
                         },
                     })
                     .await?

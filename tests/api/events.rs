@@ -246,7 +246,10 @@ async fn events_relayed_by_another_process_reach_subscribers() {
     let other = voicegraph::wiring::build_state(
         layers(app.dir.path()).settings().unwrap(),
         "http://unused",
-        false,
+        voicegraph::wiring::EventRoles {
+            subscribes: false,
+            publishes: true,
+        },
     )
     .await
     .unwrap();
@@ -277,6 +280,7 @@ async fn a_stray_event_far_ahead_does_not_swallow_real_ones() {
         status: voicegraph::domain::CallStatus::Queued,
         at: chrono::Utc::now(),
         analysis_id: None,
+        traceparent: None,
     };
     app.state.publisher.publish(&stray).await.unwrap();
     let id = app.submit_ok(short_call(), json!({})).await;

@@ -43,6 +43,7 @@ fn event(tenant: Uuid, seq: i64) -> EventEnvelope {
         status: CallStatus::Queued,
         at: Utc::now(),
         analysis_id: Some(Uuid::new_v4()),
+        traceparent: None,
     }
 }
 

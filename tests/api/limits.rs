@@ -942,3 +942,73 @@ async fn production_refuses_every_embedded_backend_by_name() {
     };
     assert!(err.contains("VOICEGRAPH_JOB_QUEUE_URL"), "{err}");
 }
+
+/// Production refuses an embedded backend only to a process that uses it: a worker needs
+/// neither the topic nor Redis (the relay publishes what it writes into the outbox), a relay
+/// needs the topic, a serving instance Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_asks_each_process_only_for_the_backends_it_uses() {
+    let Some(stack) = crate::backends::ProductionStack::create(None, 5, 30).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layers = |drop: &[&str]| {
+        let mut l = helpers::layers(dir.path());
+        for (k, v) in stack.vars() {
+            l.set(k, v);
+        }
+        for k in drop {
+            l.set(k, "");
+        }
+        l
+    };
+    // Migrate first: production does not.
+    let mut owner = layers(&[]);
+    owner.set("env", "development");
+    drop(
+        Application::build(owner.settings().unwrap(), Roles::ALL)
+            .await
+            .expect("migrates"),
+    );
+
+    let worker = Roles {
+        serve: false,
+        worker: true,
+        relay: false,
+    };
+    let app = Application::build(
+        layers(&["events_topic_arn", "redis_url", "realtime_queue_url"])
+            .settings()
+            .unwrap(),
+        worker,
+    )
+    .await
+    .expect("a worker needs no topic and no Redis");
+    drop(app);
+    for (roles, missing, variable) in [
+        (
+            Roles {
+                serve: false,
+                worker: false,
+                relay: true,
+            },
+            &["events_topic_arn"][..],
+            "VOICEGRAPH_EVENTS_TOPIC_ARN",
+        ),
+        (
+            Roles {
+                serve: true,
+                worker: false,
+                relay: false,
+            },
+            &["redis_url", "realtime_queue_url"][..],
+            "VOICEGRAPH_REDIS_URL",
+        ),
+    ] {
+        let err = match Application::build(layers(missing).settings().unwrap(), roles).await {
+            Ok(_) => panic!("{roles:?} without {variable} must be refused"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(variable), "{err}");
+    }
+}

@@ -176,6 +176,7 @@ fn message() -> JobMessage {
         tenant_id: uuid::Uuid::new_v4(),
         call_id: uuid::Uuid::new_v4(),
         analysis_id: None,
+        traceparent: None,
     }
 }
 

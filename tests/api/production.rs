@@ -245,9 +245,16 @@ async fn concurrent_relays_on_postgres_do_not_double_send() {
     let publishers: Vec<Arc<Counting>> = (0..3).map(|_| Arc::new(Counting::default())).collect();
     let mut states = Vec::new();
     for p in &publishers {
-        let mut st = voicegraph::wiring::build_state(settings.clone(), "http://unused", false)
-            .await
-            .unwrap();
+        let mut st = voicegraph::wiring::build_state(
+            settings.clone(),
+            "http://unused",
+            voicegraph::wiring::EventRoles {
+                subscribes: false,
+                publishes: true,
+            },
+        )
+        .await
+        .unwrap();
         st.publisher = p.clone();
         states.push(st);
     }

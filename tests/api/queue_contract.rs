@@ -54,6 +54,7 @@ fn message() -> JobMessage {
         tenant_id: Uuid::new_v4(),
         call_id: Uuid::new_v4(),
         analysis_id: Some(Uuid::new_v4()),
+        traceparent: None,
     }
 }
 

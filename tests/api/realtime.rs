@@ -508,7 +508,10 @@ async fn one_database_read_per_gap_for_all_subscribers() {
     let other = voicegraph::wiring::build_state(
         layers(app.dir.path()).settings().unwrap(),
         "http://unused",
-        false,
+        voicegraph::wiring::EventRoles {
+            subscribes: false,
+            publishes: true,
+        },
     )
     .await
     .unwrap();

@@ -153,3 +153,70 @@ async fn a_missing_secret_stops_loading() {
         .expect_err("a missing secret is an error");
     assert!(format!("{e:#}").contains(&missing), "{e:#}");
 }
+
+/// Password secrets (RDS's `{"username", "password"}` shape, or a bare token) are put into the
+/// URLs they belong to, percent-encoded, over any password the URL had; the app connects with
+/// them; an unreadable one stops loading without quoting any URL.
+#[tokio::test]
+async fn password_secrets_go_into_their_urls() {
+    let _ = crate::require!(backends::aws_endpoint());
+    let sdk = backends::sdk().await;
+    let rds = create_secret(
+        &sdk,
+        &json!({ "username": "voicegraph_owner", "password": "p@ss:w/rd?#%" }).to_string(),
+    )
+    .await;
+    let token = create_secret(&sdk, "redis-token_42").await;
+    let app = create_secret(&sdk, &json!({ "password": "app pw" }).to_string()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = helpers::layers(dir.path());
+    l.set(
+        "database_url",
+        "postgres://voicegraph_app:old@db.internal:5432/voicegraph",
+    )
+    .set("database_password_secret_id", app.clone())
+    .set(
+        "migrate_database_url",
+        "postgres://voicegraph_owner@db.internal/voicegraph",
+    )
+    .set("migrate_database_password_secret_id", rds.clone())
+    .set("redis_url", "rediss://cache.internal:6379")
+    .set("redis_password_secret_id", token.clone());
+    let s = voicegraph::wiring::load_settings(l)
+        .await
+        .expect("load settings");
+    assert_eq!(
+        s.database_url(),
+        "postgres://voicegraph_app:app%20pw@db.internal:5432/voicegraph"
+    );
+    assert_eq!(
+        s.migrate_database_url.as_deref(),
+        Some("postgres://voicegraph_owner:p%40ss%3Aw%2Frd%3F%23%25@db.internal/voicegraph")
+    );
+    assert_eq!(
+        s.redis_url.as_deref(),
+        Some("rediss://:redis-token_42@cache.internal:6379")
+    );
+
+    // A secret without a password, a missing one, and a password with no URL to go in.
+    let no_password = create_secret(&sdk, &json!({ "username": "u" }).to_string()).await;
+    let missing = backends::unique("voicegraph/missing");
+    for (secret, url) in [
+        (no_password.as_str(), Some("postgres://u:hunter2@db/x")),
+        (missing.as_str(), Some("postgres://u:hunter2@db/x")),
+        (app.as_str(), None),
+    ] {
+        let mut l = helpers::layers(dir.path());
+        l.set("database_url", url.unwrap_or(""))
+            .set("database_password_secret_id", secret);
+        let e = format!(
+            "{:#}",
+            voicegraph::wiring::load_settings(l)
+                .await
+                .expect_err("refused")
+        );
+        assert!(e.contains("VOICEGRAPH_DATABASE"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("app pw"), "{e}");
+    }
+}

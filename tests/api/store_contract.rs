@@ -275,6 +275,7 @@ async fn attempts_are_fenced_and_every_change_has_its_event() {
             tenant_id: a,
             call_id: call.id,
             analysis_id: Some(submitted),
+            traceparent: None,
         };
         // A job naming the wrong tenant claims nothing.
         assert!(
@@ -283,6 +284,7 @@ async fn attempts_are_fenced_and_every_change_has_its_event() {
                     tenant_id: b,
                     call_id: call.id,
                     analysis_id: Some(submitted),
+                    traceparent: None,
                 })
                 .await
                 .unwrap()

@@ -190,6 +190,7 @@ async fn a_stale_attempt_cannot_overwrite_a_newer_one() {
                 tenant_id: redelivered.message.tenant_id,
                 call_id: redelivered.message.call_id,
                 analysis_id: redelivered.message.analysis_id,
+                traceparent: None,
             },
             None,
         )
