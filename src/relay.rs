@@ -229,21 +229,29 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             continue;
         }
         let poll = state.settings.relay_poll * std::cmp::min(failures + 1, 20);
-        let wait = if failures == 0 && notifications.link().is_up() {
-            // Notices announce new rows; only retries come due unannounced.
-            match state.store.next_outbox_due().await {
-                Ok(Some(at)) => (at - Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(state.settings.notify_fallback),
-                Ok(None) => state.settings.notify_fallback,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading when the next outbox row is due failed");
-                    poll
-                }
+        // One statement before waiting: the outbox's age for the metrics, and when a retry
+        // falls due (notices announce new rows; only retries come due unannounced).
+        let pending = match state.store.outbox_pending().await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the outbox's pending rows failed");
+                None
             }
-        } else {
-            poll
+        };
+        if let Some(p) = pending {
+            let age = p.oldest.map_or(0.0, |at| {
+                (Utc::now() - at).to_std().unwrap_or_default().as_secs_f64()
+            });
+            state.metrics.outbox_oldest_seconds.set(age);
+        }
+        let wait = match pending {
+            Some(p) if failures == 0 && notifications.link().is_up() => p
+                .next_due
+                .map_or(state.settings.notify_fallback, |at| {
+                    (at - Utc::now()).to_std().unwrap_or_default()
+                })
+                .min(state.settings.notify_fallback),
+            _ => poll,
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -68,6 +68,8 @@ pub struct Metrics {
     /// From an outbox row being due to its delivery, by destination (`jobs`, `events`,
     /// `blob_delete`).
     pub outbox_delivery_seconds: HistogramVec,
+    /// Age of the oldest outbox row not delivered yet (0 when none), as the relay last saw it.
+    pub outbox_oldest_seconds: prometheus::Gauge,
     /// From an event being recorded to its result being published to this instance's
     /// subscribers.
     pub event_fanout_seconds: Histogram,
@@ -220,6 +222,11 @@ impl Metrics {
             &["destination"],
         )
         .expect("metric");
+        let outbox_oldest_seconds = prometheus::Gauge::new(
+            "outbox_oldest_seconds",
+            "Age of the oldest outbox row not delivered yet (0 when none), as this process's relay last saw it",
+        )
+        .expect("metric");
         let event_fanout_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "event_fanout_seconds",
@@ -259,6 +266,7 @@ impl Metrics {
             Box::new(graphql_errors.clone()),
             Box::new(build_info),
             Box::new(outbox_delivery_seconds.clone()),
+            Box::new(outbox_oldest_seconds.clone()),
             Box::new(event_fanout_seconds.clone()),
             Box::new(analysis_seconds.clone()),
             Box::new(operations_in_flight.clone()),
@@ -312,6 +320,7 @@ impl Metrics {
             operation_seconds,
             graphql_errors,
             outbox_delivery_seconds,
+            outbox_oldest_seconds,
             event_fanout_seconds,
             analysis_seconds,
             operation_names: Default::default(),

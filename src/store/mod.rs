@@ -47,7 +47,7 @@ pub use categories::CategoryFields;
 pub use events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
 pub use keys::NewKey;
 pub use notify::{Link, Notifications};
-pub use outbox::OutboxClaim;
+pub use outbox::{OutboxClaim, OutboxPending};
 
 use crate::error::{AppError, AppResult};
 

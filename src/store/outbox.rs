@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use entities::outbox;
-use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LockBehavior, LockType};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait,
@@ -12,6 +12,15 @@ use sea_orm::{
 
 use super::Store;
 use crate::domain::OutboxRecord;
+
+/// What [`Store::outbox_pending`] reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutboxPending {
+    /// When the next undelivered row that is not due yet falls due.
+    pub next_due: Option<DateTime<Utc>>,
+    /// When the oldest undelivered row was written.
+    pub oldest: Option<DateTime<Utc>>,
+}
 
 /// A claimed batch of outbox rows. On Postgres the rows are locked (`FOR UPDATE SKIP LOCKED`)
 /// until [`OutboxClaim::finish`], so relays on several instances share the outbox instead of
@@ -60,19 +69,25 @@ impl Store {
         })
     }
 
-    /// When the next unsent row that is not due yet becomes due (a retry's backoff, a delayed
-    /// blob deletion). Rows due already are left out: they are being delivered, by this relay or
-    /// another that holds them.
-    pub async fn next_outbox_due(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let due: Option<Option<DateTime<Utc>>> = outbox::Entity::find()
+    /// The outbox's state in one statement: when the next undelivered row that is not due yet
+    /// falls due (a retry's backoff), and when the oldest undelivered row was written.
+    pub async fn outbox_pending(&self) -> anyhow::Result<OutboxPending> {
+        let now = Utc::now();
+        let due_later = Expr::case(
+            outbox::Column::AvailableAt.gt(now),
+            Expr::col(outbox::Column::AvailableAt),
+        );
+        type Times = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+        let row: Option<Times> = outbox::Entity::find()
             .select_only()
-            .column_as(outbox::Column::AvailableAt.min(), "due")
+            .column_as(Expr::expr(Func::min(due_later)), "due")
+            .column_as(outbox::Column::CreatedAt.min(), "oldest")
             .filter(outbox::Column::SentAt.is_null())
-            .filter(outbox::Column::AvailableAt.gt(Utc::now()))
             .into_tuple()
             .one(&self.db)
             .await?;
-        Ok(due.flatten())
+        let (next_due, oldest) = row.unwrap_or_default();
+        Ok(OutboxPending { next_due, oldest })
     }
 
     /// Removes rows sent before `before`, so the table stays small.

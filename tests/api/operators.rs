@@ -223,3 +223,64 @@ async fn the_pipeline_latencies_are_measured() {
         1
     );
 }
+
+/// `voicegraph_outbox_oldest_seconds`: the age of the oldest undelivered outbox row, rising while
+/// one cannot be delivered and back to 0 once none is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_age_is_the_oldest_undelivered_row() {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+    let app = TestApp::spawn().await;
+    let gauge = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("voicegraph_outbox_oldest_seconds "))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("the gauge is exported")
+    };
+    let owner = app.owner_db().await;
+    let written = chrono::Utc::now() - chrono::Duration::minutes(5);
+    // A row no relay can deliver (no such destination): it fails and is retried, undelivered.
+    let row = entities::outbox::ActiveModel {
+        destination: Set("nowhere".into()),
+        payload: Set(json!({})),
+        created_at: Set(written),
+        available_at: Set(written),
+        attempts: Set(0),
+        ..Default::default()
+    }
+    .insert(&owner)
+    .await
+    .unwrap();
+    app.state.relay_wakeup.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let age = gauge(&app.get_text("/metrics").await);
+        if age >= 300.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the age never showed the row: {age}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    entities::outbox::Entity::update_many()
+        .col_expr(
+            entities::outbox::Column::SentAt,
+            Expr::value(chrono::Utc::now()),
+        )
+        .filter(entities::outbox::Column::Id.eq(row.id))
+        .exec(&owner)
+        .await
+        .unwrap();
+    app.state.relay_wakeup.notify_one();
+    loop {
+        let age = gauge(&app.get_text("/metrics").await);
+        if age == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the age stayed at {age}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
