@@ -75,6 +75,15 @@ fi
 if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.package-lock.json 2>/dev/null; then
     (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The playground's browser test drives Debian's Chromium (playwright-core cannot fetch a browser).
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -qq chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+    else
+        echo "the playground's browser test needs Chromium (Debian: sudo apt-get install chromium)" >&2
+        exit 1
+    fi
+fi
 
 log=$(mktemp)
 trap 'kill $moto_pid 2>/dev/null || true; rm -f "$log"' EXIT
@@ -84,7 +93,7 @@ step "cargo test: every test, embedded database (SQLite)"
 cargo test --workspace --locked --lib --bins --tests -- --test-threads "$threads" --skip scale_out 2>&1 | tee -a "$log" || status=1
 step "cargo test: the integration suite again on Postgres"
 VOICEGRAPH_TEST_DB=postgres cargo test --locked --test api -- --test-threads "$threads" --skip scale_out 2>&1 | tee -a "$log" || status=1
-step "node: graphql-ws, graphql-sse, Apollo persisted queries, graphql-http audit"
+step "node: graphql-ws, graphql-sse, Apollo persisted queries, graphql-http audit, the playground in Chromium"
 (cd tests/node && VOICEGRAPH_BIN="$PWD/../../target/debug/voicegraph" node --test --test-concurrency=1 --test-reporter=spec) 2>&1 \
     | tee "$log.node" || status=1
 node_passed=$(grep -Eo '^ℹ pass [0-9]+' "$log.node" | grep -Eo '[0-9]+' || echo 0)

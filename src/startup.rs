@@ -207,6 +207,13 @@ impl Application {
             tasks.spawn(state.revocations.clone().run(shutdown.clone()));
             let schema = build_schema(Some(state.clone()));
             let app = http::router(state.clone(), schema)?;
+            if state.settings.playground && http::playground::ASSETS != "built" {
+                tracing::warn!(
+                    why = http::playground::ASSETS,
+                    "the playground at / has no GraphiQL: its assets were not built with this \
+                     binary (install Node.js and npm, then build again)"
+                );
+            }
             tracing::info!(
                 addr = %listener.local_addr()?,
                 max_connections = limits.max_connections,

@@ -66,7 +66,8 @@ pub fn router(app: AppState, schema: AppSchema) -> anyhow::Result<Router> {
     if app.settings.playground {
         router = router
             .route("/", get(playground::page))
-            .route("/playground/examples.json", get(playground::examples));
+            .route("/playground/examples.json", get(playground::examples))
+            .route("/playground/assets/{name}", get(playground::asset));
     }
     match metrics::Access::from_settings(&app.settings) {
         metrics::Access::Open => router = router.route("/metrics", get(metrics::scrape)),

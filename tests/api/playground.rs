@@ -254,3 +254,74 @@ async fn graphiql_introspection_fits_the_limits() {
         "Subscription"
     );
 }
+
+/// The page's script and styles are the bundles built with the binary, served from this origin
+/// under a policy that lets the page reach nothing else; the page names nothing off-origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_is_served_whole_from_this_origin() {
+    let app = TestApp::spawn().await;
+    let page = app.client.get(app.url("/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self' ws: wss:",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    let html = page.text().await.unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<script>"),
+        "no inline script (the policy would refuse it)"
+    );
+    assert_eq!(
+        voicegraph::http::playground::ASSETS,
+        "built",
+        "the playground's assets were not built with this binary (Node.js and npm are needed)"
+    );
+    for (name, kind, at_least) in [
+        ("playground.js", "text/javascript", 100_000),
+        ("playground.css", "text/css", 10_000),
+        ("page.css", "text/css", 100),
+        ("playground.js.LEGAL.txt", "text/plain", 100),
+    ] {
+        let r = app
+            .client
+            .get(app.url(&format!("/playground/assets/{name}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let body = r.bytes().await.unwrap();
+        assert!(body.len() >= at_least, "{name}: {} bytes", body.len());
+    }
+    let script = app
+        .client
+        .get(app.url("/playground/assets/playground.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!script.contains("unpkg.com") && !script.contains("cdn.jsdelivr"));
+    let missing = app
+        .client
+        .get(app.url("/playground/assets/../Cargo.toml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

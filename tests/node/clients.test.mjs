@@ -20,110 +20,17 @@ import { auditServer } from 'graphql-http';
 import { ApolloClient, HttpLink, InMemoryCache, gql } from '@apollo/client';
 import { PersistedQueryLink } from '@apollo/client/link/persisted-queries';
 
-const BIN = process.env.VOICEGRAPH_BIN;
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
-const KEY = 'vg_node_client_tests_admin_key';
-const JWT_SECRET = 'node-client-tests-hs256-secret-of-32-bytes-or-more';
-const APP_ORIGIN = 'https://app.example.com';
-const PING_MS = 300;
-const RECORDING = readFileSync(path.join(ROOT, 'playground/samples/call.wav'));
-
-const servers = [];
-after(() => {
-  for (const s of servers) s.stop();
-});
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Starts voicegraph (every role, embedded backends) and waits until it answers. */
-async function startServer(extraEnv = {}) {
-  assert.ok(BIN, 'VOICEGRAPH_BIN must name the voicegraph binary');
-  const port = await freePort();
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'vg-node-'));
-  const child = spawn(BIN, ['dev'], {
-    env: {
-      PATH: process.env.PATH,
-      VOICEGRAPH_LISTEN: `127.0.0.1:${port}`,
-      VOICEGRAPH_DATA_DIR: dir,
-      VOICEGRAPH_BOOTSTRAP_ADMIN_KEY: KEY,
-      VOICEGRAPH_WS_PING_INTERVAL_MS: String(PING_MS),
-      VOICEGRAPH_WS_PONG_TIMEOUT_MS: '2000',
-      VOICEGRAPH_JWT_HS256_SECRET: JWT_SECRET,
-      VOICEGRAPH_CORS_ORIGINS: APP_ORIGIN,
-      VOICEGRAPH_RELAY_POLL_MS: '50',
-      RUST_LOG: 'warn',
-      ...extraEnv,
-    },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  const url = `http://127.0.0.1:${port}`;
-  const server = {
-    url,
-    graphql: `${url}/graphql`,
-    ws: `ws://127.0.0.1:${port}/graphql`,
-    port,
-    stop() {
-      child.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-  servers.push(server);
-  for (let i = 0; i < 600; i++) {
-    try {
-      const r = await fetch(`${url}/healthz`);
-      if (r.ok) return server;
-    } catch {
-      // not listening yet
-    }
-    if (child.exitCode !== null) throw new Error(`voicegraph exited with ${child.exitCode}`);
-    await sleep(50);
-  }
-  throw new Error('voicegraph did not start');
-}
-
-async function request(server, query, variables = {}, token = KEY) {
-  const r = await fetch(server.graphql, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await r.json();
-  assert.equal(body.errors, undefined, JSON.stringify(body));
-  return body.data;
-}
-
-/** Submits the sample recording as a multipart upload; returns the call id. */
-async function submit(server, token = KEY) {
-  const form = new FormData();
-  form.set(
-    'operations',
-    JSON.stringify({
-      query: 'mutation($r: Upload!) { submitCall(input: {recording: $r}) { call { id } } }',
-      variables: { r: null },
-    }),
-  );
-  form.set('map', JSON.stringify({ 0: ['variables.r'] }));
-  form.set('0', new Blob([RECORDING], { type: 'audio/wav' }), 'call.wav');
-  const r = await fetch(server.graphql, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'apollo-require-preflight': 'true' },
-    body: form,
-  });
-  const body = await r.json();
-  assert.equal(body.errors, undefined, JSON.stringify(body));
-  return body.data.submitCall.call.id;
-}
+import {
+  APP_ORIGIN,
+  JWT_SECRET,
+  KEY,
+  PING_MS,
+  freePort,
+  request,
+  sleep,
+  startServer,
+  submit,
+} from './server.mjs';
 
 function hs256(claims) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
