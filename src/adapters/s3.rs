@@ -217,13 +217,20 @@ impl BlobStore for S3BlobStore {
         }
     }
 
-    async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String> {
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: &str,
+    ) -> anyhow::Result<String> {
         let object = self.object_key(key)?;
         let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(&object)
+            // Signed into the URL: S3 answers with this Content-Type.
+            .response_content_type(content_type)
             .presigned(self.presigning(expires_in)?)
             .await
             .with_context(|| format!("presigning S3 GET {}", self.location(&object)))?;

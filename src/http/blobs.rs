@@ -31,8 +31,11 @@ pub async fn get(
     let Some(store) = state.app.local_blobs.clone() else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    // The type the link was signed with: the object is answered as that.
+    let kind = q.get("type").map(String::as_str).unwrap_or("");
     if let Err(e) = store.verify_get(
         &key,
+        kind,
         q.get("expires").map(String::as_str),
         q.get("signature").map(String::as_str),
     ) {
@@ -41,12 +44,21 @@ pub async fn get(
     use crate::ports::BlobStore;
     match store.get(&key).await {
         Ok(Some(bytes)) => {
-            let ct = if key.ends_with(".json") {
-                "application/json"
-            } else {
-                "application/octet-stream"
-            };
-            ([(header::CONTENT_TYPE, ct)], bytes).into_response()
+            let ct = header::HeaderValue::from_str(kind)
+                .ok()
+                .filter(|_| !kind.is_empty())
+                .unwrap_or(header::HeaderValue::from_static("application/octet-stream"));
+            (
+                [
+                    (header::CONTENT_TYPE, ct),
+                    (
+                        header::X_CONTENT_TYPE_OPTIONS,
+                        header::HeaderValue::from_static("nosniff"),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
         }
         Ok(None) => error_response(StatusCode::NOT_FOUND, "NOT_FOUND", "no such object"),
         Err(e) => {

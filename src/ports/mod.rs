@@ -116,8 +116,14 @@ pub trait BlobStore: Send + Sync {
     /// separate object: writing `from` later does not change it. `Ok(false)` when there is no
     /// object at `from`.
     async fn copy(&self, from: &str, to: &str) -> anyhow::Result<bool>;
-    /// A URL anyone can GET for `expires_in`.
-    async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String>;
+    /// A URL anyone can GET for `expires_in`, answered with `content_type` (what the object is,
+    /// e.g. the recording's type as submitted: a browser or player then knows what it got).
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: &str,
+    ) -> anyhow::Result<String>;
     /// A URL to PUT exactly `byte_size` bytes of `content_type` at `key` within `expires_in`,
     /// with the headers it returns. It works once: a PUT to a key that already holds an object
     /// is refused, so a second upload with the URL (or one racing the first) cannot replace

@@ -535,10 +535,26 @@ async fn text_search_tags_stats_and_delete() {
     // Delete removes rows, recording and results.
     let urls = app
         .gql_ok(
-            "query($id: ID!) { call(id: $id) { recording { url } resultUrl } }",
+            "query($id: ID!) { call(id: $id) { recording { url contentType } resultUrl } }",
             json!({ "id": b }),
         )
         .await;
+    // Before: the links answer with what they hold (a player or browser knows what it got).
+    for (url, kind) in [
+        (
+            &urls["call"]["recording"]["url"],
+            urls["call"]["recording"]["contentType"].as_str().unwrap(),
+        ),
+        (&urls["call"]["resultUrl"], "application/json"),
+    ] {
+        let r = app.client.get(url.as_str().unwrap()).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], kind, "{url}");
+    }
+    assert!(urls["call"]["recording"]["contentType"]
+        .as_str()
+        .unwrap()
+        .starts_with("audio/"));
     let d = app
         .gql_ok(
             "mutation($id: ID!) { deleteCall(id: $id) { deletedId } }",

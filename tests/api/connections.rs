@@ -221,7 +221,11 @@ async fn a_client_that_stops_reading_its_response_is_dropped() {
     let url = app
         .state
         .blobs
-        .presign_get("big.bin", Duration::from_secs(300))
+        .presign_get(
+            "big.bin",
+            Duration::from_secs(300),
+            "application/octet-stream",
+        )
         .await
         .unwrap();
     let path = url.strip_prefix(&format!("http://{}", app.addr)).unwrap();

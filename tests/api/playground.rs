@@ -325,3 +325,50 @@ async fn the_playground_is_served_whole_from_this_origin() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// The upload example, followed literally: its `byteSize` is the sample's, so the signed PUT of
+/// `playground/samples/call.wav` with the returned headers is accepted, and the upload submits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_example_uploads_the_sample_as_written() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sample = std::fs::read(root.join("playground/samples/call.wav")).unwrap();
+    let doc = voicegraph::http::playground::EXAMPLES
+        .iter()
+        .find(|(n, _)| *n == "02-create-upload.graphql")
+        .unwrap()
+        .1;
+    assert!(
+        doc.contains(&format!("{} bytes", sample.len())),
+        "the comment names the size"
+    );
+    let app = TestApp::spawn().await;
+    let up = app.gql_ok(doc, json!({})).await["createRecordingUpload"].clone();
+    let mut put = app
+        .client
+        .put(up["uploadUrl"].as_str().unwrap())
+        .body(sample);
+    // What the comment's curl sends.
+    put = put.header("Content-Type", "audio/wav");
+    for h in up["headers"].as_array().unwrap() {
+        assert!(
+            ["Content-Type", "Content-Length"].contains(&h["name"].as_str().unwrap()),
+            "the example's curl sends every header the URL needs: {h}"
+        );
+    }
+    let r = put.send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let submit = voicegraph::http::playground::EXAMPLES
+        .iter()
+        .find(|(n, _)| *n == "03-submit-uploaded.graphql")
+        .unwrap()
+        .1;
+    let vars = variables(
+        submit,
+        &[(
+            "<RECORDING_KEY>",
+            up["recordingKey"].as_str().unwrap().to_string(),
+        )],
+    );
+    let d = app.gql_ok(submit, vars).await;
+    assert_eq!(d["submitCall"]["call"]["status"], "QUEUED", "{d}");
+}

@@ -24,6 +24,18 @@ async function openTab(page, name) {
   }
 }
 
+/** Waits until the server counts a live subscription (its `/metrics`, open in development). */
+async function subscribed(server) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const live = Number(/^voicegraph_subscriptions (\d+)/m.exec(metrics)?.[1] ?? 0);
+    if (live > 0) return;
+    assert.ok(Date.now() < deadline, 'the subscription tab never subscribed');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** The text of the response pane, once it matches `pattern`. */
 async function response(page, pattern, what) {
   const pane = page.locator('.graphiql-response');
@@ -75,7 +87,8 @@ test('the playground works with the network cut off', async () => {
     // The subscription tab, then a call submitted while it runs.
     await openTab(page, 'WatchEvents');
     await page.locator('.graphiql-execute-button').click();
-    await page.waitForTimeout(300);
+    // The example follows events from now on: submit once the subscription is live.
+    await subscribed(server);
     const id = await submit(server);
     const seen = await response(page, new RegExp(`"${id}"[\\s\\S]*"COMPLETED"|"COMPLETED"[\\s\\S]*"${id}"`), 'WatchEvents');
     assert.match(seen, /"callEvents"/);

@@ -109,16 +109,22 @@ impl FsBlobStore {
         Ok(())
     }
 
+    /// Checks a signed GET; `content_type` is the one signed into the URL (its `type`).
     pub fn verify_get(
         &self,
         key: &str,
+        content_type: &str,
         expires: Option<&str>,
         signature: Option<&str>,
     ) -> Result<(), SignatureError> {
         if !valid_key(key) {
             return Err(SignatureError::BadKey);
         }
-        self.check(&["GET", key, expires.unwrap_or("")], expires, signature)
+        self.check(
+            &["GET", key, expires.unwrap_or(""), content_type],
+            expires,
+            signature,
+        )
     }
 
     pub fn verify_put(
@@ -273,11 +279,17 @@ impl BlobStore for FsBlobStore {
         .await?
     }
 
-    async fn presign_get(&self, key: &str, expires_in: Duration) -> anyhow::Result<String> {
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: &str,
+    ) -> anyhow::Result<String> {
         anyhow::ensure!(valid_key(key), "invalid object key {key:?}");
         let exp = Self::expiry(expires_in).timestamp().to_string();
-        let sig = self.sign(&["GET", key, &exp]);
-        Ok(self.url(key, &format!("expires={exp}&signature={sig}")))
+        let sig = self.sign(&["GET", key, &exp, content_type]);
+        let kind: String = url::form_urlencoded::byte_serialize(content_type.as_bytes()).collect();
+        Ok(self.url(key, &format!("expires={exp}&type={kind}&signature={sig}")))
     }
 
     async fn presign_put(
@@ -347,24 +359,33 @@ mod tests {
     async fn signed_urls_verify_and_tampering_fails() {
         let (_d, s) = store();
         let url = s
-            .presign_get("a/b.wav", Duration::from_secs(60))
+            .presign_get("a/b.wav", Duration::from_secs(60), "audio/wav")
             .await
             .unwrap();
         let q = url.split_once('?').unwrap().1;
+        assert!(q.contains("&type=audio%2Fwav&"), "{q}");
         let exp = q.split('&').next().unwrap().trim_start_matches("expires=");
         let sig = q.split("signature=").nth(1).unwrap();
-        assert_eq!(s.verify_get("a/b.wav", Some(exp), Some(sig)), Ok(()));
         assert_eq!(
-            s.verify_get("a/c.wav", Some(exp), Some(sig)),
+            s.verify_get("a/b.wav", "audio/wav", Some(exp), Some(sig)),
+            Ok(())
+        );
+        assert_eq!(
+            s.verify_get("a/c.wav", "audio/wav", Some(exp), Some(sig)),
+            Err(SignatureError::Invalid)
+        );
+        // The type is signed: a URL made to answer as HTML is refused.
+        assert_eq!(
+            s.verify_get("a/b.wav", "text/html", Some(exp), Some(sig)),
             Err(SignatureError::Invalid)
         );
         let later = (exp.parse::<i64>().unwrap() + 1).to_string();
         assert_eq!(
-            s.verify_get("a/b.wav", Some(&later), Some(sig)),
+            s.verify_get("a/b.wav", "audio/wav", Some(&later), Some(sig)),
             Err(SignatureError::Invalid)
         );
         assert_eq!(
-            s.verify_get("a/b.wav", None, Some(sig)),
+            s.verify_get("a/b.wav", "audio/wav", None, Some(sig)),
             Err(SignatureError::Missing)
         );
 
@@ -393,9 +414,9 @@ mod tests {
     async fn expired_urls_are_refused() {
         let (_d, s) = store();
         let exp = (Utc::now().timestamp() - 5).to_string();
-        let sig = s.sign(&["GET", "k", &exp]);
+        let sig = s.sign(&["GET", "k", &exp, "audio/wav"]);
         assert_eq!(
-            s.verify_get("k", Some(&exp), Some(&sig)),
+            s.verify_get("k", "audio/wav", Some(&exp), Some(&sig)),
             Err(SignatureError::Expired)
         );
     }

@@ -201,16 +201,23 @@ pub struct SignedUrl {
     pub expires_at: Timestamp,
 }
 
+/// What a results document is answered as.
+pub(super) const RESULTS_TYPE: &str = "application/json";
+
+/// What a recording is answered as when its type is unknown.
+const UNKNOWN_TYPE: &str = "application/octet-stream";
+
 pub(super) async fn signed(
     ctx: &Context<'_>,
     key: &str,
+    content_type: &str,
     expires_in: Option<i32>,
 ) -> Result<SignedUrl> {
     let expiry = url_expiry(ctx, expires_in)?;
     let expires_at = Utc::now() + chrono::Duration::from_std(expiry).unwrap_or_default();
     let url = state(ctx)
         .blobs
-        .presign_get(key, expiry)
+        .presign_get(key, expiry, content_type)
         .await
         .map_err(|e| AppError::Internal(e).extend())?;
     Ok(SignedUrl {
@@ -219,14 +226,14 @@ pub(super) async fn signed(
     })
 }
 
-/// A signed link to `key`, when there is one.
+/// A signed link to the results document `key`, when there is one.
 pub(super) async fn signed_if(
     ctx: &Context<'_>,
     key: Option<&str>,
     expires_in: Option<i32>,
 ) -> Result<Option<SignedUrl>> {
     match key {
-        Some(key) => Ok(Some(signed(ctx, key, expires_in).await?)),
+        Some(key) => Ok(Some(signed(ctx, key, RESULTS_TYPE, expires_in).await?)),
         None => Ok(None),
     }
 }
@@ -267,7 +274,9 @@ impl Recording {
         )]
         expires_in: Option<i32>,
     ) -> Result<String> {
-        Ok(signed(ctx, &self.key, expires_in).await?.url)
+        Ok(signed(ctx, &self.key, self.answered_as(), expires_in)
+            .await?
+            .url)
     }
     /// The same link with its expiry time.
     async fn download(
@@ -278,7 +287,14 @@ impl Recording {
         )]
         expires_in: Option<i32>,
     ) -> Result<SignedUrl> {
-        signed(ctx, &self.key, expires_in).await
+        signed(ctx, &self.key, self.answered_as(), expires_in).await
+    }
+}
+
+impl Recording {
+    /// The type the recording was submitted as.
+    fn answered_as(&self) -> &str {
+        self.content_type.as_deref().unwrap_or(UNKNOWN_TYPE)
     }
 }
 
