@@ -47,13 +47,18 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    if let Some(Command::Submit(args)) = cli.command {
-        let completed = voicegraph::client::submit(args, &mut std::io::stdout()).await?;
-        return Ok(if completed {
-            std::process::ExitCode::SUCCESS
-        } else {
-            std::process::ExitCode::from(2)
-        });
+    match cli.command {
+        Some(Command::Submit(args)) => {
+            let json = args.client.json;
+            let outcome = voicegraph::client::submit(args, &mut std::io::stdout()).await;
+            return Ok(client_exit(outcome, json));
+        }
+        Some(Command::Calls(args)) => {
+            let json = args.client.json;
+            let outcome = voicegraph::client::calls(args, &mut std::io::stdout()).await;
+            return Ok(client_exit(outcome, json));
+        }
+        _ => {}
     }
     let layers = Layers::from_process()?;
     // Invalid settings stop the start below, with their own error.
@@ -106,7 +111,8 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
         }
         Command::PrintSchema { .. }
         | Command::PrintTrustedDocuments { .. }
-        | Command::Submit(_) => unreachable!("handled above"),
+        | Command::Submit(_)
+        | Command::Calls(_) => unreachable!("handled above"),
     };
     let listen = settings.listen.clone();
     let app = Application::build(settings, roles).await?;
@@ -137,6 +143,20 @@ async fn run() -> anyhow::Result<std::process::ExitCode> {
     });
     app.run_until_stopped().await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A client command's exit code, its error reported as the output goes (JSON or text).
+fn client_exit(
+    outcome: voicegraph::client::ClientResult<voicegraph::client::ExitKind>,
+    json: bool,
+) -> std::process::ExitCode {
+    match outcome {
+        Ok(kind) => std::process::ExitCode::from(kind.code()),
+        Err(e) => {
+            voicegraph::client::report(&e, json);
+            std::process::ExitCode::from(e.kind.code())
+        }
+    }
 }
 
 fn display(listen: &str, port: u16) -> String {
