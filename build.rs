@@ -1,5 +1,5 @@
-//! Builds the playground's assets (`playground/web`: GraphiQL, React and graphql-ws from npm,
-//! pinned by its lockfile, bundled by esbuild) into `OUT_DIR/playground`, for the binary to
+//! Builds the playground's and the dashboard's assets (`playground/web`: GraphiQL, React and
+//! graphql-ws from npm, pinned by its lockfile, bundled by esbuild) into `OUT_DIR/playground`, for the binary to
 //! embed and serve, so that the page loads nothing from anywhere but its own origin.
 //!
 //! It needs Node.js and npm (`npm ci` runs when `node_modules` does not match the lockfile).
@@ -34,11 +34,17 @@ fn main() {
                 "document.getElementById('graphiql').textContent = {};",
                 js_string(&message)
             );
-            std::fs::write(out.join("playground.js"), script).expect("writing the fallback");
+            std::fs::write(out.join("playground.js"), &script).expect("writing the fallback");
+            std::fs::write(
+                out.join("dashboard.js"),
+                script.replace("'graphiql'", "'dashboard'"),
+            )
+            .expect("writing the fallback");
             for empty in [
                 "playground.css",
                 "playground.js.LEGAL.txt",
                 "playground.css.LEGAL.txt",
+                "dashboard.js.LEGAL.txt",
             ] {
                 std::fs::write(out.join(empty), "").expect("writing the fallback");
             }

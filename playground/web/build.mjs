@@ -1,5 +1,5 @@
 // Bundles src/playground.jsx (and the styles it imports) into <out>/playground.js and
-// <out>/playground.css, from the packages in node_modules (installed by `npm ci` from the
+// <out>/playground.css, and src/dashboard.jsx into <out>/dashboard.js, from the packages in node_modules (installed by `npm ci` from the
 // lockfile). Usage: node build.mjs <out dir>
 import { build } from 'esbuild';
 
@@ -9,7 +9,7 @@ if (!out) {
   process.exit(2);
 }
 await build({
-  entryPoints: { playground: 'src/playground.jsx' },
+  entryPoints: { playground: 'src/playground.jsx', dashboard: 'src/dashboard.jsx' },
   bundle: true,
   minify: true,
   format: 'iife',

@@ -67,7 +67,8 @@ pub fn router(app: AppState, schema: AppSchema) -> anyhow::Result<Router> {
         router = router
             .route("/", get(playground::page))
             .route("/playground/examples.json", get(playground::examples))
-            .route("/playground/assets/{name}", get(playground::asset));
+            .route("/playground/assets/{name}", get(playground::asset))
+            .route("/dashboard", get(playground::dashboard));
     }
     match metrics::Access::from_settings(&app.settings) {
         metrics::Access::Open => router = router.route("/metrics", get(metrics::scrape)),

@@ -52,6 +52,14 @@ pub const EXAMPLES: &[(&str, &str)] = &[
 
 const PAGE: &str = include_str!("../../playground/index.html");
 const PAGE_CSS: &str = include_str!("../../playground/page.css");
+const DASHBOARD: &str = include_str!("../../playground/dashboard.html");
+const DASHBOARD_CSS: &str = include_str!("../../playground/dashboard.css");
+const DASHBOARD_SCRIPT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/playground/dashboard.js"));
+const DASHBOARD_LEGAL: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/playground/dashboard.js.LEGAL.txt"
+));
 const SCRIPT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/playground/playground.js"));
 const STYLES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/playground/playground.css"));
 /// The licence notices of what the bundles hold (esbuild gathers them; the bundles link here).
@@ -75,12 +83,21 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsa
                    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub async fn page() -> Response {
+    html(PAGE)
+}
+
+/// The analysts' dashboard (`/dashboard`): charts of the tenant's calls from the public API.
+pub async fn dashboard() -> Response {
+    html(DASHBOARD)
+}
+
+fn html(page: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, CSP),
         ],
-        PAGE,
+        page,
     )
         .into_response()
 }
@@ -91,6 +108,9 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         "playground.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "playground.css" => (STYLES, "text/css; charset=utf-8"),
         "page.css" => (PAGE_CSS.as_bytes(), "text/css; charset=utf-8"),
+        "dashboard.js" => (DASHBOARD_SCRIPT, "text/javascript; charset=utf-8"),
+        "dashboard.css" => (DASHBOARD_CSS.as_bytes(), "text/css; charset=utf-8"),
+        "dashboard.js.LEGAL.txt" => (DASHBOARD_LEGAL, "text/plain; charset=utf-8"),
         "playground.js.LEGAL.txt" => (SCRIPT_LEGAL, "text/plain; charset=utf-8"),
         "playground.css.LEGAL.txt" => (STYLES_LEGAL, "text/plain; charset=utf-8"),
         _ => return StatusCode::NOT_FOUND.into_response(),

@@ -291,6 +291,8 @@ async fn the_playground_is_served_whole_from_this_origin() {
         ("playground.css", "text/css", 10_000),
         ("page.css", "text/css", 100),
         ("playground.js.LEGAL.txt", "text/plain", 100),
+        ("dashboard.js", "text/javascript", 100_000),
+        ("dashboard.css", "text/css", 100),
     ] {
         let r = app
             .client
@@ -317,6 +319,15 @@ async fn the_playground_is_served_whole_from_this_origin() {
         .await
         .unwrap();
     assert!(!script.contains("unpkg.com") && !script.contains("cdn.jsdelivr"));
+    let dashboard = app.client.get(app.url("/dashboard")).send().await.unwrap();
+    assert_eq!(dashboard.status(), 200);
+    assert_eq!(dashboard.headers()["content-security-policy"], csp.as_str());
+    let html = dashboard.text().await.unwrap();
+    assert!(html.contains("/playground/assets/dashboard.js") && !html.contains("<script>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
     let missing = app
         .client
         .get(app.url("/playground/assets/../Cargo.toml"))

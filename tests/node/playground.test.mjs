@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 
 import { chromium } from 'playwright-core';
 
-import { KEY, startServer, submit } from './server.mjs';
+import { KEY, startServer, submit, subscribed } from './server.mjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
@@ -21,18 +21,6 @@ async function openTab(page, name) {
   while (!(await editor.innerText()).includes(` ${name}`)) {
     assert.ok(Date.now() < deadline, `the ${name} tab never showed its document`);
     await page.waitForTimeout(50);
-  }
-}
-
-/** Waits until the server counts a live subscription (its `/metrics`, open in development). */
-async function subscribed(server) {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const metrics = await (await fetch(`${server.url}/metrics`)).text();
-    const live = Number(/^voicegraph_subscriptions (\d+)/m.exec(metrics)?.[1] ?? 0);
-    if (live > 0) return;
-    assert.ok(Date.now() < deadline, 'the subscription tab never subscribed');
-    await new Promise((r) => setTimeout(r, 50));
   }
 }
 

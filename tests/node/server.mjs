@@ -85,6 +85,18 @@ export async function startServer(extraEnv = {}) {
   throw new Error('voicegraph did not start');
 }
 
+/** Waits until the server counts a live subscription (its `/metrics`, open in development). */
+export async function subscribed(server) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const live = Number(/^voicegraph_subscriptions (\d+)/m.exec(metrics)?.[1] ?? 0);
+    if (live > 0) return;
+    assert.ok(Date.now() < deadline, 'no subscription became live');
+    await sleep(50);
+  }
+}
+
 export async function request(server, query, variables = {}, token = KEY) {
   const r = await fetch(server.graphql, {
     method: 'POST',
@@ -96,14 +108,19 @@ export async function request(server, query, variables = {}, token = KEY) {
   return body.data;
 }
 
-/** Submits the sample recording as a multipart upload; returns the call id. */
-export async function submit(server, token = KEY) {
+/**
+ * Submits the sample recording as a multipart upload, with the transcript `transcript` when
+ * given; returns the call id.
+ */
+export async function submit(server, token = KEY, transcript = null) {
   const form = new FormData();
   form.set(
     'operations',
     JSON.stringify({
-      query: 'mutation($r: Upload!) { submitCall(input: {recording: $r}) { call { id } } }',
-      variables: { r: null },
+      query: transcript
+        ? 'mutation($r: Upload!, $t: String!) { submitCall(input: {recording: $r, transcript: {text: $t}}) { call { id } } }'
+        : 'mutation($r: Upload!) { submitCall(input: {recording: $r}) { call { id } } }',
+      variables: transcript ? { r: null, t: transcript } : { r: null },
     }),
   );
   form.set('map', JSON.stringify({ 0: ['variables.r'] }));
