@@ -93,7 +93,7 @@ step "cargo test: every test, embedded database (SQLite)"
 cargo test --workspace --locked --lib --bins --tests -- --test-threads "$threads" --skip scale_out 2>&1 | tee -a "$log" || status=1
 step "cargo test: the integration suite again on Postgres"
 VOICEGRAPH_TEST_DB=postgres cargo test --locked --test api -- --test-threads "$threads" --skip scale_out 2>&1 | tee -a "$log" || status=1
-step "node: graphql-ws, graphql-sse, Apollo persisted queries, graphql-http audit, the playground in Chromium"
+step "node: graphql-ws, graphql-sse, Apollo persisted queries, graphql-http audit, standardwebhooks, the playground and dashboard in Chromium"
 (cd tests/node && VOICEGRAPH_BIN="$PWD/../../target/debug/voicegraph" node --test --test-concurrency=1 --test-reporter=spec) 2>&1 \
     | tee "$log.node" || status=1
 node_passed=$(grep -Eo '^ℹ pass [0-9]+' "$log.node" | grep -Eo '[0-9]+' || echo 0)

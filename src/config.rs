@@ -250,6 +250,21 @@ impl Layers {
                 .parse("trusted_documents_exempt_platform_admins", false)?,
             job_retry_base: Duration::from_millis(self.parse("job_retry_base_ms", 2000)?),
             relay_poll: Duration::from_millis(self.parse("relay_poll_ms", 500)?),
+            webhook_allow_private: self
+                .parse("webhook_allow_private", env == Environment::Development)?,
+            webhook_timeout: Duration::from_millis(
+                self.parse::<u64>("webhook_timeout_ms", 10_000)?
+                    .clamp(100, 60_000),
+            ),
+            webhook_retry_base: Duration::from_millis(
+                self.parse::<u64>("webhook_retry_base_ms", 5000)?.max(1),
+            ),
+            webhook_max_attempts: self
+                .parse::<u32>(
+                    "webhook_max_attempts",
+                    crate::domain::webhooks::RetrySchedule::DEFAULT_ATTEMPTS,
+                )?
+                .clamp(1, 50),
             watermark_poll: Duration::from_millis(self.parse("watermark_poll_ms", 500)?),
             notify_fallback: Duration::from_secs(
                 self.parse::<u64>("notify_fallback_secs", 30)?.max(1),
@@ -530,6 +545,16 @@ pub struct Settings {
     /// How often the relay looks for outbox rows written by other processes when the database
     /// sends no notifications (SQLite; Postgres while its listener reconnects).
     pub relay_poll: Duration,
+    /// Whether webhook endpoints may be private, loopback or link-local addresses (checked
+    /// after DNS resolution). Only in development by default.
+    pub webhook_allow_private: bool,
+    /// The longest a webhook endpoint may take to answer (connecting is bounded by half of it).
+    pub webhook_timeout: Duration,
+    /// The first retry delay of a failed webhook delivery; later ones grow to about a day in all
+    /// with the default (`domain::webhooks::RetrySchedule`).
+    pub webhook_retry_base: Duration,
+    /// Attempts of a webhook delivery before it is dead.
+    pub webhook_max_attempts: u32,
     /// How often an API instance checks for events its live feed did not bring, when the
     /// database sends no notifications (SQLite; Postgres while its listener reconnects).
     pub watermark_poll: Duration,

@@ -1,6 +1,16 @@
-//! The outbox relay: sequences new events in commit order, then delivers outbox rows — jobs to
-//! the queue, events to the publisher, blob deletions to the store — marking each sent only after
-//! its destination accepted it. Failed deliveries back off and are tried again.
+//! The outbox relay: sequences new events in commit order (making their webhook deliveries),
+//! then delivers outbox rows — jobs to the queue, events to the publisher, blob deletions to the
+//! store, webhook deliveries to tenants' endpoints — marking each sent only after its destination
+//! accepted it. Rows are claimed under a lease (`Store::claim_outbox`): no database lock is held
+//! while a destination answers.
+//!
+//! Each destination has its own retry policy and dead letter ([`policy`]): jobs and events are
+//! retried until they go (an outage of the queue or the topic must not lose them; the outbox's
+//! age shows it), blob deletions for about a day, webhook deliveries on their own schedule
+//! (`domain::webhooks::RetrySchedule`), each attempt recorded. A row whose retries run out is
+//! dead-lettered: kept with its last error, never claimed again, counted in
+//! `voicegraph_outbox_dead_letters_total`. Webhook deliveries run in a loop of their own, so a
+//! slow endpoint never holds up jobs and events.
 //!
 //! When traces are exported, each job sent and each event published has a span that continues
 //! the trace of whoever wrote it, and carries that span's context on to the worker or to the
@@ -14,24 +24,84 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::domain::{EventEnvelope, JobMessage, OutboxRecord};
 use crate::services::events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
+use crate::services::webhooks::{self, Attempted};
 use crate::state::AppState;
+use crate::store::{Destinations, DEST_WEBHOOK};
 use crate::telemetry;
 
 const BATCH: u64 = 200;
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 16;
+/// Webhook deliveries claimed at once, and in flight at once.
+const WEBHOOK_BATCH: u64 = 100;
+const WEBHOOK_CONCURRENCY: usize = 32;
+/// How long a claim keeps its rows from other relays: longer than a round takes.
+const LEASE: Duration = Duration::from_secs(60);
 
 enum Delivery {
     Sent,
     /// Not deliverable yet (an event not sequenced yet): leave it for the next round.
     NotYet,
+    /// Failed; due again at this time (a destination with its own schedule).
+    RetryAt(chrono::DateTime<Utc>, String),
+    /// Failed for good: dead-letter the row.
+    Dead(String),
+}
+
+/// How a destination retries a failed row, and when it gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The first delay; it doubles with each failure up to `cap`.
+    pub base: Duration,
+    pub cap: Duration,
+    /// Failures after which the row is dead-lettered; `None`: never.
+    pub give_up_after: Option<i32>,
+}
+
+/// The destination registry: each destination's retry policy (webhook deliveries schedule their
+/// own retries and dead letters, per delivery, and fall back on this only when an attempt could
+/// not even be recorded).
+pub fn policy(destination: &str) -> Policy {
+    let backoff = Policy {
+        base: Duration::from_millis(500),
+        cap: Duration::from_secs(300),
+        give_up_after: None,
+    };
+    match destination {
+        DEST_JOBS | DEST_EVENTS => backoff,
+        // 300 more tries at the cap after the first doublings: about a day.
+        DEST_BLOB_DELETE => Policy {
+            give_up_after: Some(300),
+            ..backoff
+        },
+        DEST_WEBHOOK => Policy {
+            base: Duration::from_secs(5),
+            ..backoff
+        },
+        // A destination this build does not know (written by a newer one): retried at the cap
+        // until a relay that knows it takes it.
+        _ => Policy {
+            base: Duration::from_secs(300),
+            ..backoff
+        },
+    }
+}
+
+impl Policy {
+    /// The delay after a row's `attempts`-th failure, or `None` to dead-letter it.
+    pub fn after_failure(&self, attempts: i32) -> Option<Duration> {
+        if self.give_up_after.is_some_and(|n| attempts >= n) {
+            return None;
+        }
+        Some((self.base * 2u32.saturating_pow(attempts.clamp(0, 20) as u32 - 1)).min(self.cap))
+    }
 }
 
 async fn deliver(
@@ -51,6 +121,21 @@ async fn deliver(
             for key in keys {
                 state.blobs.delete(&key).await?;
             }
+        }
+        DEST_WEBHOOK => {
+            let tenant = row.payload["tenant_id"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .context("webhook payload: tenant_id")?;
+            let delivery = row.payload["delivery_id"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .context("webhook payload: delivery_id")?;
+            return Ok(match webhooks::attempt(state, tenant, delivery).await? {
+                Attempted::Done => Delivery::Sent,
+                Attempted::RetryAt(at, e) => Delivery::RetryAt(at, e),
+                Attempted::Dead(e) => Delivery::Dead(e),
+            });
         }
         other => anyhow::bail!("unknown outbox destination {other:?}"),
     }
@@ -109,12 +194,14 @@ async fn send_jobs<'a>(
     outcomes
 }
 
-/// One round: returns how many rows were delivered.
+/// One round of jobs, events and blob deletions: returns how many rows were delivered.
 pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
     state.store.sequence_pending().await?;
-    let claim = state.store.claim_outbox(BATCH).await?;
+    let claim = state
+        .store
+        .claim_outbox(Destinations::AllBut(DEST_WEBHOOK), BATCH, LEASE)
+        .await?;
     if claim.rows.is_empty() {
-        claim.finish().await?;
         return Ok(0);
     }
     let event_ids: Vec<i64> = claim
@@ -159,7 +246,63 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
             .collect::<Vec<_>>()
             .await,
     );
+    Ok(settle(state, &claim, outcomes).await?.sent)
+}
+
+/// One round of webhook deliveries: returns how many rows it claimed.
+pub async fn relay_webhooks_once(state: &AppState) -> anyhow::Result<WebhookRound> {
+    let claim = state
+        .store
+        .claim_outbox(Destinations::Only(DEST_WEBHOOK), WEBHOOK_BATCH, LEASE)
+        .await?;
+    if claim.rows.is_empty() {
+        return Ok(WebhookRound::default());
+    }
+    let attempts: Vec<_> = claim
+        .rows
+        .iter()
+        .map(|row| async move { (row, deliver(state, row, None).await) })
+        .collect();
+    let outcomes = futures::stream::iter(attempts)
+        .buffer_unordered(WEBHOOK_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let settled = settle(state, &claim, outcomes).await?;
+    Ok(WebhookRound {
+        claimed: claim.rows.len(),
+        retries: settled.retries,
+    })
+}
+
+/// What a round of webhook deliveries did.
+#[derive(Debug, Default)]
+pub struct WebhookRound {
+    pub claimed: usize,
+    /// When the retries it scheduled fall due: the loop wakes for them (nothing announces a
+    /// retry).
+    pub retries: Vec<DateTime<Utc>>,
+}
+
+/// What settling a claim did.
+struct Settled {
+    sent: usize,
+    retries: Vec<DateTime<Utc>>,
+}
+
+/// Marks what was delivered, releases what could not go yet, reschedules or dead-letters the
+/// failures by their destination's policy.
+async fn settle(
+    state: &AppState,
+    claim: &crate::store::OutboxClaim,
+    outcomes: Vec<(&OutboxRecord, anyhow::Result<Delivery>)>,
+) -> anyhow::Result<Settled> {
+    let mut retries = Vec::new();
+    let mut retry_at = |at: DateTime<Utc>| {
+        retries.push(at);
+        at
+    };
     let mut sent_ids = Vec::new();
+    let mut not_yet = Vec::new();
     let now = Utc::now();
     for (row, result) in outcomes {
         match result {
@@ -172,25 +315,43 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
                     .with_label_values(&[row.destination.as_str()])
                     .observe(late.as_secs_f64());
             }
-            Ok(Delivery::NotYet) => {}
+            Ok(Delivery::NotYet) => not_yet.push(row.id),
+            Ok(Delivery::RetryAt(at, e)) => claim.reschedule(row, &e, retry_at(at)).await?,
+            Ok(Delivery::Dead(e)) => dead_letter(state, claim, row, &e).await?,
             Err(e) => {
-                let delay = Duration::from_millis(500)
-                    * 2u32.saturating_pow(row.attempts.clamp(0, 10) as u32);
-                let delay = delay.min(Duration::from_secs(300));
-                tracing::warn!(outbox = row.id, destination = %row.destination, attempts = row.attempts + 1, error = %e, "outbox delivery failed; will retry");
-                claim
-                    .reschedule(
-                        row,
-                        &format!("{e:#}"),
-                        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-                    )
-                    .await?;
+                let error = format!("{e:#}");
+                match policy(&row.destination).after_failure(row.attempts + 1) {
+                    Some(delay) => {
+                        tracing::warn!(outbox = row.id, destination = %row.destination, attempts = row.attempts + 1, error = %error, "outbox delivery failed; will retry");
+                        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                        claim.reschedule(row, &error, retry_at(at)).await?;
+                    }
+                    None => dead_letter(state, claim, row, &error).await?,
+                }
             }
         }
     }
+    claim.release(&not_yet).await?;
     claim.mark_sent(&sent_ids).await?;
-    claim.finish().await?;
-    Ok(sent_ids.len())
+    Ok(Settled {
+        sent: sent_ids.len(),
+        retries,
+    })
+}
+
+async fn dead_letter(
+    state: &AppState,
+    claim: &crate::store::OutboxClaim,
+    row: &OutboxRecord,
+    error: &str,
+) -> anyhow::Result<()> {
+    tracing::error!(outbox = row.id, destination = %row.destination, attempts = row.attempts + 1, error = %error, "outbox row dead-lettered: its destination's retries ran out");
+    state
+        .metrics
+        .outbox_dead_letters
+        .with_label_values(&[row.destination.as_str()])
+        .inc();
+    claim.dead_letter(row, error).await
 }
 
 /// Removes delivered outbox rows older than a day so the table stays small.
@@ -204,11 +365,26 @@ async fn purge(state: &AppState) -> anyhow::Result<()> {
 
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     tracing::info!("relay started");
+    // The webhook loop is woken by the main loop after each of its rounds: sequencing there is
+    // what makes deliveries, and the nudges and notices all go to the main loop.
+    let webhook_wakeup = std::sync::Arc::new(tokio::sync::Notify::new());
+    let webhooks = tokio::spawn(webhook_loop(
+        state.clone(),
+        shutdown.clone(),
+        webhook_wakeup.clone(),
+    ));
+    main_loop(&state, &shutdown, &webhook_wakeup).await;
+    let _ = webhooks.await;
+    tracing::info!("relay stopped");
+}
+
+/// Jobs, events and blob deletions; sequencing; purging; the outbox metrics.
+async fn main_loop(state: &AppState, shutdown: &CancellationToken, webhooks: &tokio::sync::Notify) {
     let notifications = state.store.notifications().clone();
     let mut last_purge = std::time::Instant::now();
     let mut failures = 0u32;
     loop {
-        let delivered = match relay_once(&state).await {
+        let delivered = match relay_once(state).await {
             Ok(n) => {
                 failures = 0;
                 n
@@ -219,9 +395,10 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                 0
             }
         };
+        webhooks.notify_one();
         if last_purge.elapsed() > Duration::from_secs(600) {
             last_purge = std::time::Instant::now();
-            if let Err(e) = purge(&state).await {
+            if let Err(e) = purge(state).await {
                 tracing::warn!(error = %e, "purging the outbox failed");
             }
         }
@@ -260,5 +437,55 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    tracing::info!("relay stopped");
+}
+
+/// Webhook deliveries: a round after each round of the main loop, at once again while rounds
+/// come back full, and when a retry this loop scheduled falls due (retries scheduled before
+/// the main loop last looked wake it, and it wakes this one).
+async fn webhook_loop(
+    state: AppState,
+    shutdown: CancellationToken,
+    wakeup: std::sync::Arc<tokio::sync::Notify>,
+) {
+    let mut failures = 0u32;
+    // When the retries this loop scheduled fall due, those no round has claimed yet.
+    let mut retries = std::collections::BTreeSet::new();
+    loop {
+        // A round claims every row due when it starts: retries due by then are its own.
+        let started = Utc::now();
+        let round = match relay_webhooks_once(&state).await {
+            Ok(r) => {
+                failures = 0;
+                r
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "webhook relay round failed");
+                WebhookRound::default()
+            }
+        };
+        if round.claimed as u64 >= WEBHOOK_BATCH {
+            continue;
+        }
+        let now = Utc::now();
+        // Those due when the round started were claimed by it; one due since is claimed by the
+        // next round, at once.
+        retries.extend(round.retries);
+        retries = retries.split_off(&started);
+        let wait = if failures > 0 {
+            state.settings.relay_poll * std::cmp::min(failures + 1, 20)
+        } else {
+            retries
+                .first()
+                .map_or(state.settings.notify_fallback, |at| {
+                    (*at - now).to_std().unwrap_or_default()
+                })
+                .min(state.settings.notify_fallback)
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wakeup.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }

@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::http::metrics::Metrics;
 use crate::ports::{
     Acoustics, Analyzer, BlobStore, DocumentStore, EventFeed, EventPublisher, JobQueue,
+    WebhookSender,
 };
 use crate::services::auth::Authenticator;
 use crate::services::limits::Limits;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Rate limits, cost budgets and connection caps (counted in Redis or in process).
     pub limits: Arc<Limits>,
+    /// Delivers webhooks, guarded against requests to private addresses.
+    pub webhooks: Arc<dyn WebhookSender>,
 }
 
 /// The realtime queue (subscribed to the events topic) and where its events go.

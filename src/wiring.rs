@@ -461,6 +461,10 @@ pub async fn build_state(
 
     let revocations = Revocations::new(db.clone(), settings.revocation_poll);
 
+    let webhooks = Arc::new(crate::adapters::webhook_http::WebhookClient::new(
+        settings.webhook_allow_private,
+        settings.webhook_timeout,
+    )?);
     Ok(AppState {
         settings: Arc::new(settings),
         store: db,
@@ -483,6 +487,7 @@ pub async fn build_state(
         documents,
         metrics,
         limits,
+        webhooks,
     })
 }
 

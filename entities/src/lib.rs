@@ -12,3 +12,6 @@ pub mod outbox;
 pub mod persisted_queries;
 pub mod sequencer;
 pub mod tenants;
+pub mod webhook_attempts;
+pub mod webhook_deliveries;
+pub mod webhooks;

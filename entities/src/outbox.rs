@@ -14,6 +14,11 @@ pub struct Model {
     #[sea_orm(column_type = "Text", nullable)]
     pub last_error: Option<String>,
     pub sent_at: Option<DateTimeUtc>,
+    /// When its destination gave up on it (its retries ran out): kept for operators, never
+    /// claimed again.
+    pub dead_at: Option<DateTimeUtc>,
+    /// Until when a relay holds it (claimed, being delivered); free again after.
+    pub leased_until: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

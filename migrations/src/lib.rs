@@ -17,6 +17,7 @@ mod m20261204_000001_analyses_and_categories;
 mod m20261205_000001_notifications;
 mod m20261206_000001_submit_function;
 mod m20261206_000002_dead_letters_handled;
+mod m20261207_000001_webhooks;
 mod roles;
 
 pub use m20261205_000001_notifications::{
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000001_notifications::Migration),
             Box::new(m20261206_000001_submit_function::Migration),
             Box::new(m20261206_000002_dead_letters_handled::Migration),
+            Box::new(m20261207_000001_webhooks::Migration),
         ]
     }
 }

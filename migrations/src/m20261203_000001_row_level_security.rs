@@ -96,7 +96,7 @@ pub(crate) const DEFINER_SETTING: &str = "voicegraph.definer";
 /// `SET` clauses are restored at exit), hence the explicit restore; if the body raises, the
 /// (sub)transaction aborts and takes the setting with it. `body` leaves its result in `v_result`
 /// for a scalar function, or appends rows with `RETURN QUERY` for a set-returning one.
-fn definer_function(
+pub(crate) fn definer_function(
     schema: &str,
     name: &str,
     params: &str,
@@ -161,6 +161,24 @@ ALTER TABLE {table} DISABLE ROW LEVEL SECURITY;
 "#
     )
 }
+
+/// `voicegraph_sequence_pending`'s variables and body as this migration creates it (a later
+/// migration adds webhook deliveries to it, and puts this back when undone).
+pub(crate) const SEQUENCE_PENDING_DECLARE: &str = "v_current bigint;\n    v_result integer;";
+pub(crate) const SEQUENCE_PENDING_BODY: &str = r#"SELECT value INTO v_current FROM sequencer WHERE id = 1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'voicegraph_sequence_pending: the sequencer row (id = 1) is missing';
+    END IF;
+    WITH pending AS (
+        SELECT id FROM call_events WHERE seq IS NULL ORDER BY id LIMIT p_limit
+    ), numbered AS (
+        SELECT id, row_number() OVER (ORDER BY id) AS n FROM pending
+    )
+    UPDATE call_events e SET seq = v_current + numbered.n FROM numbered WHERE e.id = numbered.id;
+    GET DIAGNOSTICS v_result = ROW_COUNT;
+    IF v_result > 0 THEN
+        UPDATE sequencer SET value = v_current + v_result WHERE id = 1;
+    END IF;"#;
 
 /// The `CREATE FUNCTION`s.
 fn create_functions(schema: &str) -> String {
@@ -236,21 +254,8 @@ CREATE OR REPLACE FUNCTION voicegraph_current_tenant() RETURNS uuid
         "p_limit integer",
         "integer",
         "VOLATILE",
-        "v_current bigint;\n    v_result integer;",
-        r#"SELECT value INTO v_current FROM sequencer WHERE id = 1 FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'voicegraph_sequence_pending: the sequencer row (id = 1) is missing';
-    END IF;
-    WITH pending AS (
-        SELECT id FROM call_events WHERE seq IS NULL ORDER BY id LIMIT p_limit
-    ), numbered AS (
-        SELECT id, row_number() OVER (ORDER BY id) AS n FROM pending
-    )
-    UPDATE call_events e SET seq = v_current + numbered.n FROM numbered WHERE e.id = numbered.id;
-    GET DIAGNOSTICS v_result = ROW_COUNT;
-    IF v_result > 0 THEN
-        UPDATE sequencer SET value = v_current + v_result WHERE id = 1;
-    END IF;"#,
+        SEQUENCE_PENDING_DECLARE,
+        SEQUENCE_PENDING_BODY,
     );
     sql
 }

@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-const TENANT_TABLES: [&str; 7] = [
+const TENANT_TABLES: [&str; 10] = [
     "api_keys",
     "calls",
     "call_segments",
@@ -26,6 +26,9 @@ const TENANT_TABLES: [&str; 7] = [
     "audit_log",
     "analyses",
     "categories",
+    "webhooks",
+    "webhook_deliveries",
+    "webhook_attempts",
 ];
 const SYSTEM_TABLES: [&str; 6] = [
     "tenants",
@@ -411,8 +414,34 @@ fn insert_row(table: &str, tenant: Uuid, call: Uuid) -> String {
                  updated_at) VALUES ('{id}', '{tenant}', 'c{id}', 'c{id}', '[]', now(), now())"
             )
         }
+        // A tenant's seeded webhook and delivery have its call's id (see `seed`).
+        "webhooks" => insert_webhook(tenant, Uuid::new_v4()),
+        "webhook_deliveries" => insert_delivery(tenant, Uuid::new_v4(), call),
+        "webhook_attempts" => format!(
+            "INSERT INTO webhook_attempts (tenant_id, delivery_id, attempted_at, latency_ms, \
+             succeeded) VALUES ('{tenant}', '{call}', now(), 1, true)"
+        ),
         other => panic!("no fixture for {other}"),
     }
+}
+
+fn insert_webhook(tenant: Uuid, id: Uuid) -> String {
+    format!(
+        "INSERT INTO webhooks (id, tenant_id, url, events, secret, created_at, updated_at) \
+         VALUES ('{id}', '{tenant}', 'https://example.com/', '[]', 'whsec_x', now(), now())"
+    )
+}
+
+/// A delivery to the webhook whose id is `call`'s, of an event id no other delivery has (no
+/// event row is needed).
+fn insert_delivery(tenant: Uuid, id: Uuid, call: Uuid) -> String {
+    let event = (id.as_u128() as i64).unsigned_abs() >> 1;
+    format!(
+        "INSERT INTO webhook_deliveries (id, tenant_id, webhook_id, event_id, event_kind, \
+         event_status, call_id, event_created_at, message_id, status, attempts, created_at, \
+         updated_at) VALUES ('{id}', '{tenant}', '{call}', {event}, 'CREATED', 'QUEUED', \
+         '{call}', now(), 'msg_x', 'PENDING', 0, now(), now())"
+    )
 }
 
 /// A tenant with one row in every tenant table (its event unsequenced), written by the runtime
@@ -442,6 +471,9 @@ async fn seed(app: &DatabaseConnection) -> Tenant {
     exec(&txn, &insert_row("audit_log", id, call)).await;
     exec(&txn, &insert_row("analyses", id, call)).await;
     exec(&txn, &insert_row("categories", id, call)).await;
+    exec(&txn, &insert_webhook(id, call)).await;
+    exec(&txn, &insert_delivery(id, call, call)).await;
+    exec(&txn, &insert_row("webhook_attempts", id, call)).await;
     let event = scalar(
         &txn,
         &format!("{} RETURNING id", insert_row("call_events", id, call)),
@@ -1500,13 +1532,35 @@ async fn the_runtime_role_hears_committed_changes_only() {
             notice(KEYS_CHANNEL, a.key)
         );
 
-        // Sequencing, through the definer function: the new last position.
+        // Sequencing, through the definer function: the tenant's webhook takes every kind, so
+        // the event's delivery reaches the outbox, and then the new last position.
         let before = sequencer(&fx.su).await;
         let numbered: i32 = scalar(&fx.app, "SELECT voicegraph_sequence_pending(100)").await;
         assert_eq!(numbered, 1, "the seeded event");
+        assert_eq!(next_notice(&mut listener).await, notice(OUTBOX_CHANNEL, ""));
         assert_eq!(
             next_notice(&mut listener).await,
             notice(EVENTS_CHANNEL, before + 1)
+        );
+        let queued: i64 = scalar(
+            &fx.su,
+            "SELECT count(*) FROM outbox WHERE destination = 'webhook'",
+        )
+        .await;
+        assert_eq!(
+            queued, 1,
+            "one delivery of the one event to the one webhook"
+        );
+        // Without a webhook that takes it, an event reaches no outbox row and wakes no relay.
+        let txn = as_tenant(&fx.app, a.id).await;
+        exec(&txn, "DELETE FROM webhooks").await;
+        txn.commit().await.unwrap();
+        add_event(&fx.app, &a).await;
+        let numbered: i32 = scalar(&fx.app, "SELECT voicegraph_sequence_pending(100)").await;
+        assert_eq!(numbered, 1);
+        assert_eq!(
+            next_notice(&mut listener).await,
+            notice(EVENTS_CHANNEL, before + 2)
         );
         let numbered: i32 = scalar(&fx.app, "SELECT voicegraph_sequence_pending(100)").await;
         assert_eq!(numbered, 0);

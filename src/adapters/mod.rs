@@ -9,3 +9,4 @@ pub mod s3;
 pub mod secrets_manager;
 pub mod sns;
 pub mod sqs;
+pub mod webhook_http;

@@ -6,6 +6,7 @@ pub mod conversation;
 pub mod gcra;
 pub mod records;
 pub mod results;
+pub mod webhooks;
 
 pub use analysis::*;
 pub use call::*;

@@ -70,6 +70,12 @@ pub struct Metrics {
     pub outbox_delivery_seconds: HistogramVec,
     /// Age of the oldest outbox row not delivered yet (0 when none), as the relay last saw it.
     pub outbox_oldest_seconds: prometheus::Gauge,
+    /// Outbox rows given up on (their destination's retries ran out), by destination.
+    pub outbox_dead_letters: IntCounterVec,
+    /// Webhook attempts, by outcome (`delivered`, `failed`, `refused`).
+    pub webhook_attempts: IntCounterVec,
+    /// From an event being recorded to an endpoint accepting its delivery.
+    pub webhook_delivery_seconds: Histogram,
     /// From an event being recorded to its result being published to this instance's
     /// subscribers.
     pub event_fanout_seconds: Histogram,
@@ -227,6 +233,30 @@ impl Metrics {
             "Age of the oldest outbox row not delivered yet (0 when none), as this process's relay last saw it",
         )
         .expect("metric");
+        let outbox_dead_letters = IntCounterVec::new(
+            Opts::new(
+                "outbox_dead_letters_total",
+                "Outbox rows given up on (their destination's retries ran out), by destination",
+            ),
+            &["destination"],
+        )
+        .expect("metric");
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new(
+                "webhook_attempts_total",
+                "Webhook delivery attempts, by outcome (delivered, failed, refused)",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let webhook_delivery_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_delivery_seconds",
+                "From an event being recorded to an endpoint accepting its delivery",
+            )
+            .buckets(latency.clone()),
+        )
+        .expect("metric");
         let event_fanout_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "event_fanout_seconds",
@@ -267,6 +297,9 @@ impl Metrics {
             Box::new(build_info),
             Box::new(outbox_delivery_seconds.clone()),
             Box::new(outbox_oldest_seconds.clone()),
+            Box::new(outbox_dead_letters.clone()),
+            Box::new(webhook_attempts.clone()),
+            Box::new(webhook_delivery_seconds.clone()),
             Box::new(event_fanout_seconds.clone()),
             Box::new(analysis_seconds.clone()),
             Box::new(operations_in_flight.clone()),
@@ -321,6 +354,9 @@ impl Metrics {
             graphql_errors,
             outbox_delivery_seconds,
             outbox_oldest_seconds,
+            outbox_dead_letters,
+            webhook_attempts,
+            webhook_delivery_seconds,
             event_fanout_seconds,
             analysis_seconds,
             operation_names: Default::default(),

@@ -288,3 +288,37 @@ pub fn valid_key(key: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
 }
+
+/// What a webhook endpoint answered.
+#[derive(Debug, Clone)]
+pub struct WebhookAnswer {
+    pub status: u16,
+    pub latency: Duration,
+}
+
+/// Why a webhook request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookSendError {
+    /// The target may not be sent to (its form, or where it resolves to now).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Sent, but no answer came (connection, timeout); how long that took.
+    #[error("{0}")]
+    Failed(String, Duration),
+}
+
+/// Sends webhook requests, guarded against requests to places a tenant must not reach.
+#[async_trait]
+pub trait WebhookSender: Send + Sync {
+    /// Whether `url` may be an endpoint (its form and, for a host name, what it resolves to
+    /// now): the URL as it will be used, or why not.
+    async fn check_target(&self, url: &str) -> Result<String, String>;
+    /// POSTs the JSON `body` with `headers` to `url`: the answer's status, after reading a
+    /// bounded part of it.
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: String,
+    ) -> Result<WebhookAnswer, WebhookSendError>;
+}

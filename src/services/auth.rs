@@ -66,6 +66,7 @@ pub enum Permission {
     TagCalls,
     ManageCalls,
     ManageCategories,
+    ManageWebhooks,
     ManageKeys,
     ManageTenants,
     ReadAuditLog,
@@ -121,6 +122,12 @@ pub const PERMISSIONS: &[PermissionRow] = &[
         permission: Permission::ManageCategories,
         operations: "`createCategory`, `updateCategory`, `deleteCategory`",
         roles: &[Role::Admin, Role::Analyst],
+        platform_admin: false,
+    },
+    PermissionRow {
+        permission: Permission::ManageWebhooks,
+        operations: "`webhooks`, `webhook`, `webhookDeliveries`, `createWebhook`, `updateWebhook`, `deleteWebhook`, `rotateWebhookSecret`, `redeliverWebhook`",
+        roles: &[Role::Admin],
         platform_admin: false,
     },
     PermissionRow {

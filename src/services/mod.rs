@@ -13,3 +13,4 @@ pub mod limits;
 pub mod live;
 pub mod revocation;
 pub mod stats;
+pub mod webhooks;

@@ -36,6 +36,8 @@ pub(super) fn new_outbox(
         attempts: 0,
         last_error: None,
         sent_at: None,
+        dead_at: None,
+        leased_until: None,
     }
 }
 

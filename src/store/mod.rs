@@ -31,6 +31,7 @@ mod notify;
 mod outbox;
 pub mod queue;
 mod system;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +48,8 @@ pub use categories::CategoryFields;
 pub use events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
 pub use keys::NewKey;
 pub use notify::{Link, Notifications};
-pub use outbox::{OutboxClaim, OutboxPending};
+pub use outbox::{Destinations, OutboxClaim, OutboxPending};
+pub use webhooks::{DeliveryFilter, PreparedAttempt, WebhookFields, DEST_WEBHOOK};
 
 use crate::error::{AppError, AppResult};
 

@@ -1,13 +1,21 @@
-//! The outbox, as the relay works it: claim a batch of due rows, mark the delivered ones sent,
-//! reschedule the failed ones with a backoff, and purge what was sent long ago. The outbox holds
-//! no tenant's data (ids and blob keys only), so it is a system table without row-level security.
+//! The outbox, as the relay works it: claim a batch of due rows under a lease, mark the delivered
+//! ones sent, reschedule the failed ones with a backoff, dead-letter those whose destination gave
+//! up, and purge what was sent long ago. The outbox holds no tenant's data (ids and blob keys
+//! only), so it is a system table without row-level security.
+//!
+//! A claim is one statement that leases the rows (`leased_until`) and returns them; it holds no
+//! lock once it returns, so a relay never keeps a lock while a destination answers. On Postgres
+//! it skips rows another relay is leasing at that instant (`FOR UPDATE SKIP LOCKED`); a lease
+//! makes a row invisible to other claims until it ends, and a relay that dies mid-delivery
+//! leaves its rows to be claimed again when their lease runs out (deliveries are at least once).
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entities::outbox;
-use sea_orm::sea_query::{Expr, ExprTrait, Func, LockBehavior, LockType};
+use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
 };
 
 use super::Store;
@@ -22,12 +30,16 @@ pub struct OutboxPending {
     pub oldest: Option<DateTime<Utc>>,
 }
 
-/// A claimed batch of outbox rows. On Postgres the rows are locked (`FOR UPDATE SKIP LOCKED`)
-/// until [`OutboxClaim::finish`], so relays on several instances share the outbox instead of
-/// sending the same rows; SQLite serialises writers anyway, and a long read transaction there
-/// would only turn the marks into snapshot conflicts.
+/// Which destinations a claim takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Destinations<'a> {
+    Only(&'a str),
+    AllBut(&'a str),
+}
+
+/// A claimed batch of outbox rows, leased to this relay until each is marked, rescheduled,
+/// released or dead-lettered (or the lease runs out).
 pub struct OutboxClaim {
-    txn: Option<DatabaseTransaction>,
     db: DatabaseConnection,
     pub rows: Vec<OutboxRecord>,
 }
@@ -45,25 +57,55 @@ impl From<outbox::Model> for OutboxRecord {
 }
 
 impl Store {
-    /// Claims up to `batch` due rows, oldest first.
-    pub async fn claim_outbox(&self, batch: u64) -> anyhow::Result<OutboxClaim> {
-        let query = outbox::Entity::find()
-            .filter(outbox::Column::SentAt.is_null())
-            .filter(outbox::Column::AvailableAt.lte(Utc::now()))
-            .order_by_asc(outbox::Column::Id)
-            .limit(batch);
-        let (txn, rows) = if self.is_postgres() {
-            let txn = self.db.begin().await?;
-            let rows = query
-                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                .all(&txn)
-                .await?;
-            (Some(txn), rows)
-        } else {
-            (None, query.all(&self.db).await?)
+    /// Claims up to `batch` due rows of `destinations`, oldest first, leased for `lease`.
+    pub async fn claim_outbox(
+        &self,
+        destinations: Destinations<'_>,
+        batch: u64,
+        lease: Duration,
+    ) -> anyhow::Result<OutboxClaim> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(lease)?;
+        let (op, destination) = match destinations {
+            Destinations::Only(d) => ("=", d),
+            Destinations::AllBut(d) => ("<>", d),
         };
+        let (backend, sql) = if self.is_postgres() {
+            (
+                DbBackend::Postgres,
+                format!(
+                    "UPDATE outbox SET leased_until = $1 WHERE id IN (SELECT id FROM outbox \
+                     WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
+                     AND (leased_until IS NULL OR leased_until <= $2) AND destination {op} $3 \
+                     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING *"
+                ),
+            )
+        } else {
+            (
+                DbBackend::Sqlite,
+                format!(
+                    "UPDATE outbox SET leased_until = $1 WHERE id IN (SELECT id FROM outbox \
+                     WHERE sent_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
+                     AND (leased_until IS NULL OR leased_until <= $2) AND destination {op} $3 \
+                     ORDER BY id LIMIT $4) RETURNING *"
+                ),
+            )
+        };
+        let mut rows = outbox::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [
+                    until.into(),
+                    now.into(),
+                    destination.into(),
+                    (batch as i64).into(),
+                ],
+            ))
+            .all(&self.db)
+            .await?;
+        rows.sort_by_key(|r| r.id);
         Ok(OutboxClaim {
-            txn,
             db: self.db.clone(),
             rows: rows.into_iter().map(Into::into).collect(),
         })
@@ -83,6 +125,7 @@ impl Store {
             .column_as(Expr::expr(Func::min(due_later)), "due")
             .column_as(outbox::Column::CreatedAt.min(), "oldest")
             .filter(outbox::Column::SentAt.is_null())
+            .filter(outbox::Column::DeadAt.is_null())
             .into_tuple()
             .one(&self.db)
             .await?;
@@ -90,10 +133,14 @@ impl Store {
         Ok(OutboxPending { next_due, oldest })
     }
 
-    /// Removes rows sent before `before`, so the table stays small.
+    /// Removes rows sent (or dead-lettered) before `before`, so the table stays small.
     pub async fn purge_outbox(&self, before: DateTime<Utc>) -> anyhow::Result<u64> {
         Ok(outbox::Entity::delete_many()
-            .filter(outbox::Column::SentAt.lt(before))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(outbox::Column::SentAt.lt(before))
+                    .add(outbox::Column::DeadAt.lt(before)),
+            )
             .exec(&self.db)
             .await?
             .rows_affected)
@@ -106,17 +153,35 @@ impl OutboxClaim {
         if ids.is_empty() {
             return Ok(());
         }
-        let update = outbox::Entity::update_many()
+        outbox::Entity::update_many()
             .col_expr(outbox::Column::SentAt, Expr::value(Utc::now()))
+            .col_expr(
+                outbox::Column::LeasedUntil,
+                Expr::value(None::<DateTime<Utc>>),
+            )
             .col_expr(
                 outbox::Column::Attempts,
                 Expr::col(outbox::Column::Attempts).add(1),
             )
-            .filter(outbox::Column::Id.is_in(ids.iter().copied()));
-        match &self.txn {
-            Some(txn) => update.exec(txn).await?,
-            None => update.exec(&self.db).await?,
-        };
+            .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the lease of rows that could not go yet, untouched otherwise: due again at once.
+    pub async fn release(&self, ids: &[i64]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        outbox::Entity::update_many()
+            .col_expr(
+                outbox::Column::LeasedUntil,
+                Expr::value(None::<DateTime<Utc>>),
+            )
+            .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -127,23 +192,33 @@ impl OutboxClaim {
         error: &str,
         at: DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        let update = outbox::Entity::update_many()
+        outbox::Entity::update_many()
             .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
             .col_expr(outbox::Column::LastError, Expr::value(error.to_string()))
             .col_expr(outbox::Column::AvailableAt, Expr::value(at))
-            .filter(outbox::Column::Id.eq(row.id));
-        match &self.txn {
-            Some(txn) => update.exec(txn).await?,
-            None => update.exec(&self.db).await?,
-        };
+            .col_expr(
+                outbox::Column::LeasedUntil,
+                Expr::value(None::<DateTime<Utc>>),
+            )
+            .filter(outbox::Column::Id.eq(row.id))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
-    /// Commits the marks and releases the claim.
-    pub async fn finish(self) -> anyhow::Result<()> {
-        if let Some(txn) = self.txn {
-            txn.commit().await?;
-        }
+    /// Gives up on `row`: its destination's retries ran out. It stays, dead, for operators.
+    pub async fn dead_letter(&self, row: &OutboxRecord, error: &str) -> anyhow::Result<()> {
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::Attempts, Expr::value(row.attempts + 1))
+            .col_expr(outbox::Column::LastError, Expr::value(error.to_string()))
+            .col_expr(outbox::Column::DeadAt, Expr::value(Utc::now()))
+            .col_expr(
+                outbox::Column::LeasedUntil,
+                Expr::value(None::<DateTime<Utc>>),
+            )
+            .filter(outbox::Column::Id.eq(row.id))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 }

@@ -8,11 +8,12 @@
 //! - `key_tenant`: the tenant of a key the platform admin revokes;
 //! - `events_between_all`: the instance's event hub catching up, for every tenant at once;
 //! - `events_by_id`: the outbox relay publishing events;
-//! - `sequence_pending`: the relay giving committed events their positions.
+//! - `sequence_pending`: the relay giving committed events their positions, and making their
+//!   deliveries to the tenants' webhook endpoints.
 
 use std::collections::{HashMap, HashSet};
 
-use entities::{api_keys, call_events, sequencer};
+use entities::{api_keys, call_events, outbox, sequencer, webhook_deliveries, webhooks};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -21,6 +22,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::events::{envelope, REPLAY_PAGE};
+use super::webhooks::{new_delivery, takes};
 use super::Store;
 use crate::domain::{ApiKeyRecord, EventEnvelope};
 
@@ -224,6 +226,36 @@ impl Store {
                 .filter(call_events::Column::Id.eq(event.id))
                 .exec(&txn)
                 .await?;
+        }
+        // The deliveries to the tenants' webhook endpoints, as Postgres's function makes them.
+        let tenants: HashSet<Uuid> = pending.iter().map(|e| e.tenant_id).collect();
+        let endpoints = webhooks::Entity::find()
+            .filter(webhooks::Column::TenantId.is_in(tenants))
+            .order_by_asc(webhooks::Column::CreatedAt)
+            .all(&txn)
+            .await?;
+        if !endpoints.is_empty() {
+            let now = chrono::Utc::now();
+            let (deliveries, rows): (Vec<_>, Vec<_>) = pending
+                .iter()
+                .enumerate()
+                .flat_map(|(i, event)| {
+                    endpoints
+                        .iter()
+                        .filter(|w| w.tenant_id == event.tenant_id && takes(&w.events, &event.kind))
+                        .map(move |w| new_delivery(w.id, event, current + 1 + i as i64, now))
+                })
+                .unzip();
+            for chunk in deliveries.chunks(100) {
+                webhook_deliveries::Entity::insert_many(chunk.to_vec())
+                    .exec(&txn)
+                    .await?;
+            }
+            for chunk in rows.chunks(100) {
+                outbox::Entity::insert_many(chunk.to_vec())
+                    .exec(&txn)
+                    .await?;
+            }
         }
         sequencer::Entity::update_many()
             .col_expr(

@@ -41,4 +41,5 @@ mod store_contract;
 mod tenancy;
 mod traces;
 mod uploads;
+mod webhooks;
 mod worker;

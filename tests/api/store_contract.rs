@@ -630,31 +630,73 @@ async fn keys_tenants_and_the_audit_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_is_claimed_marked_and_rescheduled() {
+    use std::time::Duration;
+    use voicegraph::store::Destinations;
+    let all = Destinations::AllBut("webhook");
+    let lease = Duration::from_secs(60);
     for (name, store, _dir) in stores().await {
         let (a, _) = two_tenants(&store).await;
         store.submit_call(new_call(a)).await.unwrap(); // an event row and a job row
-        let claim = store.claim_outbox(10).await.unwrap();
+        assert!(
+            store
+                .claim_outbox(Destinations::Only("webhook"), 10, lease)
+                .await
+                .unwrap()
+                .rows
+                .is_empty(),
+            "{name}: a claim takes its destinations only"
+        );
+        let claim = store.claim_outbox(all, 10, lease).await.unwrap();
         assert_eq!(claim.rows.len(), 2, "{name}");
+        // Leased: no other claim gets them, and the claim holds no lock (a write goes through).
+        assert!(
+            store
+                .claim_outbox(all, 10, lease)
+                .await
+                .unwrap()
+                .rows
+                .is_empty(),
+            "{name}"
+        );
+        store.submit_call(new_call(a)).await.unwrap();
+        let other = store.claim_outbox(all, 10, lease).await.unwrap();
+        assert_eq!(other.rows.len(), 2, "{name}: the new rows only");
         let (first, second) = (claim.rows[0].clone(), claim.rows[1].clone());
         claim.mark_sent(&[first.id]).await.unwrap();
         claim
             .reschedule(&second, "down", Utc::now() + chrono::Duration::hours(1))
             .await
             .unwrap();
-        claim.finish().await.unwrap();
-        let again = store.claim_outbox(10).await.unwrap();
-        assert!(
-            again.rows.is_empty(),
-            "{name}: sent and rescheduled rows are not due"
+        // Released rows are due again at once; dead ones never.
+        other.release(&[other.rows[0].id]).await.unwrap();
+        other.dead_letter(&other.rows[1], "gave up").await.unwrap();
+        let again = store.claim_outbox(all, 10, lease).await.unwrap();
+        assert_eq!(
+            again.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![other.rows[0].id],
+            "{name}: sent, rescheduled and dead rows are not due"
         );
-        again.finish().await.unwrap();
+        again.mark_sent(&[other.rows[0].id]).await.unwrap();
+        // A lease that ran out frees its rows.
+        store.submit_call(new_call(a)).await.unwrap();
+        let short = store
+            .claim_outbox(all, 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(short.rows.len(), 2, "{name}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            store.claim_outbox(all, 10, lease).await.unwrap().rows.len(),
+            2,
+            "{name}"
+        );
         assert_eq!(
             store
                 .purge_outbox(Utc::now() + chrono::Duration::seconds(1))
                 .await
                 .unwrap(),
-            1,
-            "{name}"
+            3,
+            "{name}: the sent rows and the dead one"
         );
     }
 }

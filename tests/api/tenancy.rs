@@ -40,6 +40,8 @@ struct Tenant {
     upload_key: String,
     recording_url: String,
     category: String,
+    webhook: String,
+    delivery: String,
 }
 
 impl Tenant {
@@ -52,6 +54,9 @@ impl Tenant {
             self.upload_key.clone(),
             self.category.clone(),
             format!("t{}-category", self.n),
+            self.webhook.clone(),
+            self.delivery.clone(),
+            format!("t{}-hook", self.n),
         ];
         m.extend(self.calls.iter().cloned());
         m.extend(self.keys.iter().map(|(_, id, _)| id.clone()));
@@ -155,6 +160,18 @@ async fn no_operation_reaches_another_tenant() {
             .as_str()
             .expect("a category")
             .to_string();
+        // An endpoint that takes every event (nothing listens there: its deliveries retry).
+        let webhook = app
+            .gql_as(
+                Some(&keys[0].2),
+                "mutation($u: String!) { createWebhook(input: {url: $u}) { webhook { id } } }",
+                json!({ "u": format!("http://127.0.0.1:9/t{n}-hook") }),
+            )
+            .await
+            .1["data"]["createWebhook"]["webhook"]["id"]
+            .as_str()
+            .expect("a webhook")
+            .to_string();
         let mut calls = Vec::new();
         for i in 0..2 {
             let (status, body) = app
@@ -191,6 +208,8 @@ async fn no_operation_reaches_another_tenant() {
                 .to_string(),
             recording_url: String::new(),
             category,
+            webhook,
+            delivery: String::new(),
         });
     }
     for t in &mut tenants {
@@ -221,6 +240,17 @@ async fn no_operation_reaches_another_tenant() {
         t.recording_url = d["data"]["call"]["recording"]["url"]
             .as_str()
             .unwrap()
+            .to_string();
+        let (_, d) = app
+            .gql_as(
+                Some(t.secret("ADMIN")),
+                "query($w: ID!) { webhookDeliveries(webhookId: $w, first: 1) { nodes { id } } }",
+                json!({ "w": t.webhook }),
+            )
+            .await;
+        t.delivery = d["data"]["webhookDeliveries"]["nodes"][0]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a delivery: {d}"))
             .to_string();
         // A tagged call has one more kind of event.
         app.gql_as(
@@ -272,6 +302,57 @@ async fn no_operation_reaches_another_tenant() {
                     )
                     .await;
                 ids_tried += 2;
+                // Webhooks: the other tenant's endpoint and delivery, by id, in every field.
+                probe
+                    .check(
+                        key,
+                        "webhooks",
+                        "{ webhooks { id url description } }",
+                        json!({}),
+                        &others,
+                    )
+                    .await;
+                let by_id = json!({ "id": v.webhook });
+                probe
+                    .check(
+                        key,
+                        "webhook",
+                        "query($id: ID!) { webhook(id: $id) { id url } }",
+                        by_id.clone(),
+                        &others,
+                    )
+                    .await;
+                probe
+                    .check(key, "webhookDeliveries", "query($id: ID!) { webhookDeliveries(webhookId: $id) { nodes { id callId payload attempts { error } } } }", by_id.clone(), &others)
+                    .await;
+                probe
+                    .check(key, "updateWebhook", "mutation($id: ID!) { updateWebhook(id: $id, input: {url: \"http://127.0.0.1:9/pwned\"}) { id url } }", by_id.clone(), &others)
+                    .await;
+                probe
+                    .check(key, "rotateWebhookSecret", "mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret webhook { id } } }", by_id.clone(), &others)
+                    .await;
+                probe
+                    .check(
+                        key,
+                        "redeliverWebhook",
+                        "mutation($id: ID!) { redeliverWebhook(deliveryId: $id) { id status } }",
+                        json!({ "id": v.delivery }),
+                        &others,
+                    )
+                    .await;
+                probe
+                    .check(
+                        key,
+                        "deleteWebhook",
+                        "mutation($id: ID!) { deleteWebhook(id: $id) { id } }",
+                        by_id,
+                        &others,
+                    )
+                    .await;
+                probe
+                    .check(key, "createWebhook", "mutation($u: String!) { createWebhook(input: {url: $u}) { secret webhook { id url } } }", json!({ "u": format!("http://127.0.0.1:9/probe-{}-{role}-{}", t.n, v.n) }), &others)
+                    .await;
+                ids_tried += 5;
                 probe
                     .check(key, "createCategory", "mutation($n: String!) { createCategory(input: {name: $n, keywords: [\"x\"]}) { id name } }", json!({ "n": format!("probe {} {role} {}", t.n, v.n) }), &others)
                     .await;
@@ -524,7 +605,7 @@ async fn no_operation_reaches_another_tenant() {
         let d = app
             .gql_as(
                 Some(t.secret("ADMIN")),
-                "{ calls { totalCount nodes { tags analyses { id } } } apiKeys { revokedAt } categories { id name } }",
+                "{ calls { totalCount nodes { tags analyses { id } } } apiKeys { revokedAt } categories { id name } webhooks { id url previousSecretExpiresAt } }",
                 json!({}),
             )
             .await
@@ -549,6 +630,16 @@ async fn no_operation_reaches_another_tenant() {
             "no call was re-analysed from another tenant: {d}"
         );
         assert!(!d.to_string().contains("pwned"), "{d}");
+        assert!(
+            d["data"]["webhooks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["id"] == t.webhook.as_str()
+                    && w["url"] == format!("http://127.0.0.1:9/t{}-hook", t.n)
+                    && w["previousSecretExpiresAt"].is_null()),
+            "its webhook is untouched (not updated, rotated or deleted): {d}"
+        );
         assert_eq!(d["data"]["apiKeys"].as_array().unwrap().len(), 4, "{d}");
         assert!(
             d["data"]["apiKeys"]

@@ -4,7 +4,9 @@
 mod analysis;
 mod call;
 mod misc;
+mod webhook;
 
 pub use analysis::*;
 pub use call::*;
 pub use misc::*;
+pub use webhook::*;
