@@ -11,12 +11,13 @@ use tracing::Instrument;
 use std::sync::Arc;
 
 use crate::config::AnalyzerKind;
+use crate::domain::redaction::{self, RedactionPolicy, RedactionSpan};
 use crate::domain::{
     Analysis, AnalysisRecord, AnalysisRequest, CallRecord, CategoryRule, TranscriptInput,
 };
 use crate::ports::{AnalyzeError, Analyzer, Audio, Lease};
 use crate::state::AppState;
-use crate::store::ResultKeys;
+use crate::store::{RedactedRecording, ResultKeys};
 
 /// What became of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +134,7 @@ async fn analyse(
         }
     }
     let started = Instant::now();
-    let analysis = analyzer
+    let mut analysis = analyzer
         .analyze(
             Audio::File(file.path().to_path_buf()),
             analysis_request(call, categories),
@@ -148,6 +149,10 @@ async fn analyse(
         .analysis_seconds
         .with_label_values(&[analyser])
         .observe(started.elapsed().as_secs_f64());
+    let redactions = match call.redaction.filter(|p| p.any()) {
+        Some(policy) => redact(state, call, policy, &mut analysis, file.path()).await?,
+        None => Vec::new(),
+    };
     let mut keys = ResultKeys {
         results: crate::domain::result_key(call.tenant_id, call.id, record.id),
         model_responses: None,
@@ -163,13 +168,87 @@ async fn analyse(
             .await?;
         keys.model_responses = Some(key);
     }
-    let document = crate::domain::results::ResultsDocument::of(call.id, record.id, &analysis);
+    let mut document = crate::domain::results::ResultsDocument::of(call.id, record.id, &analysis);
+    document.redactions = redactions;
     let json = serde_json::to_vec_pretty(&document).map_err(anyhow::Error::from)?;
     state
         .blobs
         .put(&keys.results, json.into(), "application/json")
         .await?;
     Ok((analysis, keys))
+}
+
+/// Redacts the analysis as the call's policy says, and the recording: a copy with a tone over
+/// every stretch where personal data is said replaces it, and the original (with the upload it
+/// came from) is deleted through the outbox when the policy says so, once the call points at
+/// the copy. Returns what was found.
+async fn redact(
+    state: &AppState,
+    call: &CallRecord,
+    policy: RedactionPolicy,
+    analysis: &mut Analysis,
+    recording: &std::path::Path,
+) -> Result<Vec<RedactionSpan>, AnalyzeError> {
+    let started = Instant::now();
+    let spans = redaction::redact_analysis(analysis, policy.transcript);
+    let transcript_input = match (policy.transcript, call.transcript_input.clone()) {
+        (true, Some(mut t)) => {
+            redaction::redact_json(&mut t);
+            Some(t)
+        }
+        _ => None,
+    };
+    let ranges = redaction::audio_spans(&spans);
+    let mut replaced = None;
+    let mut delete = Vec::new();
+    if policy.audio && !ranges.is_empty() {
+        let current = call.recording_key.clone().unwrap_or_default();
+        let key = redaction::redacted_recording_key(call.tenant_id, call.id);
+        let wav = state
+            .acoustics
+            .redact(Audio::File(recording.to_path_buf()), ranges)
+            .await?;
+        let sha256 = hex::encode(Sha256::digest(&wav));
+        let bytes = wav.len() as i64;
+        state.blobs.put(&key, wav.into(), "audio/wav").await?;
+        // A re-analysis redacts the copy again: the original stays where the first one left it.
+        let original_key = if current == key {
+            call.original_recording_key.clone()
+        } else if policy.delete_original {
+            delete.push(current);
+            delete.extend(call.upload_key.clone());
+            None
+        } else {
+            Some(current)
+        };
+        replaced = Some(RedactedRecording {
+            key,
+            content_type: "audio/wav".into(),
+            bytes,
+            sha256,
+            original_key,
+        });
+    }
+    state
+        .store
+        .record_redaction(
+            call.tenant_id,
+            call.id,
+            replaced.as_ref(),
+            transcript_input,
+            serde_json::json!(spans),
+            delete,
+        )
+        .await
+        .map_err(|e| AnalyzeError::Transient(anyhow::anyhow!("recording the redaction: {e}")))?;
+    state.relay_wakeup.notify_one();
+    state
+        .metrics
+        .analysis_seconds
+        .with_label_values(&["redaction"])
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(call = %call.id, found = spans.len(), audio = replaced.is_some(), "call redacted");
+    Ok(spans)
 }
 
 /// Stores the results, the segments and the `COMPLETED` event in one transaction, only if this

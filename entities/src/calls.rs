@@ -58,6 +58,12 @@ pub struct Model {
     pub intent: Option<String>,
     pub outcome: Option<String>,
     pub category_matches: Option<Json>,
+    /// The redaction policy the call was submitted under (`RedactionPolicy`), null for none.
+    pub redaction: Option<Json>,
+    /// What redaction found and replaced (`[RedactionSpan]`).
+    pub redactions: Option<Json>,
+    /// The original recording, kept when the audio was redacted without deleting it.
+    pub original_recording_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,6 +10,7 @@ pub mod categories;
 pub mod jobs;
 pub mod outbox;
 pub mod persisted_queries;
+pub mod redaction_policies;
 pub mod sequencer;
 pub mod tenants;
 pub mod webhook_attempts;

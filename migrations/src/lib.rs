@@ -18,6 +18,7 @@ mod m20261205_000001_notifications;
 mod m20261206_000001_submit_function;
 mod m20261206_000002_dead_letters_handled;
 mod m20261207_000001_webhooks;
+mod m20261208_000001_redaction;
 mod roles;
 
 pub use m20261205_000001_notifications::{
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_submit_function::Migration),
             Box::new(m20261206_000002_dead_letters_handled::Migration),
             Box::new(m20261207_000001_webhooks::Migration),
+            Box::new(m20261208_000001_redaction::Migration),
         ]
     }
 }

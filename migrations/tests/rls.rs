@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-const TENANT_TABLES: [&str; 10] = [
+const TENANT_TABLES: [&str; 11] = [
     "api_keys",
     "calls",
     "call_segments",
@@ -29,6 +29,7 @@ const TENANT_TABLES: [&str; 10] = [
     "webhooks",
     "webhook_deliveries",
     "webhook_attempts",
+    "redaction_policies",
 ];
 const SYSTEM_TABLES: [&str; 6] = [
     "tenants",
@@ -421,6 +422,11 @@ fn insert_row(table: &str, tenant: Uuid, call: Uuid) -> String {
             "INSERT INTO webhook_attempts (tenant_id, delivery_id, attempted_at, latency_ms, \
              succeeded) VALUES ('{tenant}', '{call}', now(), 1, true)"
         ),
+        // One row per tenant, keyed by its id.
+        "redaction_policies" => format!(
+            "INSERT INTO redaction_policies (tenant_id, transcript, audio, delete_original, \
+             updated_at) VALUES ('{tenant}', true, false, false, now())"
+        ),
         other => panic!("no fixture for {other}"),
     }
 }
@@ -474,6 +480,7 @@ async fn seed(app: &DatabaseConnection) -> Tenant {
     exec(&txn, &insert_webhook(id, call)).await;
     exec(&txn, &insert_delivery(id, call, call)).await;
     exec(&txn, &insert_row("webhook_attempts", id, call)).await;
+    exec(&txn, &insert_row("redaction_policies", id, call)).await;
     let event = scalar(
         &txn,
         &format!("{} RETURNING id", insert_row("call_events", id, call)),

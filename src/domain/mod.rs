@@ -4,7 +4,9 @@ pub mod analysis;
 pub mod call;
 pub mod conversation;
 pub mod gcra;
+pub mod pii;
 pub mod records;
+pub mod redaction;
 pub mod results;
 pub mod webhooks;
 

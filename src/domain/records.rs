@@ -109,6 +109,12 @@ pub struct CallRecord {
     pub outcome: Option<String>,
     /// The categories that matched (`[CategoryMatch]`).
     pub category_matches: Option<serde_json::Value>,
+    /// The redaction policy the call was submitted under, if any applies.
+    pub redaction: Option<super::redaction::RedactionPolicy>,
+    /// What redaction found (`[RedactionSpan]`), once analysed under a policy.
+    pub redactions: Option<serde_json::Value>,
+    /// The original recording, kept when the audio was redacted without deleting it.
+    pub original_recording_key: Option<String>,
 }
 
 impl CallRecord {

@@ -53,6 +53,9 @@ pub struct ResultsDocument {
     /// Tokens a model spent on the analysis; absent for the local analyser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<ResultUsage>,
+    /// The personal data redaction found (`Call.redactions`); absent without a policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redactions: Vec<super::redaction::RedactionSpan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +203,7 @@ impl ResultsDocument {
                 longest_monologue_ms: a.metrics.longest_monologue_ms,
             },
             usage: a.usage.map(Into::into),
+            redactions: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod live;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
+pub mod redaction;
 pub mod scalars;
 pub mod subscription;
 pub mod types;

@@ -168,6 +168,13 @@ pub trait Acoustics: Send + Sync {
     async fn probe(&self, audio: Audio) -> Result<AudioInfo, AnalyzeError>;
     /// Decodes the whole recording: duration and when each channel carries speech.
     async fn facts(&self, audio: Audio) -> Result<AcousticFacts, AnalyzeError>;
+    /// A copy of the recording (WAV) where every stretch `(start_ms, end_ms)` is covered by a
+    /// tone in every channel.
+    async fn redact(
+        &self,
+        audio: Audio,
+        spans_ms: Vec<(i64, i64)>,
+    ) -> Result<Vec<u8>, AnalyzeError>;
 }
 
 /// Reads a call's words: transcript segments, summary, sentiment, topics, action items.

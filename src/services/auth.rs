@@ -67,6 +67,7 @@ pub enum Permission {
     ManageCalls,
     ManageCategories,
     ManageWebhooks,
+    ManageRedaction,
     ManageKeys,
     ManageTenants,
     ReadAuditLog,
@@ -122,6 +123,12 @@ pub const PERMISSIONS: &[PermissionRow] = &[
         permission: Permission::ManageCategories,
         operations: "`createCategory`, `updateCategory`, `deleteCategory`",
         roles: &[Role::Admin, Role::Analyst],
+        platform_admin: false,
+    },
+    PermissionRow {
+        permission: Permission::ManageRedaction,
+        operations: "`redactionPolicy`, `setRedactionPolicy`",
+        roles: &[Role::Admin],
         platform_admin: false,
     },
     PermissionRow {

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::domain::redaction::RedactionOverride;
 use crate::domain::{
     AudioInfo, CallColumns, CallDirection, CallRecord, SegmentRecord, TranscriptInput,
 };
@@ -55,6 +56,8 @@ pub struct SubmitCall {
     pub transcript: Option<TranscriptInput>,
     pub language: Option<String>,
     pub idempotency_key: Option<String>,
+    /// Changes to the tenant's redaction policy for this call.
+    pub redaction: RedactionOverride,
 }
 
 /// Where the recording comes from.
@@ -361,6 +364,11 @@ pub async fn submit_call(
             .await?;
     }
 
+    let redaction = state
+        .store
+        .redaction_policy(caller.tenant_id)
+        .await?
+        .with(input.redaction);
     let now = Utc::now();
     let inserted = state
         .store
@@ -387,6 +395,7 @@ pub async fn submit_call(
             upload_key: upload_key.clone(),
             delete_upload_at: now + upload_retention(state.settings.url_expiry),
             analyzer: state.settings.analyzer.as_str().to_string(),
+            redaction: redaction.any().then_some(redaction),
         })
         .await;
     let call = match inserted {

@@ -11,6 +11,7 @@ pub mod events;
 pub mod jwt;
 pub mod limits;
 pub mod live;
+pub mod redaction;
 pub mod revocation;
 pub mod stats;
 pub mod webhooks;

@@ -70,6 +70,9 @@ impl From<calls::Model> for CallRecord {
             intent: m.intent,
             outcome: m.outcome,
             category_matches: m.category_matches,
+            redaction: m.redaction.and_then(|v| serde_json::from_value(v).ok()),
+            redactions: m.redactions,
+            original_recording_key: m.original_recording_key,
         }
     }
 }
@@ -118,6 +121,8 @@ pub struct NewCall {
     pub delete_upload_at: DateTime<Utc>,
     /// The analyser of its first analysis (`local` or `gemini`).
     pub analyzer: String,
+    /// The redaction its analyses apply (the tenant's policy with the call's override), if any.
+    pub redaction: Option<crate::domain::redaction::RedactionPolicy>,
 }
 
 /// Where an analysis's documents went in the blob store.
@@ -401,6 +406,9 @@ impl Store {
             intent: None,
             outcome: None,
             category_matches: None,
+            redaction: c.redaction.map(|p| serde_json::json!(p)),
+            redactions: None,
+            original_recording_key: None,
         };
         let event_payload = serde_json::json!({ "analysisId": analysis, "analyzer": c.analyzer });
         let job = JobMessage {
@@ -648,6 +656,7 @@ impl Store {
         // Calls analysed before analyses were kept have their documents under the older keys.
         for key in [
             call.recording_key.clone(),
+            call.original_recording_key.clone(),
             call.result_key.clone(),
             call.result_key
                 .as_ref()

@@ -30,6 +30,7 @@ mod keys;
 mod notify;
 mod outbox;
 pub mod queue;
+mod redaction;
 mod system;
 mod webhooks;
 
@@ -49,6 +50,7 @@ pub use events::{DEST_BLOB_DELETE, DEST_EVENTS, DEST_JOBS};
 pub use keys::NewKey;
 pub use notify::{Link, Notifications};
 pub use outbox::{Destinations, OutboxClaim, OutboxPending};
+pub use redaction::RedactedRecording;
 pub use webhooks::{DeliveryFilter, PreparedAttempt, WebhookFields, DEST_WEBHOOK};
 
 use crate::error::{AppError, AppResult};

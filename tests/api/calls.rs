@@ -727,6 +727,8 @@ const CALL_FIELDS: &[(&str, &str)] = &[
     ),
     ("tags", "tags"),
     ("metadata", "metadata"),
+    ("redaction", "redaction { transcript audio deleteOriginal }"),
+    ("redactions", "redactions { kind field start end startMs endMs }"),
     ("events", "events { kind status analysisId call { id summary } }"),
     ("analyzer", "analyzer"),
     ("usage", "usage { totalTokens }"),

@@ -33,6 +33,7 @@ mod production;
 mod queue_contract;
 mod rate_limits;
 mod realtime;
+mod redaction;
 mod revocation;
 mod scale_out;
 mod schema;

@@ -80,6 +80,7 @@ fn new_call(tenant: Uuid) -> NewCall {
         upload_key: None,
         delete_upload_at: Utc::now(),
         analyzer: "local".into(),
+        redaction: None,
     }
 }
 

@@ -353,6 +353,19 @@ async fn no_operation_reaches_another_tenant() {
                     .check(key, "createWebhook", "mutation($u: String!) { createWebhook(input: {url: $u}) { secret webhook { id url } } }", json!({ "u": format!("http://127.0.0.1:9/probe-{}-{role}-{}", t.n, v.n) }), &others)
                     .await;
                 ids_tried += 5;
+                // The redaction policy is the caller's tenant's own.
+                probe
+                    .check(
+                        key,
+                        "redactionPolicy",
+                        "{ redactionPolicy { transcript audio deleteOriginal } }",
+                        json!({}),
+                        &others,
+                    )
+                    .await;
+                probe
+                    .check(key, "setRedactionPolicy", "mutation { setRedactionPolicy(input: {transcript: true, audio: false, deleteOriginal: false}) { transcript } }", json!({}), &others)
+                    .await;
                 probe
                     .check(key, "createCategory", "mutation($n: String!) { createCategory(input: {name: $n, keywords: [\"x\"]}) { id name } }", json!({ "n": format!("probe {} {role} {}", t.n, v.n) }), &others)
                     .await;

@@ -116,6 +116,7 @@ impl CallsMutation {
             transcript: input.transcript.map(Into::into),
             language: input.language,
             idempotency_key: input.idempotency_key,
+            redaction: input.redaction.map(Into::into).unwrap_or_default(),
         };
         let (call, deduplicated) = calls::submit_call(st, who, submit, recording)
             .await

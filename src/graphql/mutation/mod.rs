@@ -5,7 +5,7 @@ mod calls;
 mod categories;
 mod webhooks;
 
-/// Submitting, re-analysing and managing calls, categories, webhooks, tenants and API keys. Every field needs an API key
+/// Submitting, re-analysing and managing calls, categories, webhooks, the redaction policy, tenants and API keys. Every field needs an API key
 /// (`Authorization: Bearer vg_…`) and names the roles that may call it; others get FORBIDDEN.
 /// Errors carry `extensions.code`: UNAUTHENTICATED, FORBIDDEN, BAD_USER_INPUT (an invalid
 /// argument; the message says which), NOT_FOUND, CONFLICT (the request clashes with the current
@@ -16,5 +16,6 @@ pub struct MutationRoot(
     calls::CallsMutation,
     categories::CategoriesMutation,
     webhooks::WebhooksMutation,
+    crate::graphql::redaction::RedactionMutation,
     admin::AdminMutation,
 );

@@ -521,6 +521,26 @@ impl Call {
     async fn metadata(&self) -> Option<Json> {
         self.0.metadata.clone().map(Json)
     }
+    /// The redaction policy the call was submitted under (its tenant's with its override);
+    /// null when nothing is redacted in it.
+    async fn redaction(&self) -> Option<crate::graphql::redaction::RedactionPolicyGql> {
+        self.0.redaction.map(Into::into)
+    }
+    /// The personal data found in the call's transcript and insights, in the order found, each
+    /// with where it was (and, when the transcript is redacted, where its placeholder is now);
+    /// empty without a redaction policy or until the call is `COMPLETED`.
+    async fn redactions(&self) -> Vec<crate::graphql::redaction::Redaction> {
+        self.0
+            .redactions
+            .clone()
+            .and_then(|v| {
+                serde_json::from_value::<Vec<crate::domain::redaction::RedactionSpan>>(v).ok()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(crate::graphql::redaction::Redaction)
+            .collect()
+    }
     /// Everything that happened to the call, oldest first, `first` at a time after the event
     /// whose cursor is `after`. An event is listed once the relay has given it its stream
     /// position (`cursor`), normally within a moment of the change.

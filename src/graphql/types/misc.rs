@@ -160,6 +160,9 @@ pub struct SubmitCallInput {
     /// characters, per tenant) and the same recording returns the first call with
     /// `deduplicated: true` and creates nothing; with a different recording it is CONFLICT.
     pub idempotency_key: Option<String>,
+    /// Changes to the tenant's redaction policy (`redactionPolicy`) for this call; fields left
+    /// out are as the tenant's. BAD_USER_INPUT for `deleteOriginal` without `audio`.
+    pub redaction: Option<crate::graphql::redaction::RedactionOverrideInput>,
 }
 
 /// The result of `submitCall`.

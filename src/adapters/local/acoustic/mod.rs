@@ -5,6 +5,7 @@
 
 pub mod chunks;
 pub mod decode;
+pub mod tone;
 pub mod vad;
 
 use std::path::Path;
@@ -84,6 +85,18 @@ fn facts_with(
     })
 }
 
+/// A copy of the recording as 16-bit PCM WAV, with every stretch of `spans_ms` covered by a
+/// tone in every channel. Decodes the whole recording into memory (about 4 bytes per sample).
+pub fn redacted_wav(audio: &Audio, spans_ms: &[(i64, i64)]) -> Result<Vec<u8>, AudioError> {
+    let mut pcm = decode::PcmBuffers::default();
+    match audio {
+        Audio::Bytes(bytes) => decode::decode(bytes, &mut pcm, MAX_DURATION_SECS)?,
+        Audio::File(path) => decode::decode_file(path, &mut pcm, MAX_DURATION_SECS)?,
+    };
+    tone::redact_pcm(&mut pcm.channels, pcm.sample_rate, spans_ms, 0);
+    Ok(tone::encode_wav_pcm16(&pcm.channels, pcm.sample_rate))
+}
+
 /// The local acoustic analysis behind the `Acoustics` port, off the async runtime. A recording
 /// it cannot read is a permanent failure; nothing here is worth a retry.
 #[derive(Debug, Default, Clone)]
@@ -124,6 +137,14 @@ impl Acoustics for LocalAcoustics {
             Audio::File(path) => facts_file(&path),
         })
         .await
+    }
+
+    async fn redact(
+        &self,
+        audio: Audio,
+        spans_ms: Vec<(i64, i64)>,
+    ) -> Result<Vec<u8>, AnalyzeError> {
+        blocking(move || redacted_wav(&audio, &spans_ms)).await
     }
 }
 
