@@ -39,8 +39,7 @@ use crate::telemetry;
 const BATCH: u64 = 200;
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 16;
-/// Webhook deliveries claimed at once, and in flight at once.
-const WEBHOOK_BATCH: u64 = 100;
+/// Webhook deliveries in flight at once.
 const WEBHOOK_CONCURRENCY: usize = 32;
 /// How long a claim keeps its rows from other relays: longer than a round takes.
 const LEASE: Duration = Duration::from_secs(60);
@@ -250,37 +249,37 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
 }
 
 /// One round of webhook deliveries: returns how many rows it claimed.
-pub async fn relay_webhooks_once(state: &AppState) -> anyhow::Result<WebhookRound> {
+/// Claims up to `room` due webhook deliveries and starts each as a task of its own on
+/// `inflight`, which settles its row once its endpoint has answered: a slow endpoint holds only
+/// its own deliveries, never another tenant's. Each task answers the retries it scheduled.
+/// How many were started.
+pub async fn start_webhooks(
+    state: &AppState,
+    inflight: &mut tokio::task::JoinSet<Vec<DateTime<Utc>>>,
+    room: usize,
+) -> anyhow::Result<usize> {
     let claim = state
         .store
-        .claim_outbox(Destinations::Only(DEST_WEBHOOK), WEBHOOK_BATCH, LEASE)
+        .claim_outbox(Destinations::Only(DEST_WEBHOOK), room as u64, LEASE)
         .await?;
-    if claim.rows.is_empty() {
-        return Ok(WebhookRound::default());
+    let started = claim.rows.len();
+    let claim = std::sync::Arc::new(claim);
+    for i in 0..started {
+        let state = state.clone();
+        let claim = claim.clone();
+        inflight.spawn(async move {
+            let row = &claim.rows[i];
+            let outcome = deliver(&state, row, None).await;
+            match settle(&state, &claim, vec![(row, outcome)]).await {
+                Ok(settled) => settled.retries,
+                Err(e) => {
+                    tracing::warn!(outbox = row.id, error = %e, "settling a webhook delivery failed; it is tried again when its lease runs out");
+                    Vec::new()
+                }
+            }
+        });
     }
-    let attempts: Vec<_> = claim
-        .rows
-        .iter()
-        .map(|row| async move { (row, deliver(state, row, None).await) })
-        .collect();
-    let outcomes = futures::stream::iter(attempts)
-        .buffer_unordered(WEBHOOK_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    let settled = settle(state, &claim, outcomes).await?;
-    Ok(WebhookRound {
-        claimed: claim.rows.len(),
-        retries: settled.retries,
-    })
-}
-
-/// What a round of webhook deliveries did.
-#[derive(Debug, Default)]
-pub struct WebhookRound {
-    pub claimed: usize,
-    /// When the retries it scheduled fall due: the loop wakes for them (nothing announces a
-    /// retry).
-    pub retries: Vec<DateTime<Utc>>,
+    Ok(started)
 }
 
 /// What settling a claim did.
@@ -439,39 +438,47 @@ async fn main_loop(state: &AppState, shutdown: &CancellationToken, webhooks: &to
     }
 }
 
-/// Webhook deliveries: a round after each round of the main loop, at once again while rounds
-/// come back full, and when a retry this loop scheduled falls due (retries scheduled before
-/// the main loop last looked wake it, and it wakes this one).
+/// Webhook deliveries: up to [`WEBHOOK_CONCURRENCY`] in flight, each settled on its own; more
+/// are claimed after each round of the main loop (which makes them), whenever one finishes
+/// while more may be due, and when a retry this loop scheduled falls due (retries scheduled
+/// before the main loop last looked wake it, and it wakes this one). On shutdown the deliveries
+/// in flight finish (each within the endpoint timeout).
 async fn webhook_loop(
     state: AppState,
     shutdown: CancellationToken,
     wakeup: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let mut failures = 0u32;
-    // When the retries this loop scheduled fall due, those no round has claimed yet.
-    let mut retries = std::collections::BTreeSet::new();
+    // When the retries this loop scheduled fall due, those no claim has taken yet.
+    let mut retries: std::collections::BTreeSet<DateTime<Utc>> = Default::default();
+    let mut inflight = tokio::task::JoinSet::new();
+    // Whether to claim now, and whether the last claim may have left due rows for lack of room
+    // (then a finished delivery makes room for them at once).
+    let (mut claim_now, mut saturated) = (true, false);
     loop {
-        // A round claims every row due when it starts: retries due by then are its own.
-        let started = Utc::now();
-        let round = match relay_webhooks_once(&state).await {
-            Ok(r) => {
-                failures = 0;
-                r
+        let room = WEBHOOK_CONCURRENCY.saturating_sub(inflight.len());
+        if claim_now && room == 0 {
+            saturated = true;
+        } else if claim_now {
+            // A claim takes every row due when it starts (room allowing): retries due by then
+            // are its own.
+            let started = Utc::now();
+            match start_webhooks(&state, &mut inflight, room).await {
+                Ok(n) => {
+                    failures = 0;
+                    saturated = n == room;
+                }
+                Err(e) => {
+                    failures += 1;
+                    saturated = false;
+                    tracing::warn!(error = %e, "claiming webhook deliveries failed");
+                }
             }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "webhook relay round failed");
-                WebhookRound::default()
+            if !saturated {
+                retries = retries.split_off(&started);
             }
-        };
-        if round.claimed as u64 >= WEBHOOK_BATCH {
-            continue;
         }
         let now = Utc::now();
-        // Those due when the round started were claimed by it; one due since is claimed by the
-        // next round, at once.
-        retries.extend(round.retries);
-        retries = retries.split_off(&started);
         let wait = if failures > 0 {
             state.settings.relay_poll * std::cmp::min(failures + 1, 20)
         } else {
@@ -484,8 +491,17 @@ async fn webhook_loop(
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = wakeup.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                if let Ok(scheduled) = done {
+                    retries.extend(scheduled);
+                }
+                claim_now = saturated;
+            }
+            _ = wakeup.notified(), if !saturated => claim_now = true,
+            _ = tokio::time::sleep(wait), if !saturated => claim_now = true,
+            // Saturated with nothing in flight cannot happen (a full claim started its rows).
+            else => claim_now = true,
         }
     }
+    while inflight.join_next().await.is_some() {}
 }

@@ -578,6 +578,9 @@ async fn the_relay_holds_no_transaction_while_an_endpoint_takes_its_time() {
     })
     .await;
     create_webhook(&app, ADMIN_KEY, &url, json!(["SUBMITTED"])).await;
+    // Another endpoint, answering at once, takes every event.
+    let (fast, fast_url) = Receiver::start().await;
+    create_webhook(&app, ADMIN_KEY, &fast_url, json!(null)).await;
     let slow = app.submit_ok(short_call(), json!({})).await;
     // Wait until the endpoint holds the request.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -593,6 +596,20 @@ async fn the_relay_holds_no_transaction_while_an_endpoint_takes_its_time() {
     app.wait_status(&other, "COMPLETED", 30).await;
     app.wait_status(&slow, "COMPLETED", 30).await;
     assert!(receiver.got().is_empty(), "the endpoint is still answering");
+    // The slow endpoint holds only its own deliveries: the other endpoint has every event of
+    // both calls meanwhile.
+    fast.wait(20, "the fast endpoint's deliveries", |g| {
+        accepted(g)
+            .iter()
+            .filter(|r| r.body.contains("\"call.completed\""))
+            .count()
+            == 2
+    })
+    .await;
+    assert!(
+        receiver.got().is_empty(),
+        "the slow endpoint is still answering"
+    );
     if app.state.store.is_postgres() {
         use sea_orm::{ConnectionTrait, Statement};
         let db = app.owner_db().await;
