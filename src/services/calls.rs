@@ -364,11 +364,16 @@ pub async fn submit_call(
             .await?;
     }
 
-    let redaction = state
+    let mut redaction = state
         .store
         .redaction_policy(caller.tenant_id)
         .await?
         .with(input.redaction);
+    if input.redaction.delete_original == Some(true) {
+        crate::services::redaction::check(redaction)?;
+    }
+    // The tenant's deleteOriginal means nothing for a call whose audio is not redacted.
+    redaction.delete_original &= redaction.audio;
     let now = Utc::now();
     let inserted = state
         .store

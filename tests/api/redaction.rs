@@ -512,6 +512,19 @@ async fn a_call_overrides_its_tenants_policy_and_deleting_it_removes_the_kept_or
         .as_str()
         .unwrap()
         .to_string();
+    // Deleting the original of a call whose audio is not redacted is refused.
+    let (_, body) = app
+        .submit(
+            ADMIN_KEY,
+            original.clone(),
+            "audio/wav",
+            json!({ "redaction": { "deleteOriginal": true } }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
     app.wait_status(&id, "COMPLETED", 60).await;
     app.wait_status(&plain, "COMPLETED", 60).await;
 
