@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::pii::{self, PiiKind};
+use super::pii;
 use super::Analysis;
 
 /// What is redacted in a tenant's calls (the tenant's policy, or a call's with its override).
@@ -45,11 +45,6 @@ impl RedactionPolicy {
     }
 }
 
-/// The GraphQL name of a kind of personal data (`PersonalDataKind`).
-pub fn kind_name(kind: PiiKind) -> &'static str {
-    kind.as_str()
-}
-
 /// One personal datum found in a call: its kind, the field it was in, where it is in that
 /// field's text (in characters; the placeholder's place once replaced), and, in a transcript
 /// segment, the stretch of the recording where it is said.
@@ -86,16 +81,15 @@ fn redact_text(
     spans: &mut Vec<RedactionSpan>,
     mut on_span: impl FnMut(&mut RedactionSpan, usize, usize, usize),
 ) {
-    let findings = pii::find(text);
-    if findings.is_empty() {
-        return;
-    }
-    let total = text.chars().count();
     if replace {
         let out = pii::redact(text);
+        if out.spans.is_empty() {
+            return;
+        }
+        let total = text.chars().count();
         for s in &out.spans {
             let mut span = RedactionSpan {
-                kind: kind_name(s.kind).to_string(),
+                kind: s.kind.as_str().to_string(),
                 field: field.to_string(),
                 start: chars(&out.text, s.start),
                 end: chars(&out.text, s.end),
@@ -112,10 +106,11 @@ fn redact_text(
         }
         *text = out.text;
     } else {
-        for f in &findings {
+        let total = text.chars().count();
+        for f in &pii::find(text) {
             let (start, end) = (chars(text, f.start), chars(text, f.end));
             let mut span = RedactionSpan {
-                kind: kind_name(f.kind).to_string(),
+                kind: f.kind.as_str().to_string(),
                 field: field.to_string(),
                 start,
                 end,
@@ -196,7 +191,12 @@ pub fn redact_analysis(analysis: &mut Analysis, replace_text: bool) -> Vec<Redac
 pub fn redact_json(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
-        Value::String(s) if !pii::find(s).is_empty() => *s = pii::redact(s).text,
+        Value::String(s) => {
+            let out = pii::redact(s);
+            if !out.spans.is_empty() {
+                *s = out.text;
+            }
+        }
         Value::Array(items) => items.iter_mut().for_each(redact_json),
         Value::Object(fields) => fields.values_mut().for_each(redact_json),
         _ => {}

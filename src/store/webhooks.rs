@@ -345,18 +345,6 @@ impl Store {
             .collect())
     }
 
-    /// One delivery of the tenant.
-    pub async fn get_delivery(&self, tenant: Uuid, id: Uuid) -> AppResult<Option<DeliveryRecord>> {
-        let select = webhook_deliveries::Entity::find_by_id(id)
-            .filter(webhook_deliveries::Column::TenantId.eq(tenant));
-        Ok(self
-            .tenant_read(tenant, select)
-            .await?
-            .into_iter()
-            .next()
-            .map(Into::into))
-    }
-
     /// The attempts at each of `deliveries`, oldest first: one statement however many.
     pub async fn attempts_of(
         &self,
