@@ -5,7 +5,7 @@ Run on demand, never in CI:
 
     python3 scripts/bench_postgraphile.py [--calls 2000] [--seconds 10] [--rounds 3]
                                           [--conns 10,50] [--queries a,b,c] [--binary PATH]
-                                          [--db NAME]
+                                          [--db NAME] [--no-response-cache]
 
 What it does:
 1. creates a fresh database (`vg_bench_<random>`, dropped at the end; `--db NAME` keeps it and
@@ -26,6 +26,11 @@ What it does:
    (`pg_stat_database`), over 200 requests one after another;
 5. runs wrk on each query at each connection count, A B A B over `--rounds` rounds, and prints
    requests/s and p50/p99 per server (the median of the rounds) and the ratio.
+
+voicegraph runs with its response cache as deployed (a repeated query is answered from memory
+while Postgres reports the snapshot it was computed in, one statement per request, see
+src/graphql/response_cache.rs); `--no-response-cache` turns it off, so that every request
+executes against the database.
 
 The queries (voicegraph with its API key, PostGraphile with no auth at all):
   (a) one call by id, 5 scalars;
@@ -370,6 +375,9 @@ def main():
     ap.add_argument("--queries", default="a,b,c", help="which of the queries to run")
     ap.add_argument("--binary", help="a release voicegraph binary (default: cargo build --release)")
     ap.add_argument("--db", help="keep the seeded database under this name and reuse it next time")
+    ap.add_argument("--no-response-cache", action="store_true",
+                    help="run voicegraph without its response cache (VOICEGRAPH_RESPONSE_CACHE_MB=0): "
+                         "every request executed against the database")
     args = ap.parse_args()
     global KEY
     if args.db:
@@ -405,6 +413,8 @@ def main():
     procs = []
     try:
         env = server_env(db, os.path.join(work, "data"), VG_PORT, KEY)
+        if args.no_response_cache:
+            env["VOICEGRAPH_RESPONSE_CACHE_MB"] = "0"
         vg_log = open(os.path.join(work, "voicegraph.log"), "w")
         vg = subprocess.Popen([binary], env=env, stdout=vg_log, stderr=subprocess.STDOUT)
         procs.append(vg)
@@ -470,14 +480,18 @@ def main():
                     for side in (0, 1)
                 }
 
+        cache = "off" if args.no_response_cache else "on"
         print(f"\n{args.calls} calls, wrk -t2 for {args.seconds}s, A B A B over {args.rounds} rounds "
-              "(medians); voicegraph with its API key, PostGraphile with no auth\n")
+              f"(medians); voicegraph with its API key and its response cache {cache}, "
+              "PostGraphile with no auth\n")
         print("| query | conns | voicegraph req/s | p50 / p99 ms | PostGraphile req/s | p50 / p99 ms | ratio |")
         print("|---|---|---|---|---|---|---|")
         for (which, conns), r in results.items():
             (v, v50, v99), (p, p50, p99) = r[0], r[1]
             print(f"| {TITLES[which]} | {conns} | {v:,.0f} | {v50:.2f} / {v99:.2f} | {p:,.0f} | "
                   f"{p50:.2f} / {p99:.2f} | {v / p:.2f}× |")
+        hits = metric(vg_url, 'voicegraph_graphql_response_cache_total{outcome="hit"}')
+        print(f"\nvoicegraph answered {hits:,.0f} requests from its response cache.")
         print("\nSQL per request, over 200 requests one after another:\n")
         print("| query | statements (voicegraph's db_statements_total) | transactions (pg_stat_database) |")
         print("|---|---|---|")

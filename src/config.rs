@@ -270,6 +270,10 @@ impl Layers {
                 self.parse::<u64>("notify_fallback_secs", 30)?.max(1),
             ),
             key_cache_ttl: Duration::from_millis(self.parse("key_cache_ttl_ms", 1000)?),
+            response_cache_bytes: self
+                .parse::<usize>("response_cache_mb", 64)?
+                .min(1 << 20)
+                .saturating_mul(1 << 20),
             revocation_poll: Duration::from_millis(
                 self.parse::<u64>("revocation_poll_ms", 1000)?.max(10),
             ),
@@ -566,6 +570,9 @@ pub struct Settings {
     /// resolved before reading it again: a key revoked by another process fails here within this
     /// time. 0 reads the key on every request. On Postgres the revocation notice invalidates it.
     pub key_cache_ttl: Duration,
+    /// On Postgres, the memory for answers to repeated queries, kept while the database has
+    /// not changed (see `graphql::response_cache`); 0 keeps none.
+    pub response_cache_bytes: usize,
     /// How often an API instance checks whether the API keys of its open WebSockets and SSE
     /// streams were revoked (one statement per 500 keys, only while any are open); a revoked key's
     /// connections end within this time on every instance.

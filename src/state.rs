@@ -58,6 +58,9 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Delivers webhooks, guarded against requests to private addresses.
     pub webhooks: Arc<dyn WebhookSender>,
+    /// Answers to repeated queries while the database is unchanged (Postgres; see
+    /// `graphql::response_cache`).
+    pub responses: Option<Arc<crate::graphql::response_cache::ResponseCache>>,
 }
 
 /// The realtime queue (subscribed to the events topic) and where its events go.

@@ -465,7 +465,13 @@ pub async fn build_state(
         settings.webhook_allow_private,
         settings.webhook_timeout,
     )?);
+    let responses = crate::graphql::response_cache::ResponseCache::new(
+        &db,
+        settings.response_cache_bytes,
+        metrics.response_cache.clone(),
+    );
     Ok(AppState {
+        responses,
         settings: Arc::new(settings),
         store: db,
         auth,

@@ -20,6 +20,8 @@ pub struct CostCharge(Arc<Inner>);
 
 struct Inner {
     outcome: Mutex<Option<Result<Report, Refusal>>>,
+    /// The operation's computed complexity, once validated.
+    complexity: std::sync::atomic::AtomicUsize,
     charged: watch::Sender<bool>,
 }
 
@@ -33,13 +35,21 @@ impl CostCharge {
     pub fn new() -> Self {
         Self(Arc::new(Inner {
             outcome: Mutex::new(None),
+            complexity: Default::default(),
             charged: watch::channel(false).0,
         }))
     }
 
-    fn record(&self, outcome: Result<Report, Refusal>) {
+    /// Records the outcome of a charge (the extension's, or the transport's for an answer
+    /// served from the response cache).
+    pub fn record(&self, outcome: Result<Report, Refusal>) {
         *self.0.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
         self.0.charged.send_replace(true);
+    }
+
+    /// The complexity the operation was charged (0 before validation).
+    pub fn complexity(&self) -> usize {
+        self.0.complexity.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The refusal, when the budget refused the operation.
@@ -88,6 +98,12 @@ impl Extension for CostBudget {
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         let result = next.run(ctx).await?;
+        if let Some(charge) = ctx.data_opt::<CostCharge>() {
+            charge
+                .0
+                .complexity
+                .store(result.complexity, std::sync::atomic::Ordering::Relaxed);
+        }
         let (Some(charge), Some(caller), Some(state)) = (
             ctx.data_opt::<CostCharge>(),
             ctx.data_opt::<Caller>(),

@@ -10,6 +10,7 @@ pub mod loaders;
 pub mod mutation;
 pub mod query;
 pub mod redaction;
+pub mod response_cache;
 pub mod scalars;
 pub mod subscription;
 pub mod types;

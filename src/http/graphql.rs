@@ -170,6 +170,9 @@ impl ResponseType {
 /// One entry of a (possibly batched) request, as it will be answered.
 enum Answer {
     Executed(async_graphql::Response),
+    /// A response without errors, already serialised (kept by, or served from, the response
+    /// cache).
+    Cached(std::sync::Arc<str>),
     /// Refused before execution (its document could not be chosen): a GraphQL error object.
     Refused(serde_json::Value),
 }
@@ -178,6 +181,7 @@ impl Answer {
     fn request_error(&self) -> bool {
         match self {
             Self::Executed(r) => is_request_error(r),
+            Self::Cached(_) => false,
             Self::Refused(_) => true,
         }
     }
@@ -198,13 +202,14 @@ impl Answer {
                     unavailable && r.data == async_graphql::Value::Null,
                 )
             }
-            Self::Refused(_) => (false, false),
+            Self::Cached(_) | Self::Refused(_) => (false, false),
         }
     }
 
     fn to_json(&self) -> String {
         match self {
             Self::Executed(r) => result_json(r),
+            Self::Cached(body) => body.to_string(),
             Self::Refused(e) => serde_json::json!({ "errors": [e] }).to_string(),
         }
     }
@@ -272,32 +277,11 @@ async fn execute(
     };
     for r in requests {
         answers.push(match r {
-            Ok(mut request) => {
-                let name = crate::graphql::live::operation_name(&mut request);
-                let charge = CostCharge::new();
-                request = request.data(loaders.clone()).data(charge.clone());
-                if let Some(c) = &admitted.caller {
-                    request = request.data(c.clone());
-                }
-                let started = std::time::Instant::now();
-                let mut response =
-                    crate::graphql::execute_bounded(&state.schema, app, request).await;
-                let took = started.elapsed();
-                refusals.push(charge.refusal());
-                let mut codes = Vec::new();
-                for e in &mut response.errors {
-                    let extensions = e.extensions.get_or_insert_with(Default::default);
-                    if let Some(async_graphql::Value::String(code)) = extensions.get("code") {
-                        codes.push(code.clone());
-                    }
-                    if let Some(id) = &admitted.request_id {
-                        extensions.set("requestId", id.as_str());
-                    }
-                }
-                app.metrics.operation(name.as_deref(), took, &codes);
-                access.operations.extend(name);
-                access.error_codes.extend(codes);
-                Answer::Executed(response)
+            Ok(request) => {
+                let (answer, refusal) =
+                    answer(state, admitted, &loaders, &mut access, request).await;
+                refusals.push(refusal);
+                answer
             }
             Err(e) => {
                 refusals.push(None);
@@ -324,6 +308,122 @@ async fn execute(
         set_fields(headers, &longest.report);
     }
     response
+}
+
+/// Executes one request, or serves its answer from the response cache (charged like an
+/// execution); with the refusal when the cost budget refused it.
+async fn answer(
+    state: &HttpState,
+    admitted: &Admitted,
+    loaders: &std::sync::Arc<Loaders>,
+    access: &mut AccessInfo,
+    mut request: Request,
+) -> (Answer, Option<Refusal>) {
+    use crate::graphql::response_cache::{Found, Hint, Key};
+    let app = &state.app;
+    let cache = app.responses.as_ref();
+    let key = cache.map(|_| Key::new(admitted.caller.as_ref(), &request));
+    let charge = CostCharge::new();
+    let started = std::time::Instant::now();
+    // The snapshot read before executing, when the answer may be kept.
+    let mut before = None;
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        match cache.find(key) {
+            Found::Entry(entry) => match cache.now().await {
+                Some(now) if cache.current(&entry, &now) => {
+                    return served(app, admitted, access, &charge, &entry, started).await;
+                }
+                now => before = now,
+            },
+            Found::Seen => {
+                if crate::graphql::live::operation_type(&mut request) == Some(OperationType::Query)
+                {
+                    before = cache.now().await;
+                }
+            }
+            Found::New => {}
+        }
+    }
+    let name = crate::graphql::live::operation_name(&mut request);
+    let keep = before.is_some()
+        && crate::graphql::live::operation_type(&mut request) == Some(OperationType::Query);
+    let hint = Hint::default();
+    request = request.data(loaders.clone()).data(charge.clone());
+    if keep {
+        request = request.data(hint.clone());
+    }
+    if let Some(c) = &admitted.caller {
+        request = request.data(c.clone());
+    }
+    let mut response = crate::graphql::execute_bounded(&state.schema, app, request).await;
+    let took = started.elapsed();
+    let mut codes = Vec::new();
+    for e in &mut response.errors {
+        let extensions = e.extensions.get_or_insert_with(Default::default);
+        if let Some(async_graphql::Value::String(code)) = extensions.get("code") {
+            codes.push(code.clone());
+        }
+        if let Some(id) = &admitted.request_id {
+            extensions.set("requestId", id.as_str());
+        }
+    }
+    app.metrics.operation(name.as_deref(), took, &codes);
+    access.error_codes.extend(codes);
+    let answer = match (cache, key, before) {
+        (Some(cache), Some(key), Some(before))
+            if keep
+                && hint.cacheable()
+                && response.errors.is_empty()
+                && response.extensions.is_empty()
+                && response.http_headers.is_empty() =>
+        {
+            let body: std::sync::Arc<str> = result_json(&response).into();
+            cache
+                .store(key, before, body.clone(), charge.complexity(), name.clone())
+                .await;
+            Answer::Cached(body)
+        }
+        _ => Answer::Executed(response),
+    };
+    access.operations.extend(name);
+    (answer, charge.refusal())
+}
+
+/// A kept answer, charged its cost to the caller like its execution was.
+async fn served(
+    app: &AppState,
+    admitted: &Admitted,
+    access: &mut AccessInfo,
+    charge: &CostCharge,
+    entry: &crate::graphql::response_cache::Entry,
+    started: std::time::Instant,
+) -> (Answer, Option<Refusal>) {
+    let mut codes = Vec::new();
+    let answer = match &admitted.caller {
+        Some(caller) => match app.limits.cost(caller, entry.complexity).await {
+            Ok(report) => {
+                charge.record(Ok(report));
+                Answer::Cached(entry.body.clone())
+            }
+            Err(refusal) => {
+                let mut e = crate::graphql::budget::refusal_error(&refusal);
+                charge.record(Err(refusal));
+                codes.push("RATE_LIMITED".to_string());
+                if let Some(id) = &admitted.request_id {
+                    e.extensions
+                        .get_or_insert_with(Default::default)
+                        .set("requestId", id.as_str());
+                }
+                Answer::Executed(async_graphql::Response::from_errors(vec![e]))
+            }
+        },
+        None => Answer::Cached(entry.body.clone()),
+    };
+    app.metrics
+        .operation(entry.operation.as_deref(), started.elapsed(), &codes);
+    access.operations.extend(entry.operation.clone());
+    access.error_codes.extend(codes);
+    (answer, charge.refusal())
 }
 
 /// Apollo's CSRF prevention: a request a browser would send cross-site without a preflight

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub operation_seconds: HistogramVec,
     /// GraphQL errors answered, by code.
     pub graphql_errors: IntCounterVec,
+    /// Response cache lookups and stores, by outcome (`hit`, `miss`, `stale`, `stored`).
+    pub response_cache: IntCounterVec,
     /// From an outbox row being due to its delivery, by destination (`jobs`, `events`,
     /// `blob_delete`).
     pub outbox_delivery_seconds: HistogramVec,
@@ -210,6 +212,14 @@ impl Metrics {
             &["operation"],
         )
         .expect("metric");
+        let response_cache = IntCounterVec::new(
+            Opts::new(
+                "graphql_response_cache_total",
+                "GraphQL response cache lookups (hit, miss, stale) and answers stored",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
         let graphql_errors = IntCounterVec::new(
             Opts::new("graphql_errors_total", "GraphQL errors answered, by code"),
             &["code"],
@@ -294,6 +304,7 @@ impl Metrics {
         for m in [
             Box::new(operation_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(graphql_errors.clone()),
+            Box::new(response_cache.clone()),
             Box::new(build_info),
             Box::new(outbox_delivery_seconds.clone()),
             Box::new(outbox_oldest_seconds.clone()),
@@ -352,6 +363,7 @@ impl Metrics {
             operations_stopped,
             operation_seconds,
             graphql_errors,
+            response_cache,
             outbox_delivery_seconds,
             outbox_oldest_seconds,
             outbox_dead_letters,

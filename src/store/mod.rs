@@ -303,6 +303,22 @@ impl Store {
         Ok(rows)
     }
 
+    /// The database's snapshot (`pg_current_snapshot()`, Postgres only): which transactions
+    /// have committed. Two equal readings mean nothing committed between them, on any
+    /// connection of any instance (see `graphql::response_cache`).
+    pub async fn snapshot(&self) -> Result<Option<String>, DbErr> {
+        if !self.is_postgres() {
+            return Ok(None);
+        }
+        let pool = self.db.get_postgres_connection_pool();
+        let snapshot: String = sea_orm::sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e))))?;
+        self.count_statement();
+        Ok(Some(snapshot))
+    }
+
     /// The rows of the last statement of a simple-protocol message of two (see
     /// [`Store::tenant_read`]).
     async fn simple_rows(&self, sql: String) -> Result<Vec<sea_orm::sqlx::postgres::PgRow>, DbErr> {

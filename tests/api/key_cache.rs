@@ -21,9 +21,11 @@ const SERVE: Roles = Roles {
 /// A request that needs its credentials and nothing from the database.
 const PING: &str = "{ __typename }";
 
-/// Nothing polls the database in these apps (on SQLite the watermark would).
+/// Nothing polls the database in these apps (on SQLite the watermark would), and no answer is
+/// kept (on Postgres a kept answer costs a statement of its own: the snapshot).
 fn quiet(l: &mut voicegraph::config::Layers) {
-    l.set("watermark_poll_ms", "3600000");
+    l.set("watermark_poll_ms", "3600000")
+        .set("response_cache_mb", "0");
 }
 
 /// A new key of the default tenant; returns (its id, its secret).

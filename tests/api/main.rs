@@ -34,6 +34,7 @@ mod queue_contract;
 mod rate_limits;
 mod realtime;
 mod redaction;
+mod response_cache;
 mod revocation;
 mod scale_out;
 mod schema;

@@ -14,6 +14,8 @@ pub struct AdminQuery;
 impl AdminQuery {
     /// The caller: tenant, role and whether it is the platform admin. Any role.
     async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
+        // The credential's own details (a JWT's expiry): not an answer to keep.
+        crate::graphql::response_cache::not_cacheable(ctx);
         let c = caller(ctx)?;
         let tenant = auth::get_tenant(&state(ctx).store, c, c.tenant_id)
             .await

@@ -213,6 +213,8 @@ pub(super) async fn signed(
     content_type: &str,
     expires_in: Option<i32>,
 ) -> Result<SignedUrl> {
+    // A link signed now, expiring from now: not an answer to keep.
+    crate::graphql::response_cache::not_cacheable(ctx);
     let expiry = url_expiry(ctx, expires_in)?;
     let expires_at = Utc::now() + chrono::Duration::from_std(expiry).unwrap_or_default();
     let url = state(ctx)

@@ -1,6 +1,6 @@
 //! Webhook endpoints, their deliveries and the attempts at each.
 
-use async_graphql::{Object, SimpleObject, ID};
+use async_graphql::{Context, Object, SimpleObject, ID};
 
 use crate::domain::webhooks::{AttemptRecord, DeliveryRecord, DeliveryStatus, WebhookRecord};
 use crate::domain::CallEventKind;
@@ -31,7 +31,9 @@ impl Webhook {
     }
     /// Until when the secret replaced by the last rotation still signs deliveries (next to the
     /// new one); null when only one secret signs.
-    async fn previous_secret_expires_at(&self) -> Option<Timestamp> {
+    async fn previous_secret_expires_at(&self, ctx: &Context<'_>) -> Option<Timestamp> {
+        // Compared with the clock: not an answer to keep.
+        crate::graphql::response_cache::not_cacheable(ctx);
         self.0
             .previous_secret_expires_at
             .filter(|t| *t > chrono::Utc::now())
