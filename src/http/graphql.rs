@@ -267,8 +267,8 @@ async fn execute(
     requests: Vec<Result<Request, DocumentError>>,
     batch: bool,
 ) -> Response {
-    let app = &state.app;
-    let loaders = Loaders::new(&app.store, app.settings.loader_delay, true);
+    // Made for the first request that executes (an answer from the response cache needs none).
+    let loaders = std::sync::OnceLock::new();
     let mut answers = Vec::with_capacity(requests.len());
     let mut refusals = Vec::with_capacity(requests.len());
     let mut access = AccessInfo {
@@ -315,7 +315,7 @@ async fn execute(
 async fn answer(
     state: &HttpState,
     admitted: &Admitted,
-    loaders: &std::sync::Arc<Loaders>,
+    loaders: &std::sync::OnceLock<std::sync::Arc<Loaders>>,
     access: &mut AccessInfo,
     mut request: Request,
 ) -> (Answer, Option<Refusal>) {
@@ -348,7 +348,10 @@ async fn answer(
     let keep = before.is_some()
         && crate::graphql::live::operation_type(&mut request) == Some(OperationType::Query);
     let hint = Hint::default();
-    request = request.data(loaders.clone()).data(charge.clone());
+    let loaders = loaders
+        .get_or_init(|| Loaders::new(&app.store, app.settings.loader_delay, true))
+        .clone();
+    request = request.data(loaders).data(charge.clone());
     if keep {
         request = request.data(hint.clone());
     }
