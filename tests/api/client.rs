@@ -127,6 +127,9 @@ async fn submit_reports_a_failed_call_and_refusals() {
     assert!(err.message.contains("--key or VOICEGRAPH_API_KEY"), "{err}");
     let text_file = app.dir.path().join("notes.txt");
     std::fs::write(&text_file, "not audio at all").unwrap();
+    // What the failed call's events set off (the relay sequencing and delivering them) is over
+    // before counting.
+    app.settled().await;
     let uploads = app.statements();
     let err = voicegraph::client::submit(args(&app, &text_file, ADMIN_KEY), &mut Vec::new())
         .await

@@ -386,6 +386,23 @@ impl TestApp {
     pub fn statements(&self) -> u64 {
         self.state.metrics.db_statements.get()
     }
+
+    /// Waits until the app has issued no statement for 300 ms (what its requests spawned, such
+    /// as recording a key's use, and what its relay does with their events, is done); panics
+    /// after 10 s.
+    pub async fn settled(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut last = self.statements();
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = self.statements();
+            if now == last {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "statements for 10 s");
+            last = now;
+        }
+    }
 }
 
 impl Drop for TestApp {

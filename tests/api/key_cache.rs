@@ -54,22 +54,6 @@ async fn status_with(app: &TestApp, key: &str) -> u16 {
     status.as_u16()
 }
 
-/// Waits until the app has issued no statement for 300 ms (what a request spawned, such as
-/// recording a key's use, is done); panics after 10 s.
-async fn settled(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = app.statements();
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = app.statements();
-        if now == last {
-            return;
-        }
-        assert!(Instant::now() < deadline, "statements for 10 s");
-        last = now;
-    }
-}
-
 /// The key's `lastUsedAt`, as the admin lists it.
 async fn last_used(app: &TestApp, id: &str) -> Value {
     let keys = app.gql_ok("{ apiKeys { id lastUsedAt } }", json!({})).await;
@@ -108,7 +92,7 @@ async fn a_cached_key_costs_no_statement_and_still_records_its_use() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    settled(&app).await;
+    app.settled().await;
     assert!(app.statements() > before);
 
     // From then on the key costs nothing.
@@ -140,7 +124,7 @@ async fn a_key_revoked_on_one_instance_is_refused_on_another_within_a_second() {
     assert_eq!(status_with(&a, &key).await, 200);
     let read_on_b = Instant::now();
     assert_eq!(status_with(&b, &key).await, 200);
-    settled(&b).await;
+    b.settled().await;
     let s0 = b.statements();
     assert_eq!(status_with(&b, &key).await, 200);
     let statements = b.statements() - s0;
@@ -209,7 +193,7 @@ async fn while_the_listener_is_down_keys_are_read_every_time_and_then_afresh() {
     let names: Vec<String> = (0..4).map(|i| format!("warm {i}")).collect();
     let fresh = futures::future::join_all(names.iter().map(|n| new_key(&app, n))).await;
     futures::future::join_all(fresh.iter().map(|(_, k)| status_with(&app, k))).await;
-    settled(&app).await;
+    app.settled().await;
     let s0 = app.statements();
     assert_eq!(status_with(&app, &key).await, 200);
     assert_eq!(app.statements(), s0, "cached while the listener is up");
@@ -230,7 +214,7 @@ async fn while_the_listener_is_down_keys_are_read_every_time_and_then_afresh() {
         .unwrap();
 
     // Every request now asks the database: a revocation it cannot hear of is refused at once.
-    settled(&app).await;
+    app.settled().await;
     let s0 = app.statements();
     assert_eq!(status_with(&app, &key).await, 200);
     assert!(app.statements() > s0, "the cache is bypassed while down");
@@ -253,11 +237,11 @@ async fn while_the_listener_is_down_keys_are_read_every_time_and_then_afresh() {
     .await
     .expect("the listener reconnects")
     .unwrap();
-    settled(&app).await;
+    app.settled().await;
     let s0 = app.statements();
     assert_eq!(status_with(&app, &other).await, 200);
     assert!(app.statements() > s0, "read again after the reconnect");
-    settled(&app).await;
+    app.settled().await;
     let s0 = app.statements();
     assert_eq!(status_with(&app, &other).await, 200);
     assert_eq!(app.statements(), s0, "then cached again");
